@@ -1,0 +1,45 @@
+# The README's two commands: `make run` and `make test`. Both install first (idempotent).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU wheel by default; a GPU host sets TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0").
+TORCH_SPEC ?= torch==2.13.0
+TINY_MODEL ?= var/models/tiny
+SAMPLE ?= $(shell $(BIN)/python -c "from pydicom.data import get_testdata_file; print(get_testdata_file('examples_palette.dcm'))" 2>/dev/null)
+
+.PHONY: install run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
+# xgrammar without its declared deps: they pull a 1 GB triton the CPU path never uses.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q --no-deps "xgrammar>=0.2.8,<0.3" "apache-tvm-ffi>=0.1.11"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+$(TINY_MODEL)/fada_model.json: $(VENV)/.installed
+	$(BIN)/fada model build-tiny --out $(TINY_MODEL)
+
+# Until the HTTP service lands: build the tiny model and analyse the obstetric ultrasound
+# DICOM that ships with pydicom.
+run: $(TINY_MODEL)/fada_model.json
+	$(BIN)/fada analyze "$(SAMPLE)" --model $(TINY_MODEL)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy api worker services shared cli
+
+bench: $(TINY_MODEL)/fada_model.json
+	$(BIN)/python bench/pipeline_cpu.py --model $(TINY_MODEL)
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

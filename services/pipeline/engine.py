@@ -1,0 +1,205 @@
+"""Generation with one image encoding per image.
+
+``encode_image`` runs the vision tower and the chat prefix (everything up to and including
+the image tokens) through the model once. Each phase then continues from a deep copy of that
+cache: the full-attention KV, the linear-attention conv and recurrent states, and the
+multimodal ``rope_deltas`` (per-request state kept on the model object), so every phase sees
+exactly the token sequence a separate single-turn chat would show the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import xgrammar as xgr
+from PIL import Image
+from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
+
+from services.models.loader import LoadedModel
+from services.pipeline.profile import Decoding
+
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+class PromptLayoutError(RuntimeError):
+    """The chat template does not put the image before the phase prompt in one user turn."""
+
+
+@dataclass
+class ImagePrefix:
+    """The model state after the image: shared, read-only, by every phase of one image."""
+
+    input_ids: torch.Tensor  # [1, n] ids of the prefix, image tokens included
+    cache: Any
+    rope_deltas: torch.Tensor
+    model_size: tuple[int, int]  # (width, height) of the image the model saw
+    encode_ms: float
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finished: bool  # False when max_new_tokens ran out before a stop token
+    latency_ms: float
+    prefill_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resize_longest_side(image: Image.Image, max_side: int) -> Image.Image:
+    """Shrink (never enlarge) so the longest side is at most ``max_side``, keeping aspect."""
+    scale = max_side / max(image.size)
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+class Engine:
+    """Runs phase prompts against one loaded model. Not thread-safe: one request at a time."""
+
+    def __init__(self, loaded: LoadedModel, *, max_side: int = 1024) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.core = loaded.core
+        self.processor = loaded.processor
+        self.tokenizer = loaded.processor.tokenizer
+        self.max_side = max_side
+        self.device = next(self.model.parameters()).device
+        self.vocab_size = int(self.core.config.text_config.vocab_size)
+        vocab = self.tokenizer.get_vocab()
+        self.stop_ids = {vocab[t] for t in STOP_TOKENS if t in vocab}
+        self.tokenizer_info = xgr.TokenizerInfo.from_huggingface(
+            self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=sorted(self.stop_ids))
+        self.compiler = xgr.GrammarCompiler(self.tokenizer_info, max_threads=1)
+
+    # -- prompts -------------------------------------------------------------------------
+
+    def chat_text(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return str(self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, enable_thinking=False))
+
+    def split_chat(self, prompt: str) -> tuple[str, str]:
+        """(prefix up to and including the image, the rest) of a single-turn chat."""
+        text = self.chat_text(prompt)
+        marker = self.processor.vision_end_token
+        cut = text.find(marker)
+        if cut < 0 or prompt not in text[cut:]:
+            raise PromptLayoutError("chat template must place the image before the prompt")
+        return text[: cut + len(marker)], text[cut + len(marker):]
+
+    # -- prefix ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_image(self, image: Image.Image) -> ImagePrefix:
+        started = time.perf_counter()
+        seen = resize_longest_side(image.convert("RGB"), self.max_side)
+        prefix_text, _ = self.split_chat("")
+        inputs = self.processor(text=[prefix_text], images=[seen], return_tensors="pt").to(self.device)
+        cache = DynamicCache(config=self.core.config)
+        self.core.model.rope_deltas = None
+        self.model(
+            input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"],
+            image_grid_thw=inputs["image_grid_thw"], mm_token_type_ids=inputs["mm_token_type_ids"],
+            cache=cache, use_cache=True, logits_to_keep=1,
+        )
+        rope_deltas = self.core.model.rope_deltas.clone()
+        return ImagePrefix(input_ids=inputs["input_ids"], cache=cache, rope_deltas=rope_deltas,
+                           model_size=seen.size, encode_ms=(time.perf_counter() - started) * 1000)
+
+    # -- decoding -------------------------------------------------------------------------
+
+    def compile_schema(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
+        return self.compiler.compile_json_schema(schema, any_whitespace=False, separators=(",", ":"),
+                                                 strict_mode=True)
+
+    @torch.inference_mode()
+    def generate(self, prefix: ImagePrefix, prompt: str, *, grammar: xgr.CompiledGrammar | None,
+                 max_new_tokens: int, decoding: Decoding, seed: int = 0) -> Generation:
+        """Continue a copy of the image prefix with the phase prompt and decode the answer."""
+        started = time.perf_counter()
+        _, suffix_text = self.split_chat(prompt)
+        suffix = self.tokenizer(suffix_text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        cache = copy.deepcopy(prefix.cache)
+        self.core.model.rope_deltas = prefix.rope_deltas
+        out = self.model(input_ids=suffix.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
+        tokens, finished = self._decode(out.logits[:, -1, :], cache, grammar, max_new_tokens, decoding, seed)
+        return Generation(
+            text=self.tokenizer.decode(tokens, skip_special_tokens=True), token_ids=tokens,
+            finished=finished, latency_ms=(time.perf_counter() - started) * 1000,
+            prefill_tokens=int(suffix.shape[1]),
+        )
+
+    def _decode(self, logits: torch.Tensor, cache: Any, grammar: xgr.CompiledGrammar | None,
+                max_new_tokens: int, decoding: Decoding, seed: int) -> tuple[list[int], bool]:
+        matcher = xgr.GrammarMatcher(grammar) if grammar is not None else None
+        bitmask = xgr.allocate_token_bitmask(1, self.vocab_size) if matcher else None
+        sampler = _Sampler(decoding, seed)
+        tokens: list[int] = []
+        for _ in range(max_new_tokens):
+            scores = logits.float()
+            if matcher is not None and bitmask is not None:
+                matcher.fill_next_token_bitmask(bitmask)
+                xgr.apply_token_bitmask_inplace(scores, bitmask.to(scores.device))
+            token = sampler.pick(scores)
+            if token in self.stop_ids:
+                return tokens, True
+            tokens.append(token)
+            if matcher is not None:
+                if not matcher.accept_token(token):  # cannot happen under the mask; be explicit
+                    return tokens, False
+                if matcher.is_terminated():
+                    return tokens, True
+            out = self.model(input_ids=torch.tensor([[token]], device=self.device), cache=cache,
+                             use_cache=True)
+            logits = out.logits[:, -1, :]
+        return tokens, False
+
+    # -- the reference path ----------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate_single_turn(self, image: Image.Image, prompt: str, *, grammar: xgr.CompiledGrammar | None,
+                             max_new_tokens: int) -> Generation:
+        """What the reference app does: one fresh chat per phase, image encoded again, greedy.
+
+        Kept for the equivalence test and the benchmark, not used by the pipeline.
+        """
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        started = time.perf_counter()
+        seen = resize_longest_side(image.convert("RGB"), self.max_side)
+        inputs = self.processor(text=[self.chat_text(prompt)], images=[seen], return_tensors="pt").to(self.device)
+        self.core.model.rope_deltas = None
+        processors = [LogitsProcessor(grammar)] if grammar is not None else []
+        output = self.model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors,
+            eos_token_id=sorted(self.stop_ids), pad_token_id=self.tokenizer.pad_token_id,
+        )
+        new = output[0, inputs["input_ids"].shape[1]:].tolist()
+        finished = bool(new) and new[-1] in self.stop_ids
+        tokens = [t for t in new if t not in self.stop_ids]
+        return Generation(text=self.tokenizer.decode(tokens, skip_special_tokens=True), token_ids=tokens,
+                          finished=finished, latency_ms=(time.perf_counter() - started) * 1000,
+                          extra={"input_ids": inputs["input_ids"][0].tolist()})
+
+
+class _Sampler:
+    """Greedy by default (deterministic, auditable); temperature + top-p when asked."""
+
+    def __init__(self, decoding: Decoding, seed: int) -> None:
+        self.greedy = decoding.strategy == "greedy"
+        self.warpers = [TemperatureLogitsWarper(decoding.temperature), TopPLogitsWarper(decoding.top_p)]
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def pick(self, scores: torch.Tensor) -> int:
+        if self.greedy:
+            return int(scores.argmax(dim=-1)[0])
+        for warp in self.warpers:
+            scores = warp(None, scores)  # type: ignore[arg-type]  # the warpers ignore input_ids
+        probs = torch.softmax(scores, dim=-1).cpu()
+        return int(torch.multinomial(probs, 1, generator=self.generator)[0, 0])

@@ -14,8 +14,11 @@ app.add_typer(model_app, name="model")
 
 
 def _quiet_transformers() -> None:
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 

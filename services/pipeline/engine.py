@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
 
 from services.models.loader import LoadedModel
+from services.pipeline.grammars import PhaseGrammar
 from services.pipeline.profile import Decoding
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -114,8 +115,11 @@ class Engine:
 
     # -- decoding -------------------------------------------------------------------------
 
-    def compile_schema(self, schema: dict[str, Any]) -> xgr.CompiledGrammar:
-        return self.compiler.compile_json_schema(schema, any_whitespace=False, separators=(",", ":"),
+    def compile(self, grammar: PhaseGrammar) -> xgr.CompiledGrammar:
+        """Compact JSON, no free whitespace; xgrammar caches compiled grammars."""
+        if grammar.ebnf is not None:
+            return self.compiler.compile_grammar(grammar.ebnf)
+        return self.compiler.compile_json_schema(grammar.schema, any_whitespace=False, separators=(",", ":"),
                                                  strict_mode=True)
 
     @torch.inference_mode()
@@ -133,6 +137,7 @@ class Engine:
             text=self.tokenizer.decode(tokens, skip_special_tokens=True), token_ids=tokens,
             finished=finished, latency_ms=(time.perf_counter() - started) * 1000,
             prefill_tokens=int(suffix.shape[1]),
+            extra={"input_ids": prefix.input_ids[0].tolist() + suffix[0].tolist()},
         )
 
     def _decode(self, logits: torch.Tensor, cache: Any, grammar: xgr.CompiledGrammar | None,

@@ -17,8 +17,8 @@ from typing import Any
 
 from services.pipeline.profile import Limits
 
-# Printable ASCII without the quote and backslash: no escapes, so one character is at least
-# one token and never more than one byte-level token is needed to close a string.
+# Printable ASCII without the quote and backslash: no escapes and no multi-byte characters,
+# so every character costs at most one token.
 _TEXT_CHARS = r"[\x20\x21\x23-\x5b\x5d-\x7e]"
 
 
@@ -29,11 +29,14 @@ class BudgetTooSmall(ValueError):
 @dataclass(frozen=True)
 class PhaseGrammar:
     phase: str
-    schema: dict[str, Any]
+    schema: dict[str, Any]  # what the answer must validate against
     worst_case_tokens: int  # longest possible answer, plus the stop token
     max_items: int = 0
     max_points: int = 0
     max_chars: int = 0
+    # When set, decoding uses this EBNF grammar (equivalent to ``schema``) instead of
+    # compiling the schema: xgrammar cannot compile long bounded string patterns.
+    ebnf: str | None = None
 
 
 def _dump(value: Any) -> str:
@@ -58,7 +61,9 @@ def interpret_grammar(fields: Sequence[str], limits: Limits, budget: int) -> Pha
         schema = {"type": "object", "properties": {f: text for f in fields}, "required": list(fields),
                   "additionalProperties": False}
         worst = _dump({f: "x" * chars for f in fields})
-        return PhaseGrammar("interpret", schema, len(worst) + 1, max_chars=chars)
+        members = ' "," '.join(f"{json.dumps(_dump(f) + ':')} text" for f in fields)
+        ebnf = f'root ::= "{{" {members} "}}"\ntext ::= "\\"" {_TEXT_CHARS}{{0,{chars}}} "\\""'
+        return PhaseGrammar("interpret", schema, len(worst) + 1, max_chars=chars, ebnf=ebnf)
 
     chars = limits.max_field_chars
     while (grammar := build(chars)).worst_case_tokens > budget:

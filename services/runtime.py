@@ -1,0 +1,47 @@
+"""The per-process model runtime: load once, analyse many images.
+
+``analyze_bytes`` is the single entry point from raw upload bytes to a result document; the
+CLI and the worker both call it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.ingest import decode_image
+from services.models.loader import ModelNotFound, ModelSource, load_model, source_from_dir
+from services.pipeline.engine import Engine
+from services.pipeline.profile import Profile, load_profile
+from services.pipeline.runner import Mode, Pipeline
+from shared.schemas.results import ResultDocument
+from shared.settings import Settings
+
+
+@dataclass
+class Runtime:
+    pipeline: Pipeline
+    profile: Profile
+    max_pixels: int
+
+
+def model_source(settings: Settings) -> ModelSource:
+    if settings.model_dir is not None:
+        return source_from_dir(Path(settings.model_dir))
+    if settings.model_base:
+        return ModelSource(base=settings.model_base, adapter=settings.model_adapter)
+    raise ModelNotFound("no model configured: set FADA_MODEL_DIR, or FADA_MODEL_BASE (and FADA_MODEL_ADAPTER)")
+
+
+def load_runtime(settings: Settings) -> Runtime:
+    profile = load_profile(settings.profile)
+    loaded = load_model(model_source(settings), profile_name=profile.name, profile_version=profile.version,
+                        merge=settings.model_merge, dtype=settings.model_dtype, device=settings.model_device)
+    engine = Engine(loaded, max_side=profile.image.max_side)
+    return Runtime(pipeline=Pipeline(engine, profile, loaded.provenance), profile=profile,
+                   max_pixels=settings.max_pixels)
+
+
+def analyze_bytes(runtime: Runtime, data: bytes, *, mode: Mode = "autonomous", frame: int = 0) -> ResultDocument:
+    decoded = decode_image(data, frame=frame, max_pixels=runtime.max_pixels)
+    return runtime.pipeline.analyze(decoded, mode=mode)

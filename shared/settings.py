@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,18 @@ class Settings(BaseSettings):
     profile: str = Field("fada-skd", description="bundled profile name or path to a profile JSON file")
 
     max_pixels: int = Field(40_000_000, ge=1, description="largest accepted image (width x height x frames)")
+
+    # The database that holds the truth (jobs, images, results, reviews, keys, audit).
+    database_url: str = Field(
+        "", description="SQLAlchemy URL; empty means SQLite at {data_dir}/fada.db"
+    )
+    database_echo: bool = Field(False, description="log every SQL statement (debugging only)")
+
+    @model_validator(mode="after")
+    def _default_database_url(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir}/fada.db"
+        return self
 
 
 @lru_cache

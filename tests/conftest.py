@@ -18,7 +18,7 @@ hf_logging.disable_progress_bar()
 
 # Token budgets small enough that the random model's longest possible answers stay quick;
 # the grammars shrink their list and string bounds to fit (see services/pipeline/grammars.py).
-SMALL_BUDGETS = {"interpret": 200, "classify": 32, "detect": 120, "keypoints": 120, "segment": 160}
+SMALL_BUDGETS = {"interpret": 320, "classify": 32, "detect": 120, "keypoints": 120, "segment": 160}
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel
-from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessor
+from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
 
 from services.models.manifest import MANIFEST_NAME, ModelManifest
 from services.models.processor import ImageOnlyQwen3VLProcessor
@@ -114,7 +114,8 @@ def resolve_device(device: str) -> str:
 
 def load_processor(base_dir: Path) -> ImageOnlyQwen3VLProcessor:
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    image_processor = Qwen2VLImageProcessor.from_pretrained(base_dir)
+    # The PIL backend needs no torchvision and preprocesses identically on every host.
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(base_dir)
     template_file = base_dir / "chat_template.jinja"
     template = template_file.read_text(encoding="utf-8") if template_file.is_file() else None
     if template is None and (base_dir / "chat_template.json").is_file():
@@ -130,7 +131,7 @@ def load_model(source: ModelSource, *, profile_name: str, profile_version: str, 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
 
-    model = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch_dtype)
+    model: Any = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch_dtype)
     if adapter_dir is not None:
         from peft import PeftModel
 

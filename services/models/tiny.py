@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import Qwen2VLImageProcessor, Qwen3_5Config, Qwen3_5ForConditionalGeneration
+from transformers import Qwen2VLImageProcessorPil, Qwen3_5Config, Qwen3_5ForConditionalGeneration
 from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX, Qwen3_5Tokenizer
 
 from services.models.manifest import MANIFEST_NAME, ModelManifest
@@ -80,7 +80,11 @@ def build_tokenizer(profile: Profile) -> Qwen3_5Tokenizer:
 
 
 def tiny_config(tokenizer: Qwen3_5Tokenizer) -> Qwen3_5Config:
-    ids = tokenizer.convert_tokens_to_ids
+    vocab = tokenizer.get_vocab()
+
+    def ids(token: str) -> int:
+        return vocab[token]
+
     text = {
         "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 4,  # 3 linear-attention layers, then 1 full-attention layer
@@ -122,7 +126,7 @@ def build_tiny_model(out: Path, *, seed: int = 0, profile: Profile | None = None
     tokenizer = build_tokenizer(profile)
     # Images are resized to the profile's longest side before they reach the processor, so
     # the processor itself must not shrink them further.
-    image_processor = Qwen2VLImageProcessor(
+    image_processor = Qwen2VLImageProcessorPil(
         patch_size=16, temporal_patch_size=2, merge_size=2,
         size={"shortest_edge": 32 * 32, "longest_edge": 2048 * 2048},
     )
@@ -131,8 +135,8 @@ def build_tiny_model(out: Path, *, seed: int = 0, profile: Profile | None = None
 
     config = tiny_config(tokenizer)
     model = Qwen3_5ForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out / "base")
     processor.save_pretrained(out / "base")
 
@@ -140,7 +144,7 @@ def build_tiny_model(out: Path, *, seed: int = 0, profile: Profile | None = None
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LORA_TARGETS,
                       init_lora_weights=False)
     peft_model = get_peft_model(model, lora)
-    peft_model.save_pretrained(out / "adapter")
+    peft_model.save_pretrained(str(out / "adapter"))
 
     manifest = ModelManifest(base="base", adapter="adapter", untrained=True,
                              description=f"tiny random qwen3_5 for tests (seed {seed})")

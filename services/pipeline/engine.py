@@ -81,7 +81,8 @@ class Engine:
     # -- prompts -------------------------------------------------------------------------
 
     def chat_text(self, prompt: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        messages: list[dict[str, Any]] = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         return str(self.processor.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False, enable_thinking=False))
 
@@ -205,6 +206,6 @@ class _Sampler:
         if self.greedy:
             return int(scores.argmax(dim=-1)[0])
         for warp in self.warpers:
-            scores = warp(None, scores)  # type: ignore[arg-type]  # the warpers ignore input_ids
+            scores = warp(None, scores)  # the warpers ignore input_ids
         probs = torch.softmax(scores, dim=-1).cpu()
         return int(torch.multinomial(probs, 1, generator=self.generator)[0, 0])

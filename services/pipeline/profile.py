@@ -120,7 +120,9 @@ class Profile(_Strict):
         for table in (self.map.classification_to_detect, self.map.classification_to_segment):
             for classes in table.values():
                 unknown |= set(classes) - known
-        for group in [*self.map.groups, *self.map.routing_groups.values(), *self.map.keyword_fallback]:
+        rules: list[RoutingGroup | FallbackRule] = [*self.map.groups, *self.map.routing_groups.values(),
+                                                    *self.map.keyword_fallback]
+        for group in rules:
             unknown |= set(group.detect) - known
             unknown |= set(group.segment or []) - known
         if unknown:

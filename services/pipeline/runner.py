@@ -28,13 +28,14 @@ from shared.schemas.results import (
     Keypoints,
     Mapping,
     ModelInfo,
+    PhaseName,
     PhaseReport,
     ResultDocument,
     Segmentation,
 )
 
 Mode = Literal["autonomous", "hitl"]
-LOCALISATION_PHASES = ("detect", "keypoints", "segment")
+LOCALISATION_PHASES: tuple[PhaseName, ...] = ("detect", "keypoints", "segment")
 HITL_WAITING = "awaiting the reviewer's choice of phases (HITL)"
 
 
@@ -66,7 +67,7 @@ class Pipeline:
     def analyze(self, decoded: DecodedImage, *, mode: Mode = "autonomous") -> ResultDocument:
         doc = self._new_document(decoded)
         prefix = self._prefix(decoded)
-        for phase in ("interpret", "classify"):
+        for phase in ("interpret", "classify"):  # type: PhaseName
             self._run_model_phase(doc, prefix, decoded, phase, self.profile.interpretation_fields
                                   if phase == "interpret" else self.profile.view_labels)
         if mode == "hitl":
@@ -135,7 +136,8 @@ class Pipeline:
                   decision: MapDecision, wanted: Sequence[str]) -> None:
         keypoint_classes = set(self.profile.keypoint_classes)
         uses_keypoints = any(c in keypoint_classes for c in decision.detect_classes)
-        box_phase, other = ("keypoints", "detect") if uses_keypoints else ("detect", "keypoints")
+        box_phase: PhaseName = "keypoints" if uses_keypoints else "detect"
+        other: PhaseName = "detect" if uses_keypoints else "keypoints"
         doc.phases[other] = PhaseReport(
             status="skipped",
             detail="replaced by keypoints: MAP classes include keypoint classes" if uses_keypoints
@@ -168,7 +170,7 @@ class Pipeline:
                 .replace("{max_points}", str(grammar.max_points)))
 
     def _run_model_phase(self, doc: ResultDocument, prefix: ImagePrefix | None, decoded: DecodedImage,
-                         phase: str, labels: Sequence[str]) -> None:
+                         phase: PhaseName, labels: Sequence[str]) -> None:
         started = time.perf_counter()
         try:
             grammar, compiled = self._grammar(phase, labels)
@@ -189,7 +191,7 @@ class Pipeline:
         record_phase(doc, phase, generation, labels=labels, geometry=geometry, profile=self.profile,
                      latency_ms=_ms(started))
 
-def record_phase(doc: ResultDocument, phase: str, generation: Generation, *, labels: Sequence[str],
+def record_phase(doc: ResultDocument, phase: PhaseName, generation: Generation, *, labels: Sequence[str],
                  geometry: ImageGeometry, profile: Profile, latency_ms: float) -> None:
     """Validate one phase's answer and write it into the document; never raises on bad output."""
     parsed = parse_phase(phase, generation.text, allowed_labels=labels, scale=profile.coordinate_scale,
@@ -209,7 +211,7 @@ def record_phase(doc: ResultDocument, phase: str, generation: Generation, *, lab
         annotations, dropped = build_annotations(phase, parsed.value, geometry, profile)  # type: ignore[arg-type]
         report.dropped += dropped
         _store(doc, annotations, set(profile.keypoint_classes))
-    doc.phases[phase] = report  # type: ignore[index]
+    doc.phases[phase] = report
 
 
 def _store(doc: ResultDocument, annotations: Sequence[object], keypoint_classes: set[str]) -> None:

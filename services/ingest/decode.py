@@ -1,0 +1,51 @@
+"""Entry point: sniff the bytes, dispatch to the PNG/JPEG or DICOM decoder, describe the result."""
+
+from __future__ import annotations
+
+import hashlib
+
+from .decoded import DecodedImage
+from .dicom import decode_dicom
+from .errors import EmptyInput, FrameOutOfRange, UnsupportedMediaType
+from .raster import decode_raster
+from .sniff import SNIFF_BYTES, sniff_format
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def decode_image(data: bytes, *, frame: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode a PNG, JPEG or DICOM Part 10 upload, detected from its content, into 8-bit RGB.
+
+    ``frame`` is a 0-based index for multi-frame inputs; ``max_pixels`` bounds one decoded frame
+    and is checked from the header before any pixel data is decompressed.
+    Raises an ``IngestError`` subclass for every refusal.
+    """
+    if max_pixels < 1:
+        raise ValueError("max_pixels must be positive")
+    if not data:
+        raise EmptyInput("the uploaded file is empty")
+    fmt = sniff_format(data[:SNIFF_BYTES])
+    if fmt is None:
+        raise UnsupportedMediaType("the file is not a PNG, JPEG or DICOM (Part 10) image")
+    if frame < 0:
+        raise FrameOutOfRange(f"frame index must be 0 or more, got {frame}")
+
+    digest = hashlib.sha256(data).hexdigest()
+    if fmt == "dicom":
+        decoded = decode_dicom(data, frame=frame, max_pixels=max_pixels)
+        image, frame_count = decoded.image, decoded.frame_count
+        spacing, info = decoded.pixel_spacing_mm, decoded.info
+    else:
+        image, frame_count = decode_raster(data, fmt, frame=frame, max_pixels=max_pixels)
+        spacing, info = None, None
+    return DecodedImage(
+        image=image,
+        format=fmt,
+        width=image.width,
+        height=image.height,
+        sha256=digest,
+        pixel_spacing_mm=spacing,
+        frame=frame,
+        frame_count=frame_count,
+        dicom=info,
+    )

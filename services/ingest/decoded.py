@@ -1,0 +1,35 @@
+"""The result of decoding one upload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from PIL import Image
+
+ImageFormat = Literal["png", "jpeg", "dicom"]
+
+
+@dataclass(frozen=True)
+class DicomInfo:
+    """Identifying attributes kept for provenance (linking a result back to the PACS object)."""
+
+    sop_instance_uid: str | None
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    modality: str | None
+    photometric_interpretation: str | None  # as stored in the file, before any conversion
+    transfer_syntax_uid: str | None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # mode "RGB", 8 bits per channel, display orientation
+    format: ImageFormat
+    width: int  # of ``image``
+    height: int
+    sha256: str  # hex digest of the original bytes, not of the decoded pixels
+    pixel_spacing_mm: tuple[float, float] | None  # (row, col), i.e. (vertical, horizontal)
+    frame: int  # 0-based index of the decoded frame
+    frame_count: int
+    dicom: DicomInfo | None = None

@@ -61,7 +61,10 @@ def analyze(
     try:
         runtime = load_runtime(settings)
         result = analyze_bytes(runtime, image.read_bytes(), mode=mode, frame=frame)  # type: ignore[arg-type]
-    except (ModelNotFound, IngestError) as exc:
+    except IngestError as exc:
+        typer.echo(f"error ({exc.code}): {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    except ModelNotFound as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     sys.stdout.write(result.model_dump_json(indent=2) + "\n")

@@ -35,6 +35,7 @@ from shared.schemas.results import (
 )
 
 Mode = Literal["autonomous", "hitl"]
+PHASE_ORDER: tuple[PhaseName, ...] = ("interpret", "classify", "map", "detect", "keypoints", "segment")
 LOCALISATION_PHASES: tuple[PhaseName, ...] = ("detect", "keypoints", "segment")
 HITL_WAITING = "awaiting the reviewer's choice of phases (HITL)"
 
@@ -74,11 +75,11 @@ class Pipeline:
             for phase in ("map", *LOCALISATION_PHASES):
                 doc.phases[phase] = PhaseReport(status="skipped", detail=HITL_WAITING)
             doc.status = "awaiting_review"
-            return doc
+            return _in_order(doc)
         decision = self._map(doc)
         self._localise(doc, prefix, decoded, decision, LOCALISATION_PHASES)
         doc.status = "succeeded"
-        return doc
+        return _in_order(doc)
 
     def resume(self, decoded: DecodedImage, state: ResultDocument, *, phases: Sequence[str],
                group: str | None = None) -> ResultDocument:
@@ -101,7 +102,7 @@ class Pipeline:
             decision = self._map(doc)
         self._localise(doc, self._prefix(decoded), decoded, decision, tuple(phases))
         doc.status = "succeeded"
-        return doc
+        return _in_order(doc)
 
     # -- phases -----------------------------------------------------------------------------
 
@@ -225,6 +226,11 @@ def _store(doc: ResultDocument, annotations: Sequence[object], keypoint_classes:
             doc.keypoints.append(ann.model_copy(update={"id": len(doc.keypoints) + 1}))
         elif isinstance(ann, Detection):
             doc.detections.append(ann.model_copy(update={"id": len(doc.detections) + 1}))
+
+
+def _in_order(doc: ResultDocument) -> ResultDocument:
+    doc.phases = {name: doc.phases[name] for name in PHASE_ORDER if name in doc.phases}
+    return doc
 
 
 def _seed(sha256: str, phase: str) -> int:

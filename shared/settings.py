@@ -28,9 +28,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="largest accepted image (width x height x frames)")
 
     # The database that holds the truth (jobs, images, results, reviews, keys, audit).
-    database_url: str = Field(
-        "", description="SQLAlchemy URL; empty means SQLite at {data_dir}/fada.db"
-    )
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at {data_dir}/fada.db")
     database_echo: bool = Field(False, description="log every SQL statement (debugging only)")
 
     @model_validator(mode="after")

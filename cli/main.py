@@ -11,6 +11,65 @@ import typer
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="FADA Serve: fetal-ultrasound AI as a service.")
 model_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
 app.add_typer(model_app, name="model")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; a secret is shown once).")
+app.add_typer(keys_app, name="keys")
+
+
+def _session():  # type: ignore[no-untyped-def]
+    from shared.db.engine import engine_from_settings, make_sessionmaker
+    from shared.settings import Settings
+
+    return make_sessionmaker(engine_from_settings(Settings()))()
+
+
+@app.command()
+def migrate(revision: Annotated[str, typer.Option(help="target revision")] = "head") -> None:
+    """Bring the database (FADA_DATABASE_URL) to the latest schema."""
+    from shared.db.migrate import upgrade
+    from shared.settings import Settings
+
+    upgrade(Settings().database_url, revision)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="submitter, reviewer, qa or admin")],
+    name: Annotated[str, typer.Option(help="who or what uses the key")],
+) -> None:
+    """Create a key and print its secret, alone, on stdout (only its hash is stored)."""
+    from services.keys import create_key
+    from shared.db.models import Role
+
+    if role not in Role.__members__:
+        raise typer.BadParameter(f"role must be one of {', '.join(Role.__members__)}", param_hint="--role")
+    with _session() as session, session.begin():
+        new = create_key(session, name=name, role=role)
+    typer.echo(new.secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys: id, prefix, role, name, created, revoked."""
+    from services.keys import list_keys
+
+    with _session() as session:
+        for key in list_keys(session):
+            revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
+            typer.echo(f"{key.id}\t{key.key_prefix}\t{key.role}\t{key.name}\t{key.created_at.isoformat()}\t{revoked}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="key id or prefix")]) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
+    from services.keys import UnknownKey, revoke_key
+
+    try:
+        with _session() as session, session.begin():
+            revoked = revoke_key(session, key)
+    except UnknownKey as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"revoked {revoked.id}")
 
 
 def _quiet_transformers() -> None:

@@ -1,0 +1,51 @@
+"""The job state machine: submit, claim (lease), complete, fail, retry, cancel, resume, sweep,
+and reading jobs back. Plain functions over a SQLAlchemy ``Session``; none of them commits."""
+
+from .errors import IdempotencyConflict, InvalidCursor, InvalidTransition, JobNotFound, JobsError
+from .idempotency import find_idempotent, fingerprint, remember_idempotent
+from .lifecycle import (
+    MAX_ATTEMPTS_CODE,
+    TIME_LIMIT_CODE,
+    ClaimedJob,
+    cancel,
+    claim,
+    complete,
+    fail,
+    release_for_retry,
+    renew_lease,
+    resume_hitl,
+)
+from .listing import Page, batch_counts, get_job, get_result, list_jobs
+from .submit import create_batch, encode_png, submit_job
+from .sweeper import SweepReport, sweep
+
+__all__ = [
+    "MAX_ATTEMPTS_CODE",
+    "TIME_LIMIT_CODE",
+    "ClaimedJob",
+    "IdempotencyConflict",
+    "InvalidCursor",
+    "InvalidTransition",
+    "JobNotFound",
+    "JobsError",
+    "Page",
+    "SweepReport",
+    "batch_counts",
+    "cancel",
+    "claim",
+    "complete",
+    "create_batch",
+    "encode_png",
+    "fail",
+    "find_idempotent",
+    "fingerprint",
+    "get_job",
+    "get_result",
+    "list_jobs",
+    "release_for_retry",
+    "remember_idempotent",
+    "renew_lease",
+    "resume_hitl",
+    "submit_job",
+    "sweep",
+]

@@ -1,0 +1,290 @@
+"""The job state machine: claim, renew, complete, fail, retry, cancel, resume.
+
+Every change is one conditional UPDATE (``... WHERE id = :id AND status = :expected [AND
+lease_owner = :me]``) whose returned rows say whether it happened, so a duplicate delivery
+or a lost race is a no-op, never double work. Nothing here commits: the caller runs each
+call in its own short transaction (``with sessionmaker.begin() as session: ...``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.db.models import Job, JobMode, JobStatus, Result
+from shared.db.types import new_id, utcnow
+from shared.schemas.results import ResultDocument
+
+from ._common import expire_job
+from .errors import InvalidTransition, JobNotFound
+
+MAX_ATTEMPTS_CODE = "max_attempts"
+TIME_LIMIT_CODE = "time_limit"
+_SYNC = {"synchronize_session": False}
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs after a successful claim."""
+
+    id: str
+    owner: str
+    attempts: int
+    max_attempts: int
+    mode: JobMode
+    image_id: str
+    lease_expires_at: datetime
+    hitl_state: dict[str, Any] | None
+    hitl_choice: dict[str, Any] | None
+
+    @property
+    def resuming(self) -> bool:
+        """True for the second stage of a HITL job (the reviewer chose the next phases)."""
+        return self.hitl_choice is not None
+
+
+def _current_status(session: Session, job_id: str) -> JobStatus:
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status is None:
+        raise JobNotFound(job_id)
+    return JobStatus(status)
+
+
+def _owned(job_id: str, owner: str) -> Any:
+    return and_(Job.id == job_id, Job.status == JobStatus.running, Job.lease_owner == owner)
+
+
+def claim(
+    session: Session, job_id: str, *, owner: str, lease_seconds: int, now: datetime | None = None
+) -> ClaimedJob | None:
+    """queued -> running under a lease for ``owner`` (attempts + 1). A running job whose lease
+    has EXPIRED (its worker died) may be claimed again while attempts remain. Returns None,
+    changing nothing, for any other state: finished, canceled, awaiting review, or running
+    under a live lease."""
+    now = now or utcnow()
+    expires = now + timedelta(seconds=lease_seconds)
+    stmt = (
+        update(Job)
+        .where(
+            Job.id == job_id,
+            or_(
+                Job.status == JobStatus.queued,
+                and_(
+                    Job.status == JobStatus.running,
+                    Job.lease_expires_at < now,
+                    Job.attempts < Job.max_attempts,
+                ),
+            ),
+        )
+        .values(
+            status=JobStatus.running,
+            attempts=Job.attempts + 1,
+            lease_owner=owner,
+            lease_expires_at=expires,
+            started_at=now,
+            updated_at=now,
+        )
+        .returning(Job.attempts, Job.max_attempts, Job.mode, Job.image_id, Job.hitl_state, Job.hitl_choice)
+    )
+    row = session.execute(stmt, execution_options=_SYNC).first()
+    if row is None:
+        return None
+    expire_job(session, job_id)
+    return ClaimedJob(
+        id=job_id,
+        owner=owner,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        mode=JobMode(row.mode),
+        image_id=row.image_id,
+        lease_expires_at=expires,
+        hitl_state=row.hitl_state,
+        hitl_choice=row.hitl_choice,
+    )
+
+
+def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: int, *, now: datetime | None = None) -> bool:
+    """Extend the lease; False when ``owner`` no longer holds the running job (stop working)."""
+    now = now or utcnow()
+    stmt = (
+        update(Job)
+        .where(_owned(job_id, owner))
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        .returning(Job.id)
+    )
+    done = session.execute(stmt, execution_options=_SYNC).first() is not None
+    if done:
+        expire_job(session, job_id)
+    return done
+
+
+def complete(
+    session: Session,
+    job_id: str,
+    owner: str,
+    document: ResultDocument,
+    *,
+    awaiting_review: bool = False,
+    now: datetime | None = None,
+) -> bool:
+    """Store the result and finish the job in one transaction (a savepoint inside the
+    caller's): running -> succeeded, or -> awaiting_review with ``hitl_state`` = the document
+    (HITL first stage). Only the owner of the running job's lease may complete it; anything
+    else (a second delivery, a stolen lease) returns False and changes nothing.
+
+    One result per job: a HITL job resumed after review updates its result in place.
+    """
+    now = now or utcnow()
+    new_status = JobStatus.awaiting_review if awaiting_review else JobStatus.succeeded
+    doc = document.model_copy(update={"job_id": job_id, "status": new_status.value})
+    payload = doc.model_dump(mode="json")
+    model = doc.model
+    values: dict[str, Any] = {
+        "status": new_status,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+        "model_revision": model.revision,
+        "error_code": None,
+        "error_detail": None,
+    }
+    if awaiting_review:
+        values["hitl_state"] = payload
+    else:
+        values["finished_at"] = now
+    result_values: dict[str, Any] = {
+        "document": payload,
+        "model_base": model.base,
+        "model_adapter": model.adapter,
+        "model_revision": model.revision,
+        "profile": model.profile,
+        "untrained": model.untrained,
+    }
+    try:
+        with session.begin_nested():
+            changed = session.execute(
+                update(Job).where(_owned(job_id, owner)).values(**values).returning(Job.id), execution_options=_SYNC
+            ).first()
+            if changed is None:
+                return False  # leaving the block commits an empty savepoint
+            existing = session.scalar(select(Result.id).where(Result.job_id == job_id))
+            if existing is None:
+                session.add(Result(id=new_id(), job_id=job_id, created_at=now, **result_values))
+                session.flush()
+            else:
+                session.execute(
+                    update(Result).where(Result.id == existing).values(**result_values), execution_options=_SYNC
+                )
+                result = session.get(Result, existing)
+                if result is not None:
+                    session.expire(result)
+    except IntegrityError:
+        return False  # another completion stored the result first
+    expire_job(session, job_id)
+    return True
+
+
+def fail(
+    session: Session, job_id: str, owner: str, code: str, detail: str | None, *, now: datetime | None = None
+) -> bool:
+    """running -> failed with an error code and detail; only by the lease owner."""
+    now = now or utcnow()
+    stmt = (
+        update(Job)
+        .where(_owned(job_id, owner))
+        .values(
+            status=JobStatus.failed,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=now,
+            updated_at=now,
+            error_code=code,
+            error_detail=detail,
+        )
+        .returning(Job.id)
+    )
+    done = session.execute(stmt, execution_options=_SYNC).first() is not None
+    if done:
+        expire_job(session, job_id)
+    return done
+
+
+def release_for_retry(
+    session: Session, job_id: str, owner: str, detail: str | None, *, now: datetime | None = None
+) -> JobStatus | None:
+    """After a transient error: running -> queued (lease cleared) while attempts remain, else
+    -> failed with code ``max_attempts``. Returns the new status (re-enqueue when queued), or
+    None when ``owner`` no longer holds the job."""
+    now = now or utcnow()
+    requeued = session.execute(
+        update(Job)
+        .where(_owned(job_id, owner), Job.attempts < Job.max_attempts)
+        .values(status=JobStatus.queued, lease_owner=None, lease_expires_at=None, updated_at=now)
+        .returning(Job.id),
+        execution_options=_SYNC,
+    ).first()
+    if requeued is not None:
+        expire_job(session, job_id)
+        return JobStatus.queued
+    failed = session.execute(
+        update(Job)
+        .where(_owned(job_id, owner), Job.attempts >= Job.max_attempts)
+        .values(
+            status=JobStatus.failed,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=now,
+            updated_at=now,
+            error_code=MAX_ATTEMPTS_CODE,
+            error_detail=f"gave up after the last attempt: {detail}" if detail else "gave up after the last attempt",
+        )
+        .returning(Job.id),
+        execution_options=_SYNC,
+    ).first()
+    if failed is not None:
+        expire_job(session, job_id)
+        return JobStatus.failed
+    return None
+
+
+def cancel(session: Session, job_id: str, *, now: datetime | None = None) -> bool:
+    """queued or awaiting_review -> canceled. Returns True when canceled now, False when it
+    was canceled already (a repeated request). Raises ``InvalidTransition`` (409) for any other
+    status, ``JobNotFound`` when there is no such job. A worker holding a message for the job
+    finds it canceled at claim time and drops it."""
+    now = now or utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.queued, JobStatus.awaiting_review]))
+        .values(status=JobStatus.canceled, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None)
+        .returning(Job.id)
+    )
+    if session.execute(stmt, execution_options=_SYNC).first() is not None:
+        expire_job(session, job_id)
+        return True
+    current = _current_status(session, job_id)
+    if current is JobStatus.canceled:
+        return False
+    raise InvalidTransition(job_id, current.value, "cancel")
+
+
+def resume_hitl(session: Session, job_id: str, choice: dict[str, Any], *, now: datetime | None = None) -> bool:
+    """awaiting_review -> queued with the reviewer's ``choice`` (next phases, group) saved; the
+    caller commits, then enqueues the id. The second stage gets a fresh attempt budget
+    (attempts reset to 0). False when the job is not awaiting review (e.g. a repeated call)."""
+    now = now or utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.awaiting_review)
+        .values(status=JobStatus.queued, hitl_choice=choice, attempts=0, updated_at=now)
+        .returning(Job.id)
+    )
+    done = session.execute(stmt, execution_options=_SYNC).first() is not None
+    if done:
+        expire_job(session, job_id)
+    return done

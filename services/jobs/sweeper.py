@@ -1,0 +1,119 @@
+"""Recovery from the database, not the broker: jobs of dead workers and lost messages.
+
+Run periodically (e.g. Celery beat, every few seconds), in its own transaction; the caller
+commits, then enqueues ``requeue_ids``. Rows are picked with ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL, so two sweepers (or a sweeper and a worker) never wait on each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.orm import Session
+
+from shared.db.models import Job, JobStatus
+from shared.db.types import utcnow
+
+from .lifecycle import MAX_ATTEMPTS_CODE, TIME_LIMIT_CODE
+
+_SYNC = {"synchronize_session": False}
+
+
+@dataclass
+class SweepReport:
+    requeue_ids: list[str] = field(default_factory=list)  # enqueue these (after commit)
+    failed_ids: list[str] = field(default_factory=list)
+
+
+def _locked_ids(session: Session, *where: ColumnElement[bool], limit: int) -> list[str]:
+    stmt = select(Job.id).where(*where).order_by(Job.updated_at).limit(limit).with_for_update(skip_locked=True)
+    return list(session.scalars(stmt))
+
+
+def sweep(
+    session: Session,
+    *,
+    now: datetime | None = None,
+    queued_grace_seconds: float,
+    hard_time_limit_seconds: float,
+    limit: int = 500,
+) -> SweepReport:
+    """One pass:
+
+    1. running jobs started more than ``hard_time_limit_seconds`` ago -> failed ``time_limit``;
+    2. running jobs whose lease expired -> queued (lease cleared) and reported for re-enqueue,
+       or failed ``max_attempts`` when their attempts are used up;
+    3. queued jobs not touched for ``queued_grace_seconds`` (their message may be lost) are
+       reported for re-enqueue and their ``updated_at`` touched, so each is re-enqueued at
+       most once per grace period.
+
+    At most ``limit`` rows per step; a later pass takes the rest.
+    """
+    now = now or utcnow()
+    report = SweepReport()
+    running = Job.status == JobStatus.running
+
+    # 1. hard time limit (per attempt: started_at is set by each claim)
+    cutoff = now - timedelta(seconds=hard_time_limit_seconds)
+    ids = _locked_ids(session, running, Job.started_at < cutoff, limit=limit)
+    if ids:
+        rows = session.execute(
+            update(Job)
+            .where(Job.id.in_(ids), running, Job.started_at < cutoff)
+            .values(
+                status=JobStatus.failed,
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+                error_code=TIME_LIMIT_CODE,
+                error_detail=f"still running after the hard time limit of {hard_time_limit_seconds:g} s",
+            )
+            .returning(Job.id),
+            execution_options=_SYNC,
+        )
+        report.failed_ids.extend(rows.scalars())
+
+    # 2. expired leases: the worker died or lost its connection
+    expired = (running, Job.lease_expires_at < now)
+    ids = _locked_ids(session, *expired, limit=limit)
+    if ids:
+        rows = session.execute(
+            update(Job)
+            .where(Job.id.in_(ids), *expired, Job.attempts < Job.max_attempts)
+            .values(status=JobStatus.queued, lease_owner=None, lease_expires_at=None, updated_at=now)
+            .returning(Job.id),
+            execution_options=_SYNC,
+        )
+        report.requeue_ids.extend(rows.scalars())
+        rows = session.execute(
+            update(Job)
+            .where(Job.id.in_(ids), *expired, Job.attempts >= Job.max_attempts)
+            .values(
+                status=JobStatus.failed,
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+                error_code=MAX_ATTEMPTS_CODE,
+                error_detail="the worker's lease expired on the last attempt (worker lost or stuck)",
+            )
+            .returning(Job.id),
+            execution_options=_SYNC,
+        )
+        report.failed_ids.extend(rows.scalars())
+
+    # 3. queued jobs whose message may be lost
+    stale = (Job.status == JobStatus.queued, Job.updated_at < now - timedelta(seconds=queued_grace_seconds))
+    ids = _locked_ids(session, *stale, limit=limit)
+    if ids:
+        rows = session.execute(
+            update(Job).where(Job.id.in_(ids), *stale).values(updated_at=now).returning(Job.id),
+            execution_options=_SYNC,
+        )
+        report.requeue_ids.extend(rows.scalars())
+
+    session.expire_all()
+    return report

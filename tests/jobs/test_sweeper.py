@@ -1,0 +1,97 @@
+"""The sweeper: expired leases, attempts used up, the hard time limit, lost queued messages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.jobs import claim, complete, get_job, sweep
+from shared.db.models import JobStatus
+from shared.db.types import utcnow
+
+from .helpers import make_document
+
+GRACE = 30.0
+HARD = 3600.0
+
+
+def test_expired_lease_is_requeued_then_claimed_again(sm: sessionmaker[Session], submit: Callable[..., str]) -> None:
+    job_id = submit()
+    with sm.begin() as s:
+        assert claim(s, job_id, owner="dead", lease_seconds=10) is not None
+    with sm.begin() as s:  # lease still live: nothing to do
+        report = sweep(s, queued_grace_seconds=GRACE, hard_time_limit_seconds=HARD)
+        assert report.requeue_ids == [] and report.failed_ids == []
+    later = utcnow() + timedelta(seconds=11)
+    with sm.begin() as s:
+        report = sweep(s, now=later, queued_grace_seconds=GRACE, hard_time_limit_seconds=HARD)
+    assert report.requeue_ids == [job_id] and report.failed_ids == []
+    with sm() as s:
+        job = get_job(s, job_id)
+        assert job is not None and job.status is JobStatus.queued and job.lease_owner is None
+    with sm.begin() as s:
+        claimed = claim(s, job_id, owner="w2", lease_seconds=60, now=later)
+    assert claimed is not None and claimed.attempts == 2
+    with sm.begin() as s:
+        assert not complete(s, job_id, "dead", make_document())
+        assert complete(s, job_id, "w2", make_document())
+
+
+def test_expired_lease_on_last_attempt_fails(sm: sessionmaker[Session], submit: Callable[..., str]) -> None:
+    job_id = submit(max_attempts=1)
+    with sm.begin() as s:
+        claim(s, job_id, owner="dead", lease_seconds=10)
+    later = utcnow() + timedelta(seconds=11)
+    with sm.begin() as s:
+        assert claim(s, job_id, owner="w2", lease_seconds=60, now=later) is None  # no attempts left
+        report = sweep(s, now=later, queued_grace_seconds=GRACE, hard_time_limit_seconds=HARD)
+    assert report.failed_ids == [job_id] and report.requeue_ids == []
+    with sm() as s:
+        job = get_job(s, job_id)
+        assert job is not None and job.status is JobStatus.failed
+        assert job.error_code == "max_attempts" and job.error_detail and "lease" in job.error_detail
+        assert job.finished_at is not None
+
+
+def test_hard_time_limit(sm: sessionmaker[Session], submit: Callable[..., str]) -> None:
+    job_id = submit()
+    with sm.begin() as s:
+        claim(s, job_id, owner="w", lease_seconds=100_000)  # renewed forever, but stuck
+    with sm.begin() as s:
+        report = sweep(
+            s, now=utcnow() + timedelta(seconds=HARD + 1), queued_grace_seconds=1e9, hard_time_limit_seconds=HARD
+        )
+    assert report.failed_ids == [job_id] and report.requeue_ids == []
+    with sm() as s:
+        job = get_job(s, job_id)
+        assert job is not None and job.status is JobStatus.failed and job.error_code == "time_limit"
+
+
+def test_lost_queued_message_requeued_once_per_grace(sm: sessionmaker[Session], submit: Callable[..., str]) -> None:
+    job_id = submit()
+    done = submit()
+    with sm.begin() as s:
+        claim(s, done, owner="w", lease_seconds=60)
+    with sm.begin() as s:
+        complete(s, done, "w", make_document())
+    t0 = utcnow()
+    with sm.begin() as s:
+        assert sweep(s, now=t0, queued_grace_seconds=GRACE, hard_time_limit_seconds=HARD).requeue_ids == []
+    t1 = t0 + timedelta(seconds=GRACE + 1)
+    with sm.begin() as s:
+        assert sweep(s, now=t1, queued_grace_seconds=GRACE, hard_time_limit_seconds=HARD).requeue_ids == [job_id]
+    with sm.begin() as s:  # touched: not again within the grace period
+        again = sweep(
+            s, now=t1 + timedelta(seconds=GRACE / 2), queued_grace_seconds=GRACE, hard_time_limit_seconds=HARD
+        )
+        assert again.requeue_ids == []
+    with sm.begin() as s:
+        later = sweep(
+            s, now=t1 + timedelta(seconds=GRACE + 1), queued_grace_seconds=GRACE, hard_time_limit_seconds=HARD
+        )
+        assert later.requeue_ids == [job_id]
+    with sm() as s:
+        job = get_job(s, job_id)
+        assert job is not None and job.status is JobStatus.queued and job.attempts == 0

@@ -5,15 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.jobs import ClaimedJob, claim, get_job
 
 
-def test_two_threads_claim_one_job(sm: sessionmaker[Session], submit: Callable[..., str], db_url: str) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("row-level concurrency is a PostgreSQL test (SQLite serialises writers)")
+def test_two_threads_claim_one_job(sm: sessionmaker[Session], submit: Callable[..., str]) -> None:
+    """On PostgreSQL the conditional UPDATE decides; SQLite serialises the two writers."""
     for _ in range(5):
         job_id = submit()
         barrier = threading.Barrier(2)

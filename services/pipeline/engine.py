@@ -64,7 +64,6 @@ class Engine:
     """Runs phase prompts against one loaded model. Not thread-safe: one request at a time."""
 
     def __init__(self, loaded: LoadedModel, *, max_side: int = 1024) -> None:
-        self.loaded = loaded
         self.model = loaded.model
         self.core = loaded.core
         self.processor = loaded.processor

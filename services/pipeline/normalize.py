@@ -38,7 +38,6 @@ class ImageGeometry:
             raise ValueError(f"invalid geometry {self.width}x{self.height} at scale {self.scale}")
 
 
-Frame = ImageGeometry  # short alias
 
 
 class _Drop(Exception):
@@ -278,7 +277,6 @@ def _reason(index: int, item: Any, exc: Exception) -> str:
 __all__ = [
     "Annotation",
     "Box",
-    "Frame",
     "ImageGeometry",
     "Polygon",
     "build_annotations",

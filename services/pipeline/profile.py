@@ -18,7 +18,6 @@ PROFILES_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "fada-skd"
 
 Phase = Literal["interpret", "classify", "map", "detect", "keypoints", "segment"]
-MODEL_PHASES: tuple[str, ...] = ("interpret", "classify", "detect", "keypoints", "segment")
 
 
 class ProfileError(ValueError):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
-from shared.db.models import Job
+from shared.db.models import Job, JobStatus
 
 
 def expire_job(session: Session, job_id: str) -> None:
@@ -15,3 +18,16 @@ def expire_job(session: Session, job_id: str) -> None:
     obj = session.identity_map.get(key)
     if obj is not None:
         session.expire(obj)
+
+
+def failed_values(now: datetime, code: str, detail: str | None) -> dict[str, Any]:
+    """Column values of a job that ends ``failed``: lease released, error recorded."""
+    return {
+        "status": JobStatus.failed,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "finished_at": now,
+        "updated_at": now,
+        "error_code": code,
+        "error_detail": detail,
+    }

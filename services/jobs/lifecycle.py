@@ -20,7 +20,7 @@ from shared.db.models import Job, JobMode, JobStatus, Result
 from shared.db.types import new_id, utcnow
 from shared.schemas.results import ResultDocument
 
-from ._common import expire_job
+from ._common import expire_job, failed_values
 from .errors import InvalidTransition, JobNotFound
 
 MAX_ATTEMPTS_CODE = "max_attempts"
@@ -194,20 +194,7 @@ def fail(
 ) -> bool:
     """running -> failed with an error code and detail; only by the lease owner."""
     now = now or utcnow()
-    stmt = (
-        update(Job)
-        .where(_owned(job_id, owner))
-        .values(
-            status=JobStatus.failed,
-            lease_owner=None,
-            lease_expires_at=None,
-            finished_at=now,
-            updated_at=now,
-            error_code=code,
-            error_detail=detail,
-        )
-        .returning(Job.id)
-    )
+    stmt = update(Job).where(_owned(job_id, owner)).values(**failed_values(now, code, detail)).returning(Job.id)
     done = session.execute(stmt, execution_options=_SYNC).first() is not None
     if done:
         expire_job(session, job_id)
@@ -235,13 +222,11 @@ def release_for_retry(
         update(Job)
         .where(_owned(job_id, owner), Job.attempts >= Job.max_attempts)
         .values(
-            status=JobStatus.failed,
-            lease_owner=None,
-            lease_expires_at=None,
-            finished_at=now,
-            updated_at=now,
-            error_code=MAX_ATTEMPTS_CODE,
-            error_detail=f"gave up after the last attempt: {detail}" if detail else "gave up after the last attempt",
+            **failed_values(
+                now,
+                MAX_ATTEMPTS_CODE,
+                f"gave up after the last attempt: {detail}" if detail else "gave up after the last attempt",
+            )
         )
         .returning(Job.id),
         execution_options=_SYNC,

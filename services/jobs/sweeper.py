@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from shared.db.models import Job, JobStatus
 from shared.db.types import utcnow
 
+from ._common import failed_values
 from .lifecycle import MAX_ATTEMPTS_CODE, TIME_LIMIT_CODE
 
 _SYNC = {"synchronize_session": False}
@@ -63,13 +64,9 @@ def sweep(
             update(Job)
             .where(Job.id.in_(ids), running, Job.started_at < cutoff)
             .values(
-                status=JobStatus.failed,
-                lease_owner=None,
-                lease_expires_at=None,
-                finished_at=now,
-                updated_at=now,
-                error_code=TIME_LIMIT_CODE,
-                error_detail=f"still running after the hard time limit of {hard_time_limit_seconds:g} s",
+                **failed_values(
+                    now, TIME_LIMIT_CODE, f"still running after the hard time limit of {hard_time_limit_seconds:g} s"
+                )
             )
             .returning(Job.id),
             execution_options=_SYNC,
@@ -92,13 +89,9 @@ def sweep(
             update(Job)
             .where(Job.id.in_(ids), *expired, Job.attempts >= Job.max_attempts)
             .values(
-                status=JobStatus.failed,
-                lease_owner=None,
-                lease_expires_at=None,
-                finished_at=now,
-                updated_at=now,
-                error_code=MAX_ATTEMPTS_CODE,
-                error_detail="the worker's lease expired on the last attempt (worker lost or stuck)",
+                **failed_values(
+                    now, MAX_ATTEMPTS_CODE, "the worker's lease expired on the last attempt (worker lost or stuck)"
+                )
             )
             .returning(Job.id),
             execution_options=_SYNC,

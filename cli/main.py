@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="FADA Serve: fetal-ultrasound AI as a service.")
 model_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
@@ -15,7 +18,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; a se
 app.add_typer(keys_app, name="keys")
 
 
-def _session():  # type: ignore[no-untyped-def]
+def _session() -> Session:
     from shared.db.engine import engine_from_settings, make_sessionmaker
     from shared.settings import Settings
 

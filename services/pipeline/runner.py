@@ -100,7 +100,9 @@ class Pipeline:
             self._record_mapping(doc, decision, latency_ms=0.0)
         else:
             decision = self._map(doc)
-        self._localise(doc, self._prefix(decoded), decoded, decision, tuple(phases))
+        # No chosen phase means no model call, so the image need not be encoded at all.
+        prefix = self._prefix(decoded) if phases else None
+        self._localise(doc, prefix, decoded, decision, tuple(phases))
         doc.status = "succeeded"
         return _in_order(doc)
 

@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 TINY_MODEL ?= var/models/tiny
 SAMPLE ?= $(shell $(BIN)/python -c "from pydicom.data import get_testdata_file; print(get_testdata_file('examples_palette.dcm'))" 2>/dev/null)
 
-.PHONY: install run test lint bench clean
+.PHONY: install run demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,15 @@ install: $(VENV)/.installed
 $(TINY_MODEL)/fada_model.json: $(VENV)/.installed
 	$(BIN)/fada model build-tiny --out $(TINY_MODEL)
 
-# Until the HTTP service lands: build the tiny model and analyse the obstetric ultrasound
-# DICOM that ships with pydicom.
-run: $(TINY_MODEL)/fada_model.json
+# The service on its embedded default: SQLite and a serverless broker under ./var, the tiny
+# local model (built on first start). HOST/PORT override where it listens.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+run: install
+	$(BIN)/fada serve --host $(HOST) --port $(PORT)
+
+# One image through the pipeline, no service: the obstetric ultrasound DICOM that ships with pydicom.
+demo: $(TINY_MODEL)/fada_model.json
 	$(BIN)/fada analyze "$(SAMPLE)" --model $(TINY_MODEL)
 
 test: install

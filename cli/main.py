@@ -31,7 +31,15 @@ def migrate(revision: Annotated[str, typer.Option(help="target revision")] = "he
     from shared.db.migrate import upgrade
     from shared.settings import Settings
 
-    upgrade(Settings().database_url, revision)
+    settings = Settings()
+    upgrade(settings.database_url, revision)
+    if settings.bootstrap_admin_key is not None:
+        from services.keys import ensure_key
+
+        with _session() as session, session.begin():
+            if ensure_key(session, secret=settings.bootstrap_admin_key.get_secret_value(), name="bootstrap-admin",
+                          role="admin"):
+                typer.echo("created the bootstrap admin key (FADA_BOOTSTRAP_ADMIN_KEY)", err=True)
 
 
 @keys_app.command("create")
@@ -73,6 +81,61 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="key id or prefix")]) ->
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"revoked {revoked.id}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+) -> None:
+    """Gateway plus one worker process. With no configuration: SQLite and a serverless broker
+    under ./var, and the tiny local model (built on first start)."""
+    from cli.processes import ensure_model, run_api, start_worker, stop_process
+    from shared.db.migrate import upgrade
+    from shared.settings import Settings
+
+    settings = Settings()
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    model_env = ensure_model(settings)
+    worker = start_worker(model_env)
+    try:
+        run_api(host, port)
+    finally:
+        stop_process(worker)
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[int, typer.Option(help="gateway processes")] = 1,
+) -> None:
+    """The HTTP gateway alone (run `fada migrate` first)."""
+    from cli.processes import run_api
+
+    run_api(host, port, workers=workers)
+
+
+@app.command()
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+) -> None:
+    """One GPU worker (one model, one job at a time). Run one per GPU."""
+    import os
+
+    from cli.processes import worker_argv
+    from services.models.loader import ModelNotFound
+    from services.runtime import model_source
+    from shared.settings import Settings
+
+    try:
+        model_source(Settings())  # fail here, clearly, rather than in every pool process
+    except ModelNotFound as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    argv = worker_argv(loglevel=loglevel)
+    os.execv(argv[0], argv)
 
 
 def _quiet_transformers() -> None:

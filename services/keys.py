@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -56,13 +57,28 @@ def revoke_key(session: Session, id_or_prefix: str) -> ApiKey:
     return key
 
 
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
 def authenticate(session: Session, secret: str) -> ApiKey | None:
-    """The live key for a presented secret, or None (unknown or revoked)."""
+    """The live key for a presented secret, or None (unknown or revoked). ``last_used_at`` is
+    written at most once a minute, so a busy key does not cost a write per request."""
     key = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_secret(secret))).one_or_none()
     if key is None or key.revoked_at is not None:
         return None
-    session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=utcnow()))
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
     return key
+
+
+def ensure_key(session: Session, *, secret: str, name: str, role: Role | str) -> bool:
+    """Make sure a live key with this secret exists (deployment bootstrap); True if created."""
+    if session.scalars(select(ApiKey.id).where(ApiKey.key_hash == hash_secret(secret))).first() is not None:
+        return False
+    session.add(ApiKey(name=name, role=Role(role), key_prefix=secret[:PREFIX_CHARS], key_hash=hash_secret(secret)))
+    session.flush()
+    return True
 
 
 def allows(role: Role | str, *required: Role | str) -> bool:

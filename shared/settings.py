@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,10 +31,34 @@ class Settings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at {data_dir}/fada.db")
     database_echo: bool = Field(False, description="log every SQL statement (debugging only)")
 
+    # The broker only wakes workers up; the database says what is to be done.
+    broker_url: str = Field("", description="Celery broker URL; empty means kombu's SQLAlchemy transport over "
+                            "SQLite at {data_dir}/broker.db (needs no server)")
+    broker_polling_interval: float = Field(0.1, gt=0, description="seconds between polls of the SQLite broker")
+
+    # HTTP gateway limits.
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest accepted request body (413 above)")
+    max_batch_files: int = Field(200, ge=1, description="most files in one POST /v1/batches")
+
+    # Auth: keys are created with `fada keys create`; this optional secret lets an automated
+    # deployment (docker compose) have an admin key without an interactive step.
+    bootstrap_admin_key: SecretStr | None = Field(
+        None, description="if set, `fada migrate` makes sure an admin key with this secret exists")
+
+    # Jobs, leases and the sweeper (recovery of lost messages and dead workers).
+    job_max_attempts: int = Field(3, ge=1, description="attempts before a job fails with max_attempts")
+    lease_seconds: float = Field(60.0, gt=0, description="a running job's lease; renewed every third of it")
+    sweep_interval_seconds: float = Field(10.0, gt=0, description="how often each worker runs the sweeper")
+    queued_grace_seconds: float = Field(300.0, gt=0, description="a queued job untouched this long is re-enqueued")
+    hard_time_limit_seconds: float = Field(3600.0, gt=0, description="a running attempt older than this fails")
+    worker_heartbeat_seconds: float = Field(10.0, gt=0, description="worker heartbeat period (readiness)")
+
     @model_validator(mode="after")
-    def _default_database_url(self) -> Settings:
+    def _defaults_under_data_dir(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir}/fada.db"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir}/broker.db"
         return self
 
 

@@ -15,7 +15,7 @@ from .lifecycle import (
     renew_lease,
     resume_hitl,
 )
-from .listing import Page, batch_counts, get_job, get_result, list_jobs
+from .listing import Page, batch_counts, get_job, get_result, list_jobs, status_counts
 from .submit import create_batch, encode_png, submit_job
 from .sweeper import SweepReport, sweep
 
@@ -46,6 +46,7 @@ __all__ = [
     "remember_idempotent",
     "renew_lease",
     "resume_hitl",
+    "status_counts",
     "submit_job",
     "sweep",
 ]

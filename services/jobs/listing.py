@@ -62,6 +62,7 @@ def list_jobs(
     external_id: str | None = None,
     review_state: ReviewState | str | None = None,
     api_key_id: str | None = None,
+    batch_id: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page:
@@ -80,6 +81,8 @@ def list_jobs(
         stmt = stmt.where(Job.review_state == ReviewState(review_state))
     if api_key_id is not None:
         stmt = stmt.where(Job.api_key_id == api_key_id)
+    if batch_id is not None:
+        stmt = stmt.where(Job.batch_id == batch_id)
     if cursor is not None:
         after_t, after_id = decode_cursor(cursor)
         stmt = stmt.where(or_(Job.created_at < after_t, and_(Job.created_at == after_t, Job.id < after_id)))
@@ -95,5 +98,13 @@ def batch_counts(session: Session, batch_id: str) -> dict[str, int]:
     counts = {s.value: 0 for s in JobStatus}
     rows = session.execute(select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status))
     for status, n in rows:
+        counts[JobStatus(status).value] = n
+    return counts
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    """Number of jobs in each status, over all jobs (for metrics)."""
+    counts = {s.value: 0 for s in JobStatus}
+    for status, n in session.execute(select(Job.status, func.count()).group_by(Job.status)):
         counts[JobStatus(status).value] = n
     return counts

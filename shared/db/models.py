@@ -328,3 +328,20 @@ class Evaluation(Base):
     api_key_id: Mapped[str] = _fk("api_keys.id", index=True)
     ground_truth: Mapped[dict[str, Any]]
     metrics: Mapped[dict[str, Any] | None]
+
+
+class WorkerHeartbeat(Base):
+    """A worker process with a loaded model, as last heard from. ``/readyz`` is ready when one
+    has beaten recently; rows of stopped workers are removed at shutdown or age out."""
+
+    __tablename__ = "worker_heartbeats"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # the worker's lease owner name
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    queues: Mapped[str] = mapped_column(String(255))
+    model_base: Mapped[str] = mapped_column(String(512))
+    model_revision: Mapped[str] = mapped_column(String(128))
+    untrained: Mapped[bool] = mapped_column(Boolean)
+    started_at: Mapped[datetime] = _created()
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

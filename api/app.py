@@ -1,0 +1,39 @@
+"""The gateway's app factory: ``uvicorn --factory api.app:create_app`` (or ``fada api``)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from services.queue import make_celery
+from shared.db.engine import engine_from_settings, make_sessionmaker
+from shared.settings import Settings
+
+from . import problems
+from .context import AppContext
+from .middleware import BodyLimitMiddleware, GatewayMiddleware
+from .routes import batches, jobs, ops
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    ctx = AppContext(settings=settings, sm=make_sessionmaker(engine_from_settings(settings)),
+                     celery=make_celery(settings))
+    app = FastAPI(
+        title="FADA Serve",
+        version="1.0.0",
+        summary="Fetal-ultrasound AI as a hospital service: submit images, get structured results.",
+        description="The HTTP contract v1. Errors are application/problem+json (RFC 9457). "
+                    "Every /v1 route needs `Authorization: Bearer <api key>`.",
+    )
+    app.state.ctx = ctx
+    problems.install(app)
+    for router in (jobs.router, batches.router, ops.router):
+        app.include_router(router)
+    # Outermost first on the way in: ids, auth and audit, then the body limit.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(GatewayMiddleware, ctx=ctx)
+    return app

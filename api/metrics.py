@@ -1,0 +1,36 @@
+"""Prometheus metrics: request counts and latencies here, job counts read from the database
+at scrape time (the workers run in other processes)."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from starlette.types import Scope
+
+REQUESTS = Counter("fada_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
+LATENCY = Histogram("fada_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+JOBS_SUBMITTED = Counter("fada_jobs_submitted_total", "jobs accepted by this gateway process", ["mode"])
+
+
+def observe_request(scope: Scope, status: int, seconds: float) -> None:
+    route = getattr(scope.get("route"), "path", None) or "unmatched"  # templates, never raw ids
+    REQUESTS.labels(scope["method"], route, str(status)).inc()
+    LATENCY.labels(scope["method"], route).observe(seconds)
+
+
+def render(job_counts: dict[str, int], live_workers: int) -> bytes:
+    """The process metrics plus the database's job counts and live worker count."""
+    extra = CollectorRegistry(auto_describe=False)
+
+    class _Db:
+        def collect(self):  # type: ignore[no-untyped-def]
+            jobs = GaugeMetricFamily("fada_jobs", "jobs in the database per status", labels=["status"])
+            for status, n in sorted(job_counts.items()):
+                jobs.add_metric([status], n)
+            yield jobs
+            yield GaugeMetricFamily("fada_workers_live", "worker processes with a recent heartbeat",
+                                    value=live_workers)
+
+    extra.register(_Db())
+    return generate_latest(REGISTRY) + generate_latest(extra)

@@ -1,0 +1,158 @@
+"""ASGI middleware: request ids, authentication with an audit trail, and the body limit.
+
+Authentication happens here, before any body is read, so an unknown key uploads nothing;
+routes then check the role (403). Every ``/v1`` request writes one audit event (who, what,
+which job, outcome) before its response starts, so no answered request goes unrecorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import anyio
+from fastapi import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.keys import authenticate
+from shared.audit import record_event
+
+from .context import AppContext, Caller
+from .metrics import observe_request
+from .problems import problem_response
+
+log = logging.getLogger(__name__)
+
+AUTH_PREFIX = "/v1"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _outcome(status: int) -> str:
+    if status < 400:
+        return "ok"
+    if status in (401, 403):
+        return "denied"
+    return "rejected" if status < 500 else "error"
+
+
+class GatewayMiddleware:
+    """Request id (``X-Request-ID``), metrics, and for ``/v1``: bearer-key auth and audit."""
+
+    def __init__(self, app: ASGIApp, ctx: AppContext) -> None:
+        self.app, self.ctx = app, ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = (_header(scope, b"x-request-id") or "")[:64] or uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        audited = scope["path"].startswith(AUTH_PREFIX)
+        status_holder = {"status": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                if audited:
+                    await self._audit(scope, message["status"])
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            if audited:
+                caller, presented = await self._authenticate(scope)
+                if caller is None:
+                    detail = "missing API key: send 'Authorization: Bearer <key>'" if presented is None else \
+                        "unknown or revoked API key"
+                    state["audit_detail"] = {"presented_prefix": presented[:12]} if presented else None
+                    response = problem_response(401, "unauthorized", detail,
+                                                headers={"WWW-Authenticate": 'Bearer realm="fada"'})
+                    await response(scope, receive, send_wrapper)
+                    return
+                state["caller"] = caller
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            observe_request(scope, status_holder["status"], time.perf_counter() - started)
+
+    async def _authenticate(self, scope: Scope) -> tuple[Caller | None, str | None]:
+        header = _header(scope, b"authorization")
+        if not header or not header.lower().startswith("bearer ") or not header[7:].strip():
+            return None, None
+        secret = header[7:].strip()
+
+        def lookup() -> Caller | None:
+            with self.ctx.sm.begin() as session:
+                key = authenticate(session, secret)
+                return Caller(key_id=key.id, role=key.role, name=key.name) if key is not None else None
+
+        return await anyio.to_thread.run_sync(lookup), secret
+
+    async def _audit(self, scope: Scope, status: int) -> None:
+        state: dict[str, Any] = scope.get("state", {})
+        caller: Caller | None = state.get("caller")
+        route = scope.get("route")
+        template = getattr(route, "path", None) or scope["path"]
+        path_params = scope.get("path_params") or {}
+        job_id = state.get("audit_job_id") or path_params.get("job_id")
+        detail = {"method": scope["method"], "route": template, "status": status, **(state.get("audit_detail") or {})}
+
+        def write() -> None:
+            with self.ctx.sm.begin() as session:
+                record_event(session, action=f"{scope['method']} {template}"[:64], outcome=_outcome(status),
+                             api_key_id=caller.key_id if caller else None, job_id=job_id, detail=detail,
+                             request_id=state.get("request_id"))
+
+        try:
+            await anyio.to_thread.run_sync(write)
+        except Exception:  # the answer still goes out; the failure is logged loudly
+            log.exception("could not write the audit event for %s %s", scope["method"], scope["path"])
+
+
+class BodyTooLarge(HTTPException):
+    """An HTTPException, because FastAPI re-raises those from body parsing (other errors
+    become a 400); the problem handler answers 413 ``body_too_large``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """Refuses a body over ``limit`` bytes: at once from its Content-Length, or while it
+    streams (chunked uploads) by counting what arrives; it is never held in memory whole."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            response = problem_response(413, "body_too_large",
+                                        f"the request body ({declared} bytes) is larger than the limit of "
+                                        f"{self.limit} bytes")
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counting_receive, send)

@@ -1,0 +1,90 @@
+"""problem+json (RFC 9457) for every error: ``type``, ``title``, ``status``, ``detail`` and
+a ``code``; never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.ingest import IngestError
+from services.jobs import IdempotencyConflict, InvalidCursor, InvalidTransition, JobNotFound
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "urn:fada-serve:problem:"
+
+
+class Problem(Exception):
+    """Raise to answer with a problem document."""
+
+    def __init__(self, status: int, code: str, detail: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers, self.extra = status, code, detail, headers, extra
+
+
+def problem_body(status: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"type": TYPE_BASE + code, "title": HTTPStatus(status).phrase, "status": status, "detail": detail,
+            "code": code, **extra}
+
+
+def problem_response(status: int, code: str, detail: str, *, headers: dict[str, str] | None = None,
+                     **extra: Any) -> JSONResponse:
+    return JSONResponse(problem_body(status, code, detail, **extra), status_code=status, media_type=MEDIA_TYPE,
+                        headers=headers)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Never echo the input back: it may be a whole uploaded file.
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()]
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(_: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc.status, exc.code, exc.detail, headers=exc.headers, **exc.extra)
+
+    @app.exception_handler(IngestError)
+    async def _ingest(_: Request, exc: IngestError) -> JSONResponse:
+        return problem_response(exc.status, exc.code, exc.detail)
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _idem(_: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return problem_response(422, "idempotency_key_reused", str(exc))
+
+    @app.exception_handler(JobNotFound)
+    async def _not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+        return problem_response(404, "job_not_found", str(exc))
+
+    @app.exception_handler(InvalidTransition)
+    async def _conflict(_: Request, exc: InvalidTransition) -> JSONResponse:
+        return problem_response(409, "invalid_transition", str(exc), current_status=exc.current)
+
+    @app.exception_handler(InvalidCursor)
+    async def _cursor(_: Request, exc: InvalidCursor) -> JSONResponse:
+        return problem_response(422, "invalid_cursor", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(exc)
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors)
+        return problem_response(422, "invalid_request", f"invalid request fields: {fields}", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status_code, f"http_{exc.status_code}")
+        return problem_response(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(500, "internal_error", "the server failed to handle this request; it was logged")

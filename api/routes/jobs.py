@@ -1,0 +1,129 @@
+"""``/v1/jobs``: submit, list, read, result, COCO, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
+
+from services.export.coco import to_coco
+from services.jobs import cancel, get_job, get_result, list_jobs
+from services.jobs.intake import JobOptions, Upload, accept_job
+from services.queue import enqueue_job
+from shared.db.models import Job, JobMode, JobStatus, ReviewState, Role
+from shared.schemas.results import ResultDocument
+
+from ..context import AppContext, Caller
+from ..deps import Ctx, require, set_audit_job
+from ..metrics import JOBS_SUBMITTED
+from ..problems import Problem
+from ..schemas import JobOut, JobPage
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+Submitter = Annotated[Caller, Depends(require(Role.submitter))]
+Reader = Annotated[Caller, Depends(require(Role.submitter, Role.reviewer, Role.qa))]
+IdempotencyKeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255, min_length=1)]
+ModeField = Annotated[Literal["autonomous", "hitl"], Form()]
+ExternalIdField = Annotated[str | None, Form(max_length=128)]
+FrameField = Annotated[int, Form(ge=0, le=100_000)]
+
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: PROBLEM, 403: PROBLEM, 413: PROBLEM, 415: PROBLEM, 422: PROBLEM}
+
+
+def _visible(ctx: AppContext, caller: Caller, job_id: str) -> Job:
+    """The job, if this caller may see it: submitters see their own jobs only (404 for others,
+    so ids of other callers' jobs are not confirmed)."""
+    with ctx.sm() as session:
+        job = get_job(session, job_id)
+        if job is None or (caller.role is Role.submitter and job.api_key_id != caller.key_id):
+            raise Problem(404, "job_not_found", f"job {job_id} not found")
+        session.expunge(job)
+        return job
+
+
+@router.post("", status_code=202, response_model=JobOut, responses={200: {"model": JobOut}, **SUBMIT_ERRORS})
+def submit(
+    request: Request,
+    response: Response,
+    ctx: Ctx,
+    caller: Submitter,
+    file: Annotated[UploadFile, File(description="PNG, JPEG or DICOM Part-10 (detected from content)")],
+    mode: ModeField = "autonomous",
+    external_id: ExternalIdField = None,
+    frame: FrameField = 0,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JobOut:
+    """Accept one image; answers at once with the queued job (202), or with the original job
+    (200) when the ``Idempotency-Key`` was used before with the same request."""
+    options = JobOptions(mode=JobMode(mode), external_id=external_id, frame=frame)
+    accepted = accept_job(
+        ctx.sm, Upload(file.file.read(), file.filename), options, api_key_id=caller.key_id,
+        enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,
+        max_attempts=ctx.settings.job_max_attempts, idempotency_key=idempotency_key)
+    set_audit_job(request, accepted.id, replay=not accepted.created)
+    if accepted.created:
+        JOBS_SUBMITTED.labels(mode).inc()
+    else:
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/jobs/{accepted.id}"
+    return JobOut.of(_visible(ctx, caller, accepted.id))
+
+
+@router.get("", response_model=JobPage)
+def list_(
+    ctx: Ctx,
+    caller: Reader,
+    status: JobStatus | None = None,
+    mode: JobMode | None = None,
+    external_id: Annotated[str | None, Query(max_length=128)] = None,
+    review_state: ReviewState | None = None,
+    batch_id: Annotated[str | None, Query(max_length=36)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> JobPage:
+    """Jobs newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    with ctx.sm() as session:
+        page = list_jobs(session, status=status, mode=mode, external_id=external_id, review_state=review_state,
+                         batch_id=batch_id, limit=limit, cursor=cursor,
+                         api_key_id=caller.key_id if caller.role is Role.submitter else None)
+        return JobPage(items=[JobOut.of(j) for j in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses={404: PROBLEM})
+def read(ctx: Ctx, caller: Reader, job_id: str) -> JobOut:
+    return JobOut.of(_visible(ctx, caller, job_id))
+
+
+def _document(ctx: AppContext, caller: Caller, job_id: str) -> ResultDocument:
+    job = _visible(ctx, caller, job_id)
+    with ctx.sm() as session:
+        result = get_result(session, job_id)
+        if result is None:
+            raise Problem(409, "result_not_ready", f"job {job_id} has no result yet: it is {job.status.value}",
+                          current_status=job.status.value)
+        return ResultDocument.model_validate(result.document)
+
+
+@router.get("/{job_id}/result", response_model=ResultDocument, response_model_exclude_none=False,
+            responses={404: PROBLEM, 409: PROBLEM})
+def result(ctx: Ctx, caller: Reader, job_id: str) -> ResultDocument:
+    """The result document, once the job has any phase output (also while awaiting review)."""
+    return _document(ctx, caller, job_id)
+
+
+@router.get("/{job_id}/coco", responses={404: PROBLEM, 409: PROBLEM})
+def coco(ctx: Ctx, caller: Reader, job_id: str) -> dict[str, Any]:
+    """The result's annotations as a COCO document; the image id is the job id."""
+    return to_coco(_document(ctx, caller, job_id), ctx.profile, image_id=job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses={404: PROBLEM, 409: PROBLEM})
+def cancel_(ctx: Ctx, caller: Submitter, job_id: str) -> JobOut:
+    """Queued or awaiting-review jobs become ``canceled``; a job already canceled stays so."""
+    _visible(ctx, caller, job_id)
+    with ctx.sm.begin() as session:
+        cancel(session, job_id)
+    return JobOut.of(_visible(ctx, caller, job_id))

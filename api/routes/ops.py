@@ -1,0 +1,64 @@
+"""Operations: liveness, readiness, Prometheus metrics. No key needed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+
+from services.jobs import status_counts
+from services.queue import broker_reachable
+from services.workers import live_workers
+
+from ..deps import Ctx
+from ..metrics import render
+from ..problems import problem_response
+from ..schemas import Health, Readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"content": {"application/problem+json": {}}}})
+def readyz(ctx: Ctx) -> Readiness | JSONResponse:
+    """Ready when the database and the broker answer and a worker with a loaded model has
+    sent a heartbeat recently; otherwise 503 naming what failed."""
+    checks: dict[str, str] = {}
+    failing: list[str] = []
+    workers = []
+    try:
+        with ctx.sm() as session:
+            session.execute(text("SELECT 1"))
+            workers = live_workers(session, within_seconds=3 * ctx.settings.worker_heartbeat_seconds)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+        failing.append("database")
+    reason = broker_reachable(ctx.celery)
+    checks["broker"] = "ok" if reason is None else f"unreachable: {reason}"
+    if reason is not None:
+        failing.append("broker")
+    if workers:
+        revisions = sorted({w.model_revision for w in workers})
+        checks["workers"] = f"{len(workers)} live, model revision {', '.join(revisions)}"
+    elif "database" not in failing:
+        checks["workers"] = "no worker with a loaded model has sent a heartbeat recently"
+        failing.append("workers")
+    if failing:
+        return problem_response(503, "not_ready", f"not ready: {', '.join(failing)}", checks=checks)
+    return Readiness(status="ready", checks=checks)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(ctx: Ctx) -> Response:
+    """Prometheus text format: HTTP metrics of this process, jobs per status, live workers."""
+    with ctx.sm() as session:
+        counts = status_counts(session)
+        live = len(live_workers(session, within_seconds=3 * ctx.settings.worker_heartbeat_seconds))
+    return Response(render(counts, live), media_type=CONTENT_TYPE_LATEST)

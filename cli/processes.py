@@ -1,0 +1,57 @@
+"""Starting the service's processes: the gateway (uvicorn), a worker (celery), or both."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from shared.settings import Settings
+
+
+def worker_argv(*, concurrency: int = 1, loglevel: str = "INFO", name: str = "fada-gpu@%h") -> list[str]:
+    """``celery worker`` for the gpu queue: one pool process per GPU (concurrency 1), each
+    loading its own model after the fork. Gossip and mingle are off: they need broadcast,
+    which the SQLite broker lacks, and this design does not use them."""
+    return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "gpu", "-c", str(concurrency),
+            "-P", "prefork", "-l", loglevel, "-n", name, "--without-gossip", "--without-mingle"]
+
+
+def ensure_model(settings: Settings) -> dict[str, str]:
+    """Environment overrides that give a worker a model: none when one is configured;
+    otherwise the tiny local model under the data folder, built on first use."""
+    if settings.model_dir is not None or settings.model_base:
+        return {}
+    tiny = Path(settings.data_dir) / "models" / "tiny"
+    if not (tiny / "fada_model.json").exists():
+        from services.models.tiny import build_tiny_model
+
+        print(f"no model configured: building the tiny untrained model in {tiny} (seconds)", file=sys.stderr)
+        build_tiny_model(tiny, seed=0)
+    return {"FADA_MODEL_DIR": str(tiny.resolve())}
+
+
+def start_worker(env_overrides: dict[str, str], **kwargs: object) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **env_overrides}
+    return subprocess.Popen(worker_argv(**kwargs), env=env)  # type: ignore[arg-type]
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20) -> None:
+    """Warm shutdown (the running job finishes or goes back to the queue), then kill."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_api(host: str, port: int, *, workers: int = 1, log_level: str = "info") -> None:
+    import uvicorn
+
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
+                proxy_headers=True)

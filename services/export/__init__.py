@@ -1,0 +1,1 @@
+"""Exports of results: COCO (and, later, DICOM SR)."""

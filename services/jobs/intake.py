@@ -1,0 +1,130 @@
+"""Accepting uploads: decode (refusing bad input before anything is stored), honour the
+``Idempotency-Key``, store image + job in one transaction, then enqueue the id.
+
+Every refusal raises before the transaction commits, so a refused upload leaves no row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.ingest import IngestError, decode_image
+from shared.db.models import Batch, Job, JobMode
+
+from .idempotency import find_idempotent, fingerprint, remember_idempotent
+from .submit import create_batch, submit_job
+
+Enqueue = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class Upload:
+    data: bytes
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    mode: JobMode = JobMode.autonomous
+    external_id: str | None = None
+    frame: int = 0
+
+    def fields(self) -> dict[str, object]:
+        return {"mode": self.mode.value, "external_id": self.external_id, "frame": self.frame}
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """``created`` is False when an ``Idempotency-Key`` replay returned the original."""
+
+    id: str
+    created: bool
+
+
+def accept_job(
+    sm: sessionmaker[Session],
+    upload: Upload,
+    options: JobOptions,
+    *,
+    api_key_id: str,
+    enqueue: Enqueue,
+    max_pixels: int,
+    max_attempts: int,
+    idempotency_key: str | None = None,
+) -> Accepted:
+    """One upload -> one queued job. Raises ``IngestError`` (bad image) or
+    ``IdempotencyConflict`` (key reused with another request)."""
+    print_ = fingerprint(upload.data, {"kind": "job", **options.fields()}) if idempotency_key else ""
+    if idempotency_key:
+        with sm() as session:
+            earlier = find_idempotent(session, api_key_id, idempotency_key, print_)
+            if earlier is not None:
+                return Accepted(earlier.id, created=False)
+    decoded = decode_image(upload.data, frame=options.frame, max_pixels=max_pixels)
+    with sm.begin() as session:
+        job = submit_job(session, decoded=decoded, original_size=len(upload.data), api_key_id=api_key_id,
+                         mode=options.mode, external_id=options.external_id, max_attempts=max_attempts)
+        job_id = job.id
+        if idempotency_key:
+            earlier = remember_idempotent(session, api_key_id, idempotency_key, print_, job_id=job_id)
+            if earlier is not None:  # a concurrent request with the same key won: answer with its job
+                session.rollback()
+                return Accepted(earlier.id, created=False)
+    enqueue(job_id)
+    return Accepted(job_id, created=True)
+
+
+def accept_batch(
+    sm: sessionmaker[Session],
+    uploads: Sequence[Upload],
+    options: JobOptions,
+    *,
+    api_key_id: str,
+    enqueue: Enqueue,
+    max_pixels: int,
+    max_attempts: int,
+    idempotency_key: str | None = None,
+) -> tuple[Accepted, list[str]]:
+    """Several uploads -> one batch of queued jobs, all or nothing: one bad file refuses the
+    whole batch (its ``IngestError`` names the file by index). Returns the batch and its job
+    ids in upload order."""
+    print_ = ""
+    if idempotency_key:
+        print_ = fingerprint(b"".join(_digest(u.data) for u in uploads), {"kind": "batch", **options.fields()})
+        with sm() as session:
+            earlier = find_idempotent(session, api_key_id, idempotency_key, print_)
+            if isinstance(earlier, Batch):
+                return Accepted(earlier.id, created=False), [j.id for j in earlier.jobs]
+    decoded = []
+    for index, upload in enumerate(uploads):
+        try:
+            decoded.append(decode_image(upload.data, frame=options.frame, max_pixels=max_pixels))
+        except IngestError as exc:
+            exc.detail = f"file {index}" + (f" ({upload.filename})" if upload.filename else "") + f": {exc.detail}"
+            raise
+    with sm.begin() as session:
+        batch = create_batch(session, api_key_id=api_key_id, external_id=None)
+        jobs: list[Job] = [
+            submit_job(session, decoded=d, original_size=len(u.data), api_key_id=api_key_id, mode=options.mode,
+                       external_id=options.external_id, batch_id=batch.id, max_attempts=max_attempts)
+            for d, u in zip(decoded, uploads, strict=True)
+        ]
+        batch_id, job_ids = batch.id, [j.id for j in jobs]
+        if idempotency_key:
+            earlier = remember_idempotent(session, api_key_id, idempotency_key, print_, batch_id=batch_id)
+            if isinstance(earlier, Batch):
+                session.rollback()
+                with sm() as fresh:
+                    again = fresh.get(Batch, earlier.id)
+                    return Accepted(earlier.id, created=False), [j.id for j in again.jobs] if again else []
+    for job_id in job_ids:
+        enqueue(job_id)
+    return Accepted(batch_id, created=True), job_ids
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()

@@ -1,0 +1,65 @@
+"""Periodic upkeep run by every worker's main process: the job sweeper (lost messages, dead
+workers, time limits) and, for the SQLite broker, deleting delivered messages.
+
+Several workers may sweep at once: the sweep locks rows with SKIP LOCKED on PostgreSQL and
+every change is conditional, so the worst case is a duplicate message, which a worker drops.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.jobs import SweepReport, sweep
+from services.queue import purge_delivered
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def sweep_once(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[[str], object]) -> SweepReport:
+    """One sweep in its own transaction; re-enqueues after the commit."""
+    with sm.begin() as session:
+        report = sweep(session, queued_grace_seconds=settings.queued_grace_seconds,
+                       hard_time_limit_seconds=settings.hard_time_limit_seconds)
+    for job_id in report.requeue_ids:
+        enqueue(job_id)
+    if report.requeue_ids or report.failed_ids:
+        log.info("sweeper: re-enqueued %d job(s), failed %d", len(report.requeue_ids), len(report.failed_ids))
+    return report
+
+
+class Every:
+    """Call ``fn`` every ``seconds`` on a daemon thread until ``stop()``; errors are logged,
+    never fatal (a database that is down now may be back next time)."""
+
+    def __init__(self, seconds: float, fn: Callable[[], object], *, name: str) -> None:
+        self._seconds, self._fn = seconds, fn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Every:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._seconds):
+            try:
+                self._fn()
+            except Exception as exc:
+                log.warning("%s failed: %s", self._thread.name, exc)
+
+
+def upkeep(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[[str], object]) -> None:
+    sweep_once(sm, settings, enqueue)
+    purged = purge_delivered(settings)
+    if purged:
+        log.debug("deleted %d delivered broker message(s)", purged)

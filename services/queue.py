@@ -1,0 +1,113 @@
+"""The message queue: a Celery app configured from settings, and enqueueing a job id.
+
+The broker only wakes workers up; the database is the truth. A message carries one job id,
+nothing else. A message that is lost (broker restart, failed publish) is recovered by the
+sweeper, which re-enqueues queued jobs nobody took (``services.jobs.sweep``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+from sqlalchemy import create_engine, text
+
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TASK_RUN_JOB = "fada.run_job"
+GPU_QUEUE = "gpu"  # model work; CPU-only helpers can take other queues later
+SQLA_PREFIX = "sqla+"
+
+
+def is_embedded_broker(url: str) -> bool:
+    return url.startswith(SQLA_PREFIX)
+
+
+def make_celery(settings: Settings, *, name: str = "fada") -> Celery:
+    """The Celery app of both the gateway (sends) and the worker (consumes)."""
+    if is_embedded_broker(settings.broker_url):
+        # kombu hands every broker_transport_option of this transport to create_engine(), so the
+        # polling interval can only be set on the class (see README, "Brokers").
+        from kombu.transport import sqlalchemy as sqla_transport
+
+        sqla_transport.Transport.polling_interval = settings.broker_polling_interval
+    app = Celery(name, broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        # A job's message is acknowledged only after the task returns, and given back when the
+        # process running it dies; one message at a time per process.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=[Queue(GPU_QUEUE)],
+        task_default_queue=GPU_QUEUE,
+        task_routes={TASK_RUN_JOB: {"queue": GPU_QUEUE}},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        # Loading a real model in a fresh pool process takes minutes, not the default 4 s.
+        worker_proc_alive_timeout=900,
+        # Redis: a message is handed out again only after this long unacknowledged. It must
+        # exceed the longest job (or a running job is delivered twice); a dead worker's jobs
+        # come back sooner through the lease sweeper, not through this.
+        broker_transport_options=_transport_options(settings),
+    )
+    return app
+
+
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return {"visibility_timeout": int(settings.hard_time_limit_seconds) + 60}
+    return {}
+
+
+def enqueue_job(app: Celery, job_id: str) -> bool:
+    """Publish the job id to the gpu queue. False when the broker cannot be reached: the job
+    is committed as queued already and the sweeper enqueues it later."""
+    try:
+        app.send_task(
+            TASK_RUN_JOB,
+            args=[job_id],
+            queue=GPU_QUEUE,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+        )
+    except Exception as exc:  # any broker failure: the sweeper's grace period covers it
+        log.warning("could not enqueue job %s (the sweeper will): %s", job_id, exc)
+        return False
+    return True
+
+
+def broker_reachable(app: Celery, *, timeout: float = 2.0) -> str | None:
+    """None when the broker answers, else the reason."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def purge_delivered(settings: Settings) -> int:
+    """Delete delivered messages from the SQLite broker's table (kombu keeps them forever).
+    Returns how many were deleted; 0 for other brokers."""
+    if not is_embedded_broker(settings.broker_url):
+        return 0
+    engine = create_engine(settings.broker_url.removeprefix(SQLA_PREFIX))
+    try:
+        with engine.begin() as conn:
+            has_table = conn.execute(
+                text("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='kombu_message'")
+            ).scalar()
+            if not has_table:
+                return 0
+            return conn.execute(text("DELETE FROM kombu_message WHERE visible = 0")).rowcount or 0
+    finally:
+        engine.dispose()

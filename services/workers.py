@@ -1,0 +1,42 @@
+"""Worker heartbeats: each worker process with a loaded model says so every few seconds;
+readiness asks whether any has spoken recently."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from services.models.loader import Provenance
+from shared.db.models import WorkerHeartbeat
+from shared.db.types import utcnow
+
+
+def worker_name(queues: str = "gpu") -> str:
+    """A name unique to this process; used as lease owner and heartbeat id."""
+    return f"{socket.gethostname()}:{os.getpid()}:{queues}"
+
+
+def beat(session: Session, name: str, *, provenance: Provenance, queues: str) -> None:
+    """Insert or refresh this worker's heartbeat."""
+    now = utcnow()
+    changed = session.execute(
+        update(WorkerHeartbeat).where(WorkerHeartbeat.id == name).values(heartbeat_at=now).returning(WorkerHeartbeat.id)
+    ).first()
+    if changed is None:
+        session.add(WorkerHeartbeat(
+            id=name, hostname=socket.gethostname(), pid=os.getpid(), queues=queues, model_base=provenance.base,
+            model_revision=provenance.revision, untrained=provenance.untrained, started_at=now, heartbeat_at=now))
+
+
+def forget(session: Session, name: str) -> None:
+    session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.id == name))
+
+
+def live_workers(session: Session, *, within_seconds: float) -> list[WorkerHeartbeat]:
+    since = utcnow() - timedelta(seconds=within_seconds)
+    return list(session.scalars(
+        select(WorkerHeartbeat).where(WorkerHeartbeat.heartbeat_at >= since).order_by(WorkerHeartbeat.id)))

@@ -1,0 +1,35 @@
+"""The audit trail: who (API key), what (action), which job, with what outcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from shared.db.models import AuditEvent
+from shared.db.types import new_id, utcnow
+
+
+def record_event(
+    session: Session,
+    *,
+    action: str,
+    outcome: str,
+    api_key_id: str | None = None,
+    job_id: str | None = None,
+    detail: dict[str, Any] | None = None,
+    request_id: str | None = None,
+) -> AuditEvent:
+    """Add one audit event to ``session``; the caller commits."""
+    event = AuditEvent(
+        id=new_id(),
+        at=utcnow(),
+        api_key_id=api_key_id,
+        action=action[:64],
+        job_id=job_id,
+        outcome=outcome[:32],
+        detail=detail,
+        request_id=request_id,
+    )
+    session.add(event)
+    return event

@@ -1,0 +1,71 @@
+"""The per-process state of a pool process: its database sessions, its model, its name and
+its heartbeat. Created once after the fork, used by every task the process runs."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.maintenance import Every
+from services.runtime import Runtime, load_runtime
+from services.workers import beat, forget, worker_name
+from shared.db.engine import engine_from_settings, make_sessionmaker
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+QUEUES = "gpu"
+
+
+@dataclass
+class ProcessState:
+    sm: sessionmaker[Session]
+    runtime: Runtime
+    owner: str  # lease owner and heartbeat id
+    settings: Settings
+    heartbeat: Every
+
+
+_state: ProcessState | None = None
+
+
+def start(settings: Settings) -> ProcessState:
+    """Load the model and begin beating. Called in the pool process, after the fork."""
+    global _state
+    sm = make_sessionmaker(engine_from_settings(settings))
+    rt = load_runtime(settings)
+    owner = f"{worker_name(QUEUES)}:{secrets.token_hex(3)}"
+    provenance = rt.pipeline.provenance
+
+    def _beat() -> None:
+        with sm.begin() as session:
+            beat(session, owner, provenance=provenance, queues=QUEUES)
+
+    _beat()
+    heartbeat = Every(settings.worker_heartbeat_seconds, _beat, name="fada-heartbeat").start()
+    _state = ProcessState(sm=sm, runtime=rt, owner=owner, settings=settings, heartbeat=heartbeat)
+    log.info("model loaded in %s: %s (revision %s, untrained=%s)", owner, provenance.base, provenance.revision,
+             provenance.untrained)
+    return _state
+
+
+def current() -> ProcessState:
+    if _state is None:  # e.g. a solo pool without worker_process_init
+        raise RuntimeError("the worker runtime was not started in this process")
+    return _state
+
+
+def stop() -> None:
+    global _state
+    if _state is None:
+        return
+    _state.heartbeat.stop()
+    try:
+        with _state.sm.begin() as session:
+            forget(session, _state.owner)
+    except Exception as exc:
+        log.warning("could not remove heartbeat of %s: %s", _state.owner, exc)
+    _state = None

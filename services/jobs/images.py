@@ -11,14 +11,21 @@ from services.ingest import DecodedImage
 from shared.db.models import Image
 
 
+class StoredImageError(Exception):
+    """The stored image is missing or cannot be decoded (a job with it can never succeed)."""
+
+
 def load_decoded(session: Session, image_id: str) -> DecodedImage:
     """The stored image (normalised RGB PNG) with what was read from the original upload:
     format, size, sha256 and pixel spacing are the ORIGINAL's, so results say what came in."""
     row = session.get(Image, image_id)
     if row is None:
-        raise LookupError(f"image {image_id} not found")
-    with PILImage.open(io.BytesIO(row.data)) as stored:
-        pixels = stored.convert("RGB")
+        raise StoredImageError(f"image {image_id} not found")
+    try:
+        with PILImage.open(io.BytesIO(row.data)) as stored:
+            pixels = stored.convert("RGB")
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise StoredImageError(f"image {image_id} does not decode: {exc}") from exc
     spacing = (
         (row.pixel_spacing_row_mm, row.pixel_spacing_col_mm)
         if row.pixel_spacing_row_mm is not None and row.pixel_spacing_col_mm is not None

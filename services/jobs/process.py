@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.ingest import IngestError
 from services.pipeline.runner import Mode, Pipeline, ResumeError
 from shared.db.models import JobMode, JobStatus
 from shared.schemas.results import ResultDocument
 
-from .images import load_decoded
+from .images import StoredImageError, load_decoded
 from .lifecycle import ClaimedJob, claim, complete, fail, release_for_retry, renew_lease
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ def process_job(
     try:
         with LeaseKeeper(sm, job_id, owner, lease_seconds):
             document, awaiting = _run_pipeline(sm, pipeline, claimed)
-    except (IngestError, LookupError) as exc:
+    except StoredImageError as exc:
         return _finish_failed(sm, claimed, BAD_IMAGE_CODE, f"the stored image cannot be read: {exc}")
     except ResumeError as exc:
         return _finish_failed(sm, claimed, BAD_RESUME_CODE, str(exc))

@@ -90,7 +90,7 @@ def serve(
 ) -> None:
     """Gateway plus one worker process. With no configuration: SQLite and a serverless broker
     under ./var, and the tiny local model (built on first start)."""
-    from cli.processes import ensure_model, run_api, start_worker, stop_process
+    from cli.processes import ensure_model, exit_cleanly_on_signals, run_api, start_worker, stop_process
     from shared.db.migrate import upgrade
     from shared.settings import Settings
 
@@ -98,6 +98,7 @@ def serve(
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
     model_env = ensure_model(settings)
+    exit_cleanly_on_signals()
     worker = start_worker(model_env)
     try:
         run_api(host, port)

@@ -50,6 +50,17 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20) -> None:
         proc.wait()
 
 
+def exit_cleanly_on_signals() -> None:
+    """uvicorn re-raises SIGTERM/SIGINT after its own shutdown; turn them into a normal exit so
+    ``finally`` blocks (stopping the worker) run and the exit status is 0."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGINT, _exit)
+
+
 def run_api(host: str, port: int, *, workers: int = 1, log_level: str = "info") -> None:
     import uvicorn
 

@@ -1,0 +1,74 @@
+"""``fada serve`` as the README runs it: no configuration at all, in an empty folder. It must
+create ./var (SQLite + serverless broker), build the tiny model, start a worker, and answer
+the README's walk-through: key, submit a DICOM, poll, result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from pydicom.data import get_testdata_file
+
+from tests.worker.processes import free_port
+
+
+def _wait(predicate, timeout: float, what: str, log: Path) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def test_fada_serve_on_the_embedded_default(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FADA_")}
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        serve = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], cwd=tmp_path,
+                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            def ready() -> bool:
+                try:
+                    return client.get("/readyz").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            _wait(ready, 120, "/readyz", log)
+            assert (tmp_path / "var" / "fada.db").exists() and (tmp_path / "var" / "broker.db").exists()
+            assert (tmp_path / "var" / "models" / "tiny" / "fada_model.json").exists()
+
+            key = subprocess.run([sys.executable, "-m", "cli.main", "keys", "create", "--role", "submitter",
+                                  "--name", "readme"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                 check=True).stdout.strip()
+            assert key.startswith("fada_") and "\n" not in key
+            auth = {"Authorization": f"Bearer {key}"}
+            dicom = Path(str(get_testdata_file("examples_palette.dcm"))).read_bytes()
+            r = client.post("/v1/jobs", headers=auth, files={"file": ("us.dcm", dicom)})
+            assert r.status_code == 202, r.text
+            job_url = r.headers["Location"]
+            _wait(lambda: client.get(job_url, headers=auth).json()["status"] in ("succeeded", "failed"), 120,
+                  "the job to finish", log)
+            job = client.get(job_url, headers=auth).json()
+            assert job["status"] == "succeeded", job
+            result = client.get(job["result_url"], headers=auth).json()
+            assert result["image"]["format"] == "dicom" and result["model"]["untrained"] is True
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(30)
+        finally:
+            if serve.poll() is None:
+                os.killpg(serve.pid, signal.SIGKILL)
+    assert serve.returncode == 0, log.read_text(errors="replace")[-3000:]
+    # the worker it started went with it
+    leftover = subprocess.run(["pgrep", "-g", str(serve.pid)], capture_output=True, text=True).stdout.split()
+    assert leftover == [], f"processes left behind: {leftover}"

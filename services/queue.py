@@ -54,6 +54,8 @@ def make_celery(settings: Settings, *, name: str = "fada") -> Celery:
         worker_send_task_events=False,
         # Loading a real model in a fresh pool process takes minutes, not the default 4 s.
         worker_proc_alive_timeout=900,
+        # Past the hard limit the sweeper has failed the job; this stops the process still on it.
+        task_time_limit=int(settings.hard_time_limit_seconds) + 60,
         # Redis: a message is handed out again only after this long unacknowledged. It must
         # exceed the longest job (or a running job is delivered twice); a dead worker's jobs
         # come back sooner through the lease sweeper, not through this.

@@ -11,7 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FADA_", env_file=None, extra="ignore")
+    # An empty variable (FADA_MODEL_DIR= in a compose file) means "not set", not "".
+    model_config = SettingsConfigDict(env_prefix="FADA_", env_file=None, extra="ignore", env_ignore_empty=True)
 
     data_dir: Path = Field(Path("./var"), description="where the embedded default keeps its files")
 

@@ -122,8 +122,11 @@ def coco(ctx: Ctx, caller: Reader, job_id: str) -> dict[str, Any]:
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={404: PROBLEM, 409: PROBLEM})
 def cancel_(ctx: Ctx, caller: Submitter, job_id: str) -> JobOut:
-    """Queued or awaiting-review jobs become ``canceled``; a job already canceled stays so."""
+    """Queued or awaiting-review jobs become ``canceled``; any other status (a job canceled
+    already included) is a 409 naming the current status."""
     _visible(ctx, caller, job_id)
     with ctx.sm.begin() as session:
-        cancel(session, job_id)
+        if not cancel(session, job_id):
+            raise Problem(409, "invalid_transition", f"cannot cancel job {job_id}: it is canceled already",
+                          current_status="canceled")
     return JobOut.of(_visible(ctx, caller, job_id))

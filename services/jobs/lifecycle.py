@@ -16,7 +16,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.db.models import Job, JobMode, JobStatus, Result
+from shared.db.models import Job, JobMode, JobStatus, Result, ReviewState
 from shared.db.types import new_id, utcnow
 from shared.schemas.results import ResultDocument
 
@@ -246,7 +246,9 @@ def cancel(session: Session, job_id: str, *, now: datetime | None = None) -> boo
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.status.in_([JobStatus.queued, JobStatus.awaiting_review]))
-        .values(status=JobStatus.canceled, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None)
+        # nobody reviews a canceled job, so it no longer waits for one
+        .values(status=JobStatus.canceled, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None,
+                review_state=ReviewState.not_required)
         .returning(Job.id)
     )
     if session.execute(stmt, execution_options=_SYNC).first() is not None:

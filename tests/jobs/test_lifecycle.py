@@ -22,7 +22,7 @@ from services.jobs import (
     renew_lease,
     resume_hitl,
 )
-from shared.db.models import JobStatus, Result
+from shared.db.models import Job, JobStatus, Result, ReviewState
 from shared.db.types import utcnow
 
 from .helpers import make_document
@@ -174,3 +174,6 @@ def test_cancel_awaiting_review(sm: sessionmaker[Session], submit: Callable[...,
     with sm.begin() as s:
         assert cancel(s, job_id)
         assert not resume_hitl(s, job_id, {"next_phases": ["detect"]})
+    with sm() as s:
+        job = s.get_one(Job, job_id)
+        assert job.status is JobStatus.canceled and job.review_state is ReviewState.not_required

@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
+from typing import Protocol
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from services.models.loader import Provenance
 from shared.db.models import WorkerHeartbeat
 from shared.db.types import utcnow
 
@@ -20,7 +20,16 @@ def worker_name(queues: str = "gpu") -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{queues}"
 
 
-def beat(session: Session, name: str, *, provenance: Provenance, queues: str) -> None:
+class ModelIdentity(Protocol):
+    """What a heartbeat says about the loaded model (``services.models.loader.Provenance``
+    fits; not imported here, so the gateway never loads torch)."""
+
+    base: str
+    revision: str
+    untrained: bool
+
+
+def beat(session: Session, name: str, *, provenance: ModelIdentity, queues: str) -> None:
     """Insert or refresh this worker's heartbeat."""
     now = utcnow()
     changed = session.execute(

@@ -16,9 +16,11 @@ from shared.db.types import new_id, utcnow
 
 
 def encode_png(decoded: DecodedImage) -> bytes:
-    """The decoded (normalised, RGB) image as PNG bytes, as kept in ``images.data``."""
+    """The decoded (normalised, RGB) image as PNG bytes, as kept in ``images.data``.
+    Compression level 1: about 6x faster than the default (6) on ultrasound-like images for a
+    file of similar size; this runs on the gateway for every upload."""
     buf = io.BytesIO()
-    decoded.image.save(buf, format="PNG")
+    decoded.image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

@@ -12,8 +12,10 @@ from shared.settings import Settings
 
 from . import problems
 from .context import AppContext
+from .deps import V1_DEPENDENCIES
 from .middleware import BodyLimitMiddleware, GatewayMiddleware
-from .routes import batches, jobs, ops
+from .problems import V1_PROBLEMS
+from .routes import batches, evaluations, jobs, ops, reports, reviews
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ctx = ctx
     problems.install(app)
-    for router in (jobs.router, batches.router, ops.router):
-        app.include_router(router)
+    # Every /v1 router: the bearer scheme and the problems any /v1 route can answer, documented.
+    for router in (jobs.router, batches.router, reviews.router, reports.router, evaluations.router):
+        app.include_router(router, dependencies=V1_DEPENDENCIES, responses=V1_PROBLEMS)
+    app.include_router(ops.router)
     # Outermost first on the way in: ids, auth and audit, then the body limit.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(GatewayMiddleware, ctx=ctx)

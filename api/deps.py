@@ -5,13 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPBearer
 
 from services.keys import allows
 from shared.db.models import Role
 
 from .context import AppContext, Caller
 from .problems import Problem
+
+# PostgreSQL text cannot hold NUL; refusing it at the edge gives a 422 instead of a 500 there.
+NO_NUL = r"^[^\x00]*$"
+ID_MAX = 64
+JobId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="job id")]
+BatchId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="batch id")]
+
+# Documents the bearer scheme in OpenAPI; the middleware does the checking (before the body
+# is read), so this never refuses anything itself.
+bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <api key>")
+V1_DEPENDENCIES = [Depends(bearer)]
 
 
 def get_ctx(request: Request) -> AppContext:

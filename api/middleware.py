@@ -63,6 +63,7 @@ class GatewayMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                status_holder["started"] = 1
                 if audited:
                     await self._audit(scope, message["status"])
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
@@ -81,6 +82,15 @@ class GatewayMiddleware:
                     return
                 state["caller"] = caller
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # Answered here, inside this middleware, so that a 500 is audited and carries its
+            # request id like every other answer (the framework's handler sits outside).
+            log.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id)
+            if status_holder.get("started"):
+                raise
+            response = problem_response(500, "internal_error",
+                                        f"the server failed to handle this request; it was logged as {request_id}")
+            await response(scope, receive, send_wrapper)
         finally:
             observe_request(scope, status_holder["status"], time.perf_counter() - started)
 
@@ -105,6 +115,9 @@ class GatewayMiddleware:
         path_params = scope.get("path_params") or {}
         job_id = state.get("audit_job_id") or path_params.get("job_id")
         detail = {"method": scope["method"], "route": template, "status": status, **(state.get("audit_detail") or {})}
+        if job_id is not None and (len(job_id) > 36 or "\x00" in job_id):  # not one of our ids: keep it as text
+            detail["job_id_given"] = job_id[:64].replace("\x00", "\\0")
+            job_id = None
 
         def write() -> None:
             with self.ctx.sm.begin() as session:

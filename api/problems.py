@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.ingest import IngestError
@@ -19,6 +20,31 @@ log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "urn:fada-serve:problem:"
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem document, as every error of this API is answered."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+def problem_doc(description: str) -> dict[str, Any]:
+    """An OpenAPI response entry for a problem+json answer."""
+    return {"description": description,
+            "content": {MEDIA_TYPE: {"schema": ProblemDetails.model_json_schema()}}}
+
+
+# Documented on every /v1 operation (the middleware and validation can answer these anywhere).
+V1_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: problem_doc("missing, unknown or revoked API key"),
+    403: problem_doc("the key's role may not do this"),
+    422: problem_doc("invalid request fields"),
+}
 
 
 class Problem(Exception):

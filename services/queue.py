@@ -89,11 +89,26 @@ def enqueue_job(app: Celery, job_id: str) -> bool:
 
 def broker_reachable(app: Celery, *, timeout: float = 2.0) -> str | None:
     """None when the broker answers, else the reason."""
+    if is_embedded_broker(app.conf.broker_url or ""):
+        return _sqlite_broker_reachable(app.conf.broker_url)
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _sqlite_broker_reachable(url: str) -> str | None:
+    # kombu connects lazily: a broker file that cannot be opened shows up only at publish time
+    engine = create_engine(url.removeprefix(SQLA_PREFIX))
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        engine.dispose()
     return None
 
 

@@ -1,7 +1,7 @@
 """Database fixtures for any test package: a throwaway PostgreSQL database per test, and a
 SQLite file URL.
 
-Use from a conftest.py:  ``from fixtures_db import postgres_url, sqlite_url  # noqa: F401``
+Use from a conftest.py:  ``from tests.fixtures_db import postgres_url, sqlite_url  # noqa: F401``
 
 PostgreSQL: ``FADA_TEST_POSTGRES_URL`` is an ADMIN connection (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``); each test gets its own database

@@ -12,7 +12,7 @@ from services.queue import enqueue_job
 from shared.db.models import Batch, JobMode, Role
 
 from ..context import Caller
-from ..deps import Ctx, require, set_audit_job
+from ..deps import BatchId, Ctx, require, set_audit_job
 from ..metrics import JOBS_SUBMITTED
 from ..problems import Problem
 from ..schemas import BatchOut, BatchStatus, JobOut
@@ -27,7 +27,7 @@ def submit_batch(
     response: Response,
     ctx: Ctx,
     caller: Annotated[Caller, Depends(require(Role.submitter))],
-    file: Annotated[list[UploadFile], File(description="one part per image, all named 'file'")],
+    file: Annotated[list[UploadFile], File(description="one part per image, all named 'file'", min_length=1)],
     mode: ModeField = "autonomous",
     external_id: ExternalIdField = None,
     frame: FrameField = 0,
@@ -55,7 +55,7 @@ def submit_batch(
 
 
 @router.get("/{batch_id}", response_model=BatchStatus, responses={404: PROBLEM})
-def read_batch(ctx: Ctx, caller: Reader, batch_id: str) -> BatchStatus:
+def read_batch(ctx: Ctx, caller: Reader, batch_id: BatchId) -> BatchStatus:
     with ctx.sm() as session:
         batch = session.get(Batch, batch_id)
         if batch is None or (caller.role is Role.submitter and batch.api_key_id != caller.key_id):

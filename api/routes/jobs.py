@@ -14,23 +14,26 @@ from shared.db.models import Job, JobMode, JobStatus, ReviewState, Role
 from shared.schemas.results import ResultDocument
 
 from ..context import AppContext, Caller
-from ..deps import Ctx, require, set_audit_job
+from ..deps import ID_MAX, NO_NUL, Ctx, JobId, require, set_audit_job
 from ..metrics import JOBS_SUBMITTED
-from ..problems import Problem
+from ..problems import Problem, problem_doc
 from ..schemas import JobOut, JobPage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 Submitter = Annotated[Caller, Depends(require(Role.submitter))]
 Reader = Annotated[Caller, Depends(require(Role.submitter, Role.reviewer, Role.qa))]
-IdempotencyKeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255, min_length=1)]
+IdempotencyKeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255, min_length=1,
+                                                   pattern=NO_NUL)]
 ModeField = Annotated[Literal["autonomous", "hitl"], Form()]
-ExternalIdField = Annotated[str | None, Form(max_length=128)]
+ExternalIdField = Annotated[str | None, Form(max_length=128, pattern=NO_NUL)]
 FrameField = Annotated[int, Form(ge=0, le=100_000)]
 
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+PROBLEM = problem_doc("see the problem document's code and detail")
 SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: PROBLEM, 403: PROBLEM, 413: PROBLEM, 415: PROBLEM, 422: PROBLEM}
+    400: problem_doc("the multipart body does not parse"), 413: problem_doc("body over the configured maximum"),
+    415: problem_doc("not a PNG, JPEG or DICOM Part-10 file"),
+    422: problem_doc("undecodable image, too many pixels, or bad field values")}
 
 
 def _visible(ctx: AppContext, caller: Caller, job_id: str) -> Job:
@@ -80,11 +83,13 @@ def list_(
     mode: JobMode | None = None,
     external_id: Annotated[str | None, Query(max_length=128)] = None,
     review_state: ReviewState | None = None,
-    batch_id: Annotated[str | None, Query(max_length=36)] = None,
+    batch_id: Annotated[str | None, Query(max_length=ID_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobPage:
     """Jobs newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    if "\x00" in (external_id or "") + (batch_id or ""):
+        return JobPage(items=[], next_cursor=None)  # nothing stored holds NUL (PostgreSQL could not)
     with ctx.sm() as session:
         page = list_jobs(session, status=status, mode=mode, external_id=external_id, review_state=review_state,
                          batch_id=batch_id, limit=limit, cursor=cursor,
@@ -93,7 +98,7 @@ def list_(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={404: PROBLEM})
-def read(ctx: Ctx, caller: Reader, job_id: str) -> JobOut:
+def read(ctx: Ctx, caller: Reader, job_id: JobId) -> JobOut:
     return JobOut.of(_visible(ctx, caller, job_id))
 
 
@@ -109,19 +114,19 @@ def _document(ctx: AppContext, caller: Caller, job_id: str) -> ResultDocument:
 
 @router.get("/{job_id}/result", response_model=ResultDocument, response_model_exclude_none=False,
             responses={404: PROBLEM, 409: PROBLEM})
-def result(ctx: Ctx, caller: Reader, job_id: str) -> ResultDocument:
+def result(ctx: Ctx, caller: Reader, job_id: JobId) -> ResultDocument:
     """The result document, once the job has any phase output (also while awaiting review)."""
     return _document(ctx, caller, job_id)
 
 
 @router.get("/{job_id}/coco", responses={404: PROBLEM, 409: PROBLEM})
-def coco(ctx: Ctx, caller: Reader, job_id: str) -> dict[str, Any]:
+def coco(ctx: Ctx, caller: Reader, job_id: JobId) -> dict[str, Any]:
     """The result's annotations as a COCO document; the image id is the job id."""
     return to_coco(_document(ctx, caller, job_id), ctx.profile, image_id=job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={404: PROBLEM, 409: PROBLEM})
-def cancel_(ctx: Ctx, caller: Submitter, job_id: str) -> JobOut:
+def cancel_(ctx: Ctx, caller: Submitter, job_id: JobId) -> JobOut:
     """Queued or awaiting-review jobs become ``canceled``; any other status (a job canceled
     already included) is a 409 naming the current status."""
     _visible(ctx, caller, job_id)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.ingest import IngestError, decode_image
 from shared.db.models import Batch, Job, JobMode
 
+from .errors import IdempotencyConflict
 from .idempotency import find_idempotent, fingerprint, remember_idempotent
 from .submit import create_batch, submit_job
 
@@ -35,6 +36,15 @@ class JobOptions:
 
     def fields(self) -> dict[str, object]:
         return {"mode": self.mode.value, "external_id": self.external_id, "frame": self.frame}
+
+
+class _LostRace(Exception):
+    """Raised inside the transaction to roll it back: a concurrent request with the same
+    Idempotency-Key committed first; its job or batch is the answer."""
+
+    def __init__(self, target_id: str) -> None:
+        super().__init__(target_id)
+        self.target_id = target_id
 
 
 @dataclass(frozen=True)
@@ -65,15 +75,17 @@ def accept_job(
             if earlier is not None:
                 return Accepted(earlier.id, created=False)
     decoded = decode_image(upload.data, frame=options.frame, max_pixels=max_pixels)
-    with sm.begin() as session:
-        job = submit_job(session, decoded=decoded, original_size=len(upload.data), api_key_id=api_key_id,
-                         mode=options.mode, external_id=options.external_id, max_attempts=max_attempts)
-        job_id = job.id
-        if idempotency_key:
-            earlier = remember_idempotent(session, api_key_id, idempotency_key, print_, job_id=job_id)
-            if earlier is not None:  # a concurrent request with the same key won: answer with its job
-                session.rollback()
-                return Accepted(earlier.id, created=False)
+    try:
+        with sm.begin() as session:
+            job = submit_job(session, decoded=decoded, original_size=len(upload.data), api_key_id=api_key_id,
+                             mode=options.mode, external_id=options.external_id, max_attempts=max_attempts)
+            job_id = job.id
+            if idempotency_key:
+                earlier = remember_idempotent(session, api_key_id, idempotency_key, print_, job_id=job_id)
+                if earlier is not None:
+                    raise _LostRace(earlier.id)
+    except _LostRace as race:
+        return Accepted(race.target_id, created=False)
     enqueue(job_id)
     return Accepted(job_id, created=True)
 
@@ -106,21 +118,25 @@ def accept_batch(
         except IngestError as exc:
             exc.detail = f"file {index}" + (f" ({upload.filename})" if upload.filename else "") + f": {exc.detail}"
             raise
-    with sm.begin() as session:
-        batch = create_batch(session, api_key_id=api_key_id, external_id=None)
-        jobs: list[Job] = [
-            submit_job(session, decoded=d, original_size=len(u.data), api_key_id=api_key_id, mode=options.mode,
-                       external_id=options.external_id, batch_id=batch.id, max_attempts=max_attempts)
-            for d, u in zip(decoded, uploads, strict=True)
-        ]
-        batch_id, job_ids = batch.id, [j.id for j in jobs]
-        if idempotency_key:
-            earlier = remember_idempotent(session, api_key_id, idempotency_key, print_, batch_id=batch_id)
-            if isinstance(earlier, Batch):
-                session.rollback()
-                with sm() as fresh:
-                    again = fresh.get(Batch, earlier.id)
-                    return Accepted(earlier.id, created=False), [j.id for j in again.jobs] if again else []
+    try:
+        with sm.begin() as session:
+            batch = create_batch(session, api_key_id=api_key_id, external_id=None)
+            jobs: list[Job] = [
+                submit_job(session, decoded=d, original_size=len(u.data), api_key_id=api_key_id, mode=options.mode,
+                           external_id=options.external_id, batch_id=batch.id, max_attempts=max_attempts)
+                for d, u in zip(decoded, uploads, strict=True)
+            ]
+            batch_id, job_ids = batch.id, [j.id for j in jobs]
+            if idempotency_key:
+                earlier = remember_idempotent(session, api_key_id, idempotency_key, print_, batch_id=batch_id)
+                if earlier is not None:
+                    raise _LostRace(earlier.id)
+    except _LostRace as race:
+        with sm() as fresh:
+            again = fresh.get(Batch, race.target_id)
+            if again is None:  # the key named a job, not a batch: the same key for another request
+                raise IdempotencyConflict(idempotency_key or "") from None
+            return Accepted(again.id, created=False), [j.id for j in again.jobs]
     for job_id in job_ids:
         enqueue(job_id)
     return Accepted(batch_id, created=True), job_ids

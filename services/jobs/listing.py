@@ -7,7 +7,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -38,8 +38,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         job_id = data["id"]
     except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
         raise InvalidCursor(f"malformed cursor {cursor!r}") from exc
-    if not isinstance(job_id, str) or created_at.tzinfo is None:
+    if not isinstance(job_id, str) or created_at.tzinfo is None or "\x00" in job_id or len(job_id) > 64:
         raise InvalidCursor(f"malformed cursor {cursor!r}")
+    try:
+        created_at = created_at.astimezone(UTC)  # a time at the edge of the calendar overflows here
+    except OverflowError as exc:
+        raise InvalidCursor(f"malformed cursor {cursor!r}") from exc
     return created_at, job_id
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fixtures_db import postgres_url, sqlite_url, throwaway_postgres_database  # noqa: F401
+from tests.fixtures_db import postgres_url, sqlite_url, throwaway_postgres_database  # noqa: F401
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 

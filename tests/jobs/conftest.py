@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fixtures_db import postgres_url, sqlite_url  # noqa: F401
+from tests.fixtures_db import postgres_url, sqlite_url  # noqa: F401
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fixtures_db import throwaway_postgres_database
+from tests.fixtures_db import throwaway_postgres_database
 from sqlalchemy import select, text
 from typer.testing import CliRunner
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from fixtures_db import in_ci
+from tests.fixtures_db import in_ci
 
 from cli.processes import worker_argv
 

@@ -1,0 +1,174 @@
+"""The audit trail: every /v1 request writes exactly one ``audit_events`` row, naming the key,
+the action (method and route template), the job, the outcome and the request id."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.models import AuditEvent
+
+from .conftest import ClientFactory, Keys
+from .helpers import assert_problem, audit_events, file_part, png
+
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+
+
+def _only_event(sm: sessionmaker[Session], response: httpx.Response) -> AuditEvent:
+    """The one event of this response (found by its X-Request-ID)."""
+    request_id = response.headers["x-request-id"]
+    events = [e for e in audit_events(sm) if e.request_id == request_id]
+    assert len(events) == 1, [(e.action, e.request_id) for e in audit_events(sm)]
+    return events[0]
+
+
+def test_submit_read_cancel_are_audited_with_their_job(client: TestClient, keys: Keys,
+                                                       sm: sessionmaker[Session]) -> None:
+    submitted = client.post("/v1/jobs", files=file_part(png()), headers=keys.submitter.headers)
+    job_id = submitted.json()["id"]
+    read = client.get(f"/v1/jobs/{job_id}", headers=keys.submitter.headers)
+    canceled = client.post(f"/v1/jobs/{job_id}/cancel", headers=keys.submitter.headers)
+    result = client.get(f"/v1/jobs/{job_id}/result", headers=keys.reviewer.headers)
+
+    expected = [
+        (submitted, "POST /v1/jobs", keys.submitter.id, "ok", 202),
+        (read, "GET /v1/jobs/{job_id}", keys.submitter.id, "ok", 200),
+        (canceled, "POST /v1/jobs/{job_id}/cancel", keys.submitter.id, "ok", 200),
+        (result, "GET /v1/jobs/{job_id}/result", keys.reviewer.id, "rejected", 409),
+    ]
+    for response, action, key_id, outcome, status in expected:
+        assert response.status_code == status
+        event = _only_event(sm, response)
+        assert (event.action, event.api_key_id, event.job_id, event.outcome) == (action, key_id, job_id, outcome)
+        assert event.detail is not None and event.detail["status"] == status
+        assert event.at is not None
+    assert len(audit_events(sm)) == len(expected)
+
+
+def test_the_callers_request_id_is_kept(client: TestClient, keys: Keys, sm: sessionmaker[Session]) -> None:
+    r = client.get("/v1/jobs", headers={**keys.qa.headers, "X-Request-ID": "pacs-trace-42"})
+    assert r.headers["x-request-id"] == "pacs-trace-42"
+    event = _only_event(sm, r)
+    assert (event.action, event.outcome, event.api_key_id, event.job_id) == ("GET /v1/jobs", "ok", keys.qa.id, None)
+
+
+def test_generated_request_ids_are_unique(client: TestClient, keys: Keys, sm: sessionmaker[Session]) -> None:
+    ids = {client.get("/v1/jobs", headers=keys.qa.headers).headers["x-request-id"] for _ in range(3)}
+    assert len(ids) == 3
+    assert {e.request_id for e in audit_events(sm)} == ids
+
+
+def test_unauthenticated_request_is_audited_as_denied_without_a_key(client: TestClient,
+                                                                    sm: sessionmaker[Session]) -> None:
+    r = client.get("/v1/jobs", headers={"Authorization": "Bearer fada_guessing-0123456789"})
+    assert r.status_code == 401
+    event = _only_event(sm, r)
+    assert (event.api_key_id, event.outcome, event.action, event.job_id) == (None, "denied", "GET /v1/jobs", None)
+    # Only a short prefix of a presented secret is kept, never the whole of it.
+    assert "fada_guessing-0123456789" not in str(event.detail)
+
+    r = client.post("/v1/jobs", files=file_part(png()))
+    event = _only_event(sm, r)
+    assert (event.api_key_id, event.outcome, event.action) == (None, "denied", "POST /v1/jobs")
+
+
+def test_wrong_role_is_audited_as_denied_with_the_key(client: TestClient, keys: Keys,
+                                                      sm: sessionmaker[Session]) -> None:
+    r = client.post("/v1/jobs", files=file_part(png()), headers=keys.reviewer.headers)
+    assert r.status_code == 403
+    event = _only_event(sm, r)
+    assert (event.api_key_id, event.outcome, event.action, event.job_id) == (
+        keys.reviewer.id, "denied", "POST /v1/jobs", None)
+
+
+def test_refused_upload_is_audited_as_rejected(client: TestClient, keys: Keys, sm: sessionmaker[Session]) -> None:
+    r = client.post("/v1/jobs", files=file_part(b"plain text"), headers=keys.submitter.headers)
+    assert r.status_code == 415
+    event = _only_event(sm, r)
+    assert (event.api_key_id, event.outcome, event.action, event.job_id) == (
+        keys.submitter.id, "rejected", "POST /v1/jobs", None)
+    assert event.detail is not None and event.detail["status"] == 415
+
+
+def test_body_too_large_is_audited_as_rejected(make_client: ClientFactory, keys: Keys,
+                                               sm: sessionmaker[Session]) -> None:
+    client = make_client(max_body_bytes=4096)
+    r = client.post("/v1/jobs", files=file_part(png(width=100, height=100)), headers=keys.submitter.headers)
+    assert r.status_code == 413
+    event = _only_event(sm, r)
+    assert (event.api_key_id, event.outcome, event.action) == (keys.submitter.id, "rejected", "POST /v1/jobs")
+
+
+def test_unknown_job_is_audited_with_the_requested_id(client: TestClient, keys: Keys,
+                                                      sm: sessionmaker[Session]) -> None:
+    r = client.get(f"/v1/jobs/{UNKNOWN_ID}", headers=keys.admin.headers)
+    assert r.status_code == 404
+    event = _only_event(sm, r)
+    assert (event.outcome, event.job_id, event.action) == ("rejected", UNKNOWN_ID, "GET /v1/jobs/{job_id}")
+
+
+def test_idempotent_replay_is_audited_as_a_replay(client: TestClient, keys: Keys, sm: sessionmaker[Session]) -> None:
+    headers = {**keys.submitter.headers, "Idempotency-Key": "again"}
+    first = client.post("/v1/jobs", files=file_part(png()), headers=headers)
+    second = client.post("/v1/jobs", files=file_part(png()), headers=headers)
+    assert (first.status_code, second.status_code) == (202, 200)
+    a, b = _only_event(sm, first), _only_event(sm, second)
+    assert a.job_id == b.job_id == first.json()["id"]
+    assert a.detail is not None and b.detail is not None
+    assert (a.detail["replay"], b.detail["replay"]) == (False, True)
+
+
+def test_batch_submission_is_audited_without_a_job_id(client: TestClient, keys: Keys,
+                                                      sm: sessionmaker[Session]) -> None:
+    files = [("file", (f"{i}.png", png(i), "image/png")) for i in range(2)]
+    r = client.post("/v1/batches", files=files, headers=keys.submitter.headers)
+    assert r.status_code == 202
+    event = _only_event(sm, r)
+    assert (event.action, event.outcome, event.job_id) == ("POST /v1/batches", "ok", None)
+    assert event.detail is not None
+    assert (event.detail["batch_id"], event.detail["jobs"]) == (r.json()["id"], 2)
+
+
+def test_operations_routes_are_not_audited(client: TestClient, sm: sessionmaker[Session]) -> None:
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+        r = client.get(path)
+        assert "x-request-id" in r.headers
+    assert audit_events(sm) == []
+
+
+def _boom(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("database exploded: postgresql://fada:hunter2@db/fada")
+
+
+def test_unexpected_error_is_a_bare_500_problem(client: TestClient, keys: Keys,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("api.routes.jobs.list_jobs", _boom)
+    r = client.get("/v1/jobs", headers=keys.qa.headers)
+    body = assert_problem(r, 500, "internal_error")
+    assert "hunter2" not in r.text and "RuntimeError" not in r.text  # no internals, no stack trace
+    assert body["detail"]
+
+
+
+
+def test_unexpected_error_is_audited_with_its_request_id(client: TestClient, keys: Keys, sm: sessionmaker[Session],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("api.routes.jobs.list_jobs", _boom)
+    r = client.get("/v1/jobs", headers={**keys.qa.headers, "X-Request-ID": "trace-500"})
+    assert r.status_code == 500
+    events = audit_events(sm)
+    assert [(e.action, e.outcome, e.api_key_id, e.request_id) for e in events] == [
+        ("GET /v1/jobs", "error", keys.qa.id, "trace-500")]
+    assert r.headers.get("x-request-id") == "trace-500"
+
+
+
+
+def test_request_for_an_overlong_job_id_is_audited(request: pytest.FixtureRequest, db_url: str, client: TestClient,
+                                                   keys: Keys, sm: sessionmaker[Session]) -> None:
+    r = client.get(f"/v1/jobs/{'x' * 40}", headers=keys.qa.headers)
+    assert_problem(r, 404, "job_not_found")
+    event = _only_event(sm, r)
+    assert (event.action, event.outcome) == ("GET /v1/jobs/{job_id}", "rejected")

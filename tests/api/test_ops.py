@@ -1,0 +1,219 @@
+"""Operations (/healthz, /readyz, /metrics), unknown routes, and the generated OpenAPI."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.app import create_app
+from services.workers import beat, forget
+from shared.db.models import WorkerHeartbeat
+from shared.db.types import utcnow
+
+from .conftest import ClientFactory, Keys, close_app, make_settings
+from .helpers import PROVENANCE, assert_problem, file_part, png
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text -> {(sample name, sorted labels): value}."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_healthz(client: TestClient) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_readyz_needs_a_live_worker(client: TestClient, sm: sessionmaker[Session]) -> None:
+    r = client.get("/readyz")
+    body = assert_problem(r, 503, "not_ready")
+    assert "workers" in body["detail"]
+    assert body["checks"]["database"] == "ok" and body["checks"]["broker"] == "ok"
+    assert "heartbeat" in body["checks"]["workers"]
+
+    with sm.begin() as session:
+        beat(session, "host:1:gpu", provenance=PROVENANCE, queues="gpu")
+    r = client.get("/readyz")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ready"
+    assert body["checks"]["database"] == "ok" and body["checks"]["broker"] == "ok"
+    assert "1 live" in body["checks"]["workers"] and "rev-42" in body["checks"]["workers"]
+
+    # A heartbeat that stopped long ago no longer counts.
+    with sm.begin() as session:
+        session.execute(update(WorkerHeartbeat).values(heartbeat_at=utcnow() - timedelta(minutes=10)))
+    assert_problem(client.get("/readyz"), 503, "not_ready")
+    # Nor does a worker that said goodbye.
+    with sm.begin() as session:
+        beat(session, "host:1:gpu", provenance=PROVENANCE, queues="gpu")
+    assert client.get("/readyz").status_code == 200
+    with sm.begin() as session:
+        forget(session, "host:1:gpu")
+    assert_problem(client.get("/readyz"), 503, "not_ready")
+
+
+def test_readyz_names_an_unreachable_database(tmp_path: Path, broker_url: str) -> None:
+    app = create_app(make_settings("postgresql+psycopg://postgres@127.0.0.1:1/nothing", tmp_path, broker_url))
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            r = client.get("/readyz")
+    finally:
+        close_app(app)
+    body = assert_problem(r, 503, "not_ready")
+    assert "database" in body["detail"]
+    assert body["checks"]["database"].startswith("unreachable")
+    assert "postgres@" not in r.text  # the URL (credentials) is not shown
+
+
+def test_readyz_names_an_unreachable_broker(sqlite_db_url: str, tmp_path: Path) -> None:
+    app = create_app(make_settings(sqlite_db_url, tmp_path, "redis://127.0.0.1:1/0"))
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            body = assert_problem(client.get("/readyz"), 503, "not_ready")
+    finally:
+        close_app(app)
+    assert "broker" in body["detail"]
+    assert body["checks"]["broker"].startswith("unreachable")
+    assert body["checks"]["database"] == "ok"
+
+
+def test_readyz_names_an_unusable_embedded_broker(make_client: ClientFactory, sm: sessionmaker[Session]) -> None:
+    client = make_client(broker_url="sqla+sqlite:////nonexistent-dir/fada/broker.db")
+    with sm.begin() as session:
+        beat(session, "host:1:gpu", provenance=PROVENANCE, queues="gpu")
+    body = assert_problem(client.get("/readyz"), 503, "not_ready")
+    assert "broker" in body["detail"]
+
+
+def test_metrics(client: TestClient, keys: Keys, sm: sessionmaker[Session]) -> None:
+    before = _samples(client.get("/metrics").text)
+    submit_key = ("fada_http_requests_total", (("method", "POST"), ("route", "/v1/jobs"), ("status", "202")))
+    jobs = [client.post("/v1/jobs", files=file_part(png(i)), headers=keys.submitter.headers).json()["id"]
+            for i in range(3)]
+    assert client.post(f"/v1/jobs/{jobs[0]}/cancel", headers=keys.submitter.headers).status_code == 200
+    with sm.begin() as session:
+        beat(session, "host:2:gpu", provenance=PROVENANCE, queues="gpu")
+
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    assert 'fada_jobs{status="queued"} 2.0' in r.text
+    after = _samples(r.text)
+    assert after[("fada_jobs", (("status", "queued"),))] == 2
+    assert after[("fada_jobs", (("status", "canceled"),))] == 1
+    assert after[("fada_jobs", (("status", "succeeded"),))] == 0
+    assert after[("fada_workers_live", ())] == 1
+    assert after[submit_key] - before.get(submit_key, 0) == 3
+    # Routes are labelled by template, never by a raw job id.
+    assert not any(jobs[0] in str(labels) for _, labels in after)
+    cancel_key = ("fada_http_requests_total",
+                  (("method", "POST"), ("route", "/v1/jobs/{job_id}/cancel"), ("status", "200")))
+    assert after[cancel_key] >= 1
+
+
+def test_unknown_route_is_a_404_problem(client: TestClient, keys: Keys, subtests: pytest.Subtests) -> None:
+    for path in ("/nope", "/v1", "/v2/jobs", "/v1/jobs/x/y/z"):
+        with subtests.test(path):
+            assert_problem(client.get(path, headers=keys.admin.headers), 404, "not_found")
+
+
+def test_wrong_method_is_a_405_problem(client: TestClient, keys: Keys) -> None:
+    assert_problem(client.delete("/v1/jobs", headers=keys.admin.headers), 405, "method_not_allowed")
+    assert_problem(client.put("/v1/batches", headers=keys.admin.headers), 405, "method_not_allowed")
+
+
+CONTRACT_OPERATIONS = {
+    ("post", "/v1/jobs"), ("get", "/v1/jobs"), ("get", "/v1/jobs/{job_id}"), ("get", "/v1/jobs/{job_id}/result"),
+    ("get", "/v1/jobs/{job_id}/coco"), ("post", "/v1/jobs/{job_id}/cancel"), ("post", "/v1/batches"),
+    ("get", "/v1/batches/{batch_id}"), ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"),
+}
+
+
+def test_openapi_lists_the_contract(client: TestClient) -> None:
+    r = client.get("/openapi.json")
+    assert r.status_code == 200
+    spec = r.json()
+    assert spec["openapi"].startswith("3.")
+    operations = {(method, path) for path, item in spec["paths"].items() for method in item}
+    assert operations >= CONTRACT_OPERATIONS
+
+    submit = spec["paths"]["/v1/jobs"]["post"]
+    assert {"202", "413", "415", "422"} <= submit["responses"].keys()
+    form_ref = submit["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    form = spec["components"]["schemas"][form_ref.rsplit("/", 1)[1]]
+    assert "file" in form["required"]
+    assert set(form["properties"]) >= {"file", "mode", "external_id", "frame"}
+    assert form["properties"]["mode"]["enum"] == ["autonomous", "hitl"]
+    assert form["properties"]["mode"]["default"] == "autonomous"
+    params = {p["name"]: p for p in submit.get("parameters", [])}
+    assert params["Idempotency-Key"]["in"] == "header"
+
+    listing = {p["name"]: p for p in spec["paths"]["/v1/jobs"]["get"]["parameters"]}
+    assert {"status", "mode", "external_id", "review_state", "limit", "cursor"} <= listing.keys()
+    assert listing["limit"]["schema"]["maximum"] == 500 and listing["limit"]["schema"]["default"] == 50
+
+    job = spec["components"]["schemas"]["JobOut"]
+    assert {"id", "status", "mode", "external_id", "created_at", "updated_at", "attempts", "error", "review_state",
+            "result_url"} <= set(job["properties"])
+    status_enum = spec["components"]["schemas"]["JobStatus"]["enum"]
+    assert set(status_enum) == {"queued", "running", "awaiting_review", "succeeded", "failed", "canceled"}
+
+
+# --- documentation bugs found by schemathesis (test_schemathesis.py tolerates exactly these) ---
+
+
+def _spec(client: TestClient) -> dict[str, Any]:
+    spec: dict[str, Any] = client.get("/openapi.json").json()
+    return spec
+
+
+def _v1_operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method.upper(), path, op) for path, item in spec["paths"].items() if path.startswith("/v1")
+            for method, op in item.items()]
+
+
+def test_openapi_documents_problem_json_for_422(client: TestClient, keys: Keys) -> None:
+    r = client.get("/v1/jobs", params={"limit": 0}, headers=keys.qa.headers)
+    assert r.headers["content-type"].startswith("application/problem+json")
+    wrong = [f"{method} {path}" for method, path, op in _v1_operations(_spec(client))
+             if "422" in op["responses"]
+             and "application/problem+json" not in op["responses"]["422"].get("content", {})]
+    assert wrong == []
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/batches"])
+def test_openapi_documents_the_answer_to_a_malformed_multipart_body(client: TestClient, keys: Keys,
+                                                                    path: str) -> None:
+    r = client.post(path, content=b"--b\r\nnot a part header\r\n--b--\r\n",
+                    headers={**keys.submitter.headers, "Content-Type": "multipart/form-data; boundary=b"})
+    assert_problem(r, r.status_code)
+    assert 400 <= r.status_code < 500
+    assert str(r.status_code) in _spec(client)["paths"][path]["post"]["responses"]
+
+
+def test_openapi_batch_needs_at_least_one_file(client: TestClient) -> None:
+    spec = _spec(client)
+    ref = spec["paths"]["/v1/batches"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    assert spec["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]["file"].get("minItems", 0) >= 1
+
+
+def test_openapi_documents_authentication(client: TestClient) -> None:
+    spec = _spec(client)
+    schemes = spec.get("components", {}).get("securitySchemes", {})
+    assert any(s.get("type") == "http" and s.get("scheme", "").lower() == "bearer" for s in schemes.values())
+    for method, path, op in _v1_operations(spec):
+        assert op.get("security") or spec.get("security"), f"{method} {path}"
+        assert "401" in op["responses"], f"{method} {path}"
+    assert "403" in spec["paths"]["/v1/jobs/{job_id}/cancel"]["post"]["responses"]

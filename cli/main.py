@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli.report import report as report_command
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
@@ -16,6 +18,7 @@ model_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
 app.add_typer(model_app, name="model")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; a secret is shown once).")
 app.add_typer(keys_app, name="keys")
+app.command("report")(report_command)
 
 
 def _session() -> Session:

@@ -5,12 +5,14 @@ from .errors import IdempotencyConflict, InvalidCursor, InvalidTransition, JobNo
 from .idempotency import find_idempotent, fingerprint, remember_idempotent
 from .lifecycle import (
     MAX_ATTEMPTS_CODE,
+    REJECTED_DETAIL,
     TIME_LIMIT_CODE,
     ClaimedJob,
     cancel,
     claim,
     complete,
     fail,
+    finish_hitl,
     release_for_retry,
     renew_lease,
     resume_hitl,
@@ -21,6 +23,7 @@ from .sweeper import SweepReport, sweep
 
 __all__ = [
     "MAX_ATTEMPTS_CODE",
+    "REJECTED_DETAIL",
     "TIME_LIMIT_CODE",
     "ClaimedJob",
     "IdempotencyConflict",
@@ -39,6 +42,7 @@ __all__ = [
     "fail",
     "find_idempotent",
     "fingerprint",
+    "finish_hitl",
     "get_job",
     "get_result",
     "list_jobs",

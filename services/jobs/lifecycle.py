@@ -18,13 +18,16 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Job, JobMode, JobStatus, Result, ReviewState
 from shared.db.types import new_id, utcnow
-from shared.schemas.results import ResultDocument
+from shared.schemas.results import PhaseReport, ResultDocument
 
 from ._common import expire_job, failed_values
 from .errors import InvalidTransition, JobNotFound
 
 MAX_ATTEMPTS_CODE = "max_attempts"
 TIME_LIMIT_CODE = "time_limit"
+REJECTED_DETAIL = "rejected by the reviewer"
+# The phases after the HITL gate, in document order (services.pipeline.runner.PHASE_ORDER).
+_LATER_PHASES = ("map", "detect", "keypoints", "segment")
 _SYNC = {"synchronize_session": False}
 
 
@@ -275,3 +278,34 @@ def resume_hitl(session: Session, job_id: str, choice: dict[str, Any], *, now: d
     if done:
         expire_job(session, job_id)
     return done
+
+
+def finish_hitl(session: Session, job_id: str, choice: dict[str, Any], *, detail: str = REJECTED_DETAIL,
+                now: datetime | None = None) -> bool:
+    """awaiting_review -> succeeded WITHOUT later phases: the reviewer rejected the
+    interpretation (or chose no phases). No worker runs: the result document becomes
+    ``succeeded`` with map/detect/keypoints/segment ``skipped`` and ``detail`` saying why, and
+    ``choice`` is kept in ``hitl_choice``. False, changing nothing, when the job is not
+    awaiting review (e.g. another reviewer's choice came first)."""
+    now = now or utcnow()
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.awaiting_review)
+        .values(status=JobStatus.succeeded, hitl_choice=choice, finished_at=now, updated_at=now)
+        .returning(Job.id)
+    )
+    if session.execute(stmt, execution_options=_SYNC).first() is None:
+        return False
+    expire_job(session, job_id)
+    result = session.scalars(
+        select(Result).where(Result.job_id == job_id).execution_options(populate_existing=True)
+    ).first()
+    if result is not None:  # always there for a job that awaited review; tolerate its absence
+        doc = ResultDocument.model_validate(result.document)
+        kept = {name: report for name, report in doc.phases.items() if name not in _LATER_PHASES}
+        skipped = {name: PhaseReport(status="skipped", detail=detail) for name in _LATER_PHASES}
+        doc = doc.model_copy(update={"status": JobStatus.succeeded.value, "phases": {**kept, **skipped}})
+        session.execute(update(Result).where(Result.id == result.id).values(document=doc.model_dump(mode="json")),
+                        execution_options=_SYNC)
+        session.expire(result)
+    return True

@@ -24,7 +24,6 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from tests.fixtures_db import throwaway_postgres_database
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -35,6 +34,7 @@ from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.migrate import upgrade
 from shared.db.models import Base, Role
 from shared.settings import Settings
+from tests.fixtures_db import throwaway_postgres_database
 
 # kombu's SQLAlchemy transport (the embedded broker) uses a loader option SQLAlchemy deprecates.
 _KOMBU_WARNING = "ignore:The ``noload`` loader strategy is deprecated:sqlalchemy.exc.SADeprecationWarning"

@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tests.fixtures_db import postgres_url, sqlite_url, throwaway_postgres_database  # noqa: F401
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from shared.db.engine import make_engine
 from shared.db.migrate import upgrade
+from tests.fixtures_db import postgres_url, sqlite_url, throwaway_postgres_database  # noqa: F401
 
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])

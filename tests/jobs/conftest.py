@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from tests.fixtures_db import postgres_url, sqlite_url  # noqa: F401
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,6 +16,7 @@ from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.migrate import upgrade
 from shared.db.models import ApiKey, Job, Role
 from shared.db.types import new_id
+from tests.fixtures_db import postgres_url, sqlite_url  # noqa: F401
 
 from .helpers import png_bytes
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tests.fixtures_db import throwaway_postgres_database
 from sqlalchemy import select, text
 from typer.testing import CliRunner
 
@@ -13,6 +12,7 @@ from cli.main import app
 from services.keys import allows, authenticate, hash_secret
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import ApiKey, Role
+from tests.fixtures_db import throwaway_postgres_database
 
 runner = CliRunner()
 

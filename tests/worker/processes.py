@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from tests.fixtures_db import in_ci
 
 from cli.processes import worker_argv
+from tests.fixtures_db import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
 

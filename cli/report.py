@@ -1,0 +1,139 @@
+"""``fada report``: the QA score report from a running service, as CSV or an HTML page.
+
+A thin HTTP client of ``GET /v1/reports/scores?format=csv`` and ``GET /v1/reports/scores.html``;
+the service and key come from ``--url``/``--key`` or ``FADA_URL``/``FADA_API_KEY``.
+
+Exit codes: 0 written; 2 refused parameters (the server's 422, or no key); 3 the key was
+refused (401 unknown or revoked, 403 a role other than qa/admin); 4 the service could not be
+reached (connection, timeout); 5 any other answer from the service.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+EXIT_USAGE, EXIT_AUTH, EXIT_UNREACHABLE, EXIT_SERVER = 2, 3, 4, 5
+
+
+class ReportFormat(enum.StrEnum):
+    csv = "csv"
+    html = "html"
+
+
+class ModeChoice(enum.StrEnum):
+    autonomous = "autonomous"
+    hitl = "hitl"
+
+
+class GroupByChoice(enum.StrEnum):
+    mode = "mode"
+    model = "model"
+    label = "label"
+    reviewer = "reviewer"
+    day = "day"
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _detail(response: httpx.Response) -> str:
+    """The problem document's detail, or the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200].strip() or response.reason_phrase
+    if isinstance(body, dict) and body.get("detail"):
+        return str(body["detail"])
+    return response.text[:200]
+
+
+def _check(response: httpx.Response, url: str) -> None:
+    status = response.status_code
+    if status < 300:
+        return
+    detail = _detail(response)
+    if status == 401:
+        _fail(f"the service at {url} refused the API key (401: {detail}); check --key or FADA_API_KEY", EXIT_AUTH)
+    if status == 403:
+        _fail(f"this API key may not read reports (403: {detail}); reports need a qa or admin key", EXIT_AUTH)
+    if status == 422:
+        _fail(f"the service refused the report parameters (422: {detail})", EXIT_USAGE)
+    _fail(f"the service at {url} answered {status} {response.reason_phrase}: {detail}", EXIT_SERVER)
+
+
+def _write(out: Path, data: bytes) -> None:
+    """Write the whole file or nothing (a temporary file in the same folder, then a rename)."""
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        _fail(f"cannot write {out}: the folder {folder} does not exist", EXIT_USAGE)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def report(
+    from_: Annotated[str | None, typer.Option("--from", help="reviews created at or after this UTC date "
+                                              "(2026-03-01) or RFC 3339 time (inclusive)")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="reviews created before this time; a date alone "
+                                           "includes that whole UTC day")] = None,
+    mode: Annotated[ModeChoice | None, typer.Option(help="only jobs of this mode")] = None,
+    group_by: Annotated[GroupByChoice | None, typer.Option("--group-by", help="one row per value")] = None,
+    format_: Annotated[ReportFormat, typer.Option("--format", help="csv (a table) or html (a page with "
+                                                  "charts)")] = ReportFormat.csv,
+    out: Annotated[Path | None, typer.Option("--out", help="file to write (default: standard output)",
+                                             dir_okay=False)] = None,
+    url: Annotated[str, typer.Option(envvar="FADA_URL", help="the service's base URL")] = DEFAULT_URL,
+    key: Annotated[str | None, typer.Option(envvar="FADA_API_KEY", show_default=False,
+                                            help="a qa or admin API key")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the service", min=1)] = 60.0,
+) -> None:
+    """Download the sonographer score report (qa key): CSV, or a self-contained HTML page.
+
+    Exit codes: 0 written; 2 refused parameters or no key; 3 key refused (401) or not qa/admin
+    (403); 4 service unreachable; 5 any other error answer from the service.
+    """
+    import httpx
+
+    if not key:
+        _fail("no API key: pass --key or set FADA_API_KEY (a qa or admin key)", EXIT_USAGE)
+    base = url.rstrip("/")
+    path = "/v1/reports/scores.html" if format_ is ReportFormat.html else "/v1/reports/scores"
+    params = {name: value for name, value in (("from", from_), ("to", to), ("mode", mode), ("group_by", group_by))
+              if value}
+    if format_ is ReportFormat.csv:
+        params["format"] = "csv"
+    try:
+        response = httpx.get(base + path, params=params, headers={"Authorization": f"Bearer {key}"},
+                             timeout=timeout)
+    except httpx.TimeoutException:
+        _fail(f"the service at {base} did not answer within {timeout:g} s", EXIT_UNREACHABLE)
+    except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+        _fail(f"cannot reach the service at {base} ({exc}); is it running? (set --url or FADA_URL)",
+              EXIT_UNREACHABLE)
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        _fail(f"bad service URL {url!r}: {exc}", EXIT_USAGE)
+    except httpx.HTTPError as exc:
+        _fail(f"request to {base} failed: {exc}", EXIT_UNREACHABLE)
+    _check(response, base)
+    if out is None:
+        typer.echo(response.text, nl=False)
+        return
+    _write(out, response.content)
+    typer.echo(f"wrote {out} ({len(response.content)} bytes, {format_.value})", err=True)

@@ -1,0 +1,51 @@
+"""Reading reviews back: a job's current reviews with their history, or one reviewer's own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from services.jobs import JobNotFound
+from shared.db.models import ApiKey, Job, Review, ReviewDimension
+
+from .errors import ReviewNotFound
+
+
+@dataclass(frozen=True)
+class ReviewRecord:
+    """A review and the name of the key that wrote it (its ``history`` is loaded)."""
+
+    review: Review
+    reviewer_name: str
+
+
+def list_reviews(session: Session, job_id: str) -> list[ReviewRecord]:
+    """The job's current reviews, oldest first, each with its superseded versions."""
+    if session.get(Job, job_id) is None:
+        raise JobNotFound(job_id)
+    rows = session.execute(
+        select(Review, ApiKey.name)
+        .join(ApiKey, ApiKey.id == Review.reviewer_key_id)
+        .where(Review.job_id == job_id)
+        .options(selectinload(Review.history))
+        .order_by(Review.created_at, Review.id)
+        .execution_options(populate_existing=True)
+    )
+    return [ReviewRecord(review=review, reviewer_name=name) for review, name in rows]
+
+
+def get_own_review(session: Session, job_id: str, reviewer_key_id: str, dimension: ReviewDimension) -> ReviewRecord:
+    if session.get(Job, job_id) is None:
+        raise JobNotFound(job_id)
+    row = session.execute(
+        select(Review, ApiKey.name)
+        .join(ApiKey, ApiKey.id == Review.reviewer_key_id)
+        .where(Review.job_id == job_id, Review.reviewer_key_id == reviewer_key_id, Review.dimension == dimension)
+        .options(selectinload(Review.history))
+        .execution_options(populate_existing=True)
+    ).first()
+    if row is None:
+        raise ReviewNotFound(job_id, dimension.value)
+    return ReviewRecord(review=row[0], reviewer_name=row[1])

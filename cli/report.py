@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from services.reports.filters import GroupBy
+from shared.db.models import JobMode
+
 if TYPE_CHECKING:
     import httpx
 
@@ -30,17 +33,6 @@ class ReportFormat(enum.StrEnum):
     html = "html"
 
 
-class ModeChoice(enum.StrEnum):
-    autonomous = "autonomous"
-    hitl = "hitl"
-
-
-class GroupByChoice(enum.StrEnum):
-    mode = "mode"
-    model = "model"
-    label = "label"
-    reviewer = "reviewer"
-    day = "day"
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -93,8 +85,8 @@ def report(
                                               "(2026-03-01) or RFC 3339 time (inclusive)")] = None,
     to: Annotated[str | None, typer.Option("--to", help="reviews created before this time; a date alone "
                                            "includes that whole UTC day")] = None,
-    mode: Annotated[ModeChoice | None, typer.Option(help="only jobs of this mode")] = None,
-    group_by: Annotated[GroupByChoice | None, typer.Option("--group-by", help="one row per value")] = None,
+    mode: Annotated[JobMode | None, typer.Option(help="only jobs of this mode")] = None,
+    group_by: Annotated[GroupBy | None, typer.Option("--group-by", help="one row per value")] = None,
     format_: Annotated[ReportFormat, typer.Option("--format", help="csv (a table) or html (a page with "
                                                   "charts)")] = ReportFormat.csv,
     out: Annotated[Path | None, typer.Option("--out", help="file to write (default: standard output)",

@@ -28,6 +28,7 @@ class JobOut(BaseModel):
     result_url: str
     batch_id: str | None = None
     model_revision: str | None = None
+    burned_in_annotation: str | None = None
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -36,7 +37,7 @@ class JobOut(BaseModel):
             updated_at=job.updated_at, attempts=job.attempts,
             error=JobError(code=job.error_code, detail=job.error_detail) if job.error_code else None,
             review_state=job.review_state, result_url=f"/v1/jobs/{job.id}/result", batch_id=job.batch_id,
-            model_revision=job.model_revision,
+            model_revision=job.model_revision, burned_in_annotation=job.burned_in_annotation,
         )
 
 

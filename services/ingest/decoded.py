@@ -12,7 +12,9 @@ ImageFormat = Literal["png", "jpeg", "dicom"]
 
 @dataclass(frozen=True)
 class DicomInfo:
-    """Identifying attributes kept for provenance (linking a result back to the PACS object)."""
+    """What is kept of a DICOM header: the UIDs that link a result back to the PACS object, the
+    pixel description, modality and device model, and the burned-in annotation flag. Nothing
+    about the patient, the staff, the institution or dates is ever read into it."""
 
     sop_instance_uid: str | None
     study_instance_uid: str | None
@@ -20,6 +22,8 @@ class DicomInfo:
     modality: str | None
     photometric_interpretation: str | None  # as stored in the file, before any conversion
     transfer_syntax_uid: str | None
+    manufacturer_model_name: str | None = None
+    burned_in_annotation: str | None = None  # (0028,0301): "YES" means identifying text may be in the pixels
 
 
 @dataclass(frozen=True)

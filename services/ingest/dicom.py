@@ -168,7 +168,15 @@ def _info(ds: Dataset) -> DicomInfo:
         modality=text(ds.get("Modality")),
         photometric_interpretation=text(ds.get("PhotometricInterpretation")),
         transfer_syntax_uid=text(meta.get("TransferSyntaxUID")) if meta is not None else None,
+        manufacturer_model_name=text(ds.get("ManufacturerModelName")),
+        burned_in_annotation=_yes_no(text(ds.get("BurnedInAnnotation"))),
     )
+
+
+def _yes_no(value: str | None) -> str | None:
+    """BurnedInAnnotation is YES or NO (CS); anything else is recorded as unknown."""
+    value = (value or "").strip().upper()
+    return value if value in ("YES", "NO") else None
 
 
 def _geometry(ds: Dataset) -> tuple[int, int, int]:

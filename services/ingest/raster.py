@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from typing import Literal
 
@@ -11,6 +12,10 @@ from PIL import Image, ImageFile, ImageOps
 
 from .errors import FrameOutOfRange, TooManyPixels, UndecodableImage
 from .pixels import gray_to_rgb8, stretch_to_uint8
+
+# Pillow logs every EXIF tag it parses, values included, at DEBUG: an image description or
+# owner name is patient data. Never let those records exist, whatever the log level is.
+logging.getLogger("PIL.TiffImagePlugin").setLevel(logging.INFO)
 
 # Pillow's own plugin names; restricting Image.open to the sniffed format stops Pillow from
 # guessing some other plugin for bytes that merely start with a PNG/JPEG signature.

@@ -39,6 +39,8 @@ def store_image(session: Session, decoded: DecodedImage, *, original_size: int) 
         dicom_sop_instance_uid=dicom.sop_instance_uid if dicom else None,
         dicom_study_instance_uid=dicom.study_instance_uid if dicom else None,
         dicom_series_instance_uid=dicom.series_instance_uid if dicom else None,
+        dicom_modality=(dicom.modality or None) if dicom else None,
+        dicom_manufacturer_model=(dicom.manufacturer_model_name or "")[:64] or None if dicom else None,
         data=encode_png(decoded),
         original_size_bytes=original_size,
         created_at=utcnow(),
@@ -77,6 +79,7 @@ def submit_job(
         updated_at=now,
         attempts=0,
         max_attempts=max_attempts,
+        burned_in_annotation=decoded.dicom.burned_in_annotation if decoded.dicom else None,
     )
     session.add(job)
     session.flush()

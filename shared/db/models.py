@@ -161,6 +161,8 @@ class Image(Base):
     dicom_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     dicom_study_instance_uid: Mapped[str | None] = mapped_column(String(64))
     dicom_series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    dicom_modality: Mapped[str | None] = mapped_column(String(16))
+    dicom_manufacturer_model: Mapped[str | None] = mapped_column(String(64))
     data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     original_size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = _created()
@@ -199,6 +201,9 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_detail: Mapped[str | None] = mapped_column(Text)
     model_revision: Mapped[str | None] = mapped_column(String(128), index=True)
+    # DICOM BurnedInAnnotation of the upload (YES/NO; None when absent or not DICOM): a YES
+    # image may carry identifying text in its pixels, which no header clean-up removes.
+    burned_in_annotation: Mapped[str | None] = mapped_column(String(3))
     # HITL: the saved pipeline state (the result document so far) while awaiting review, and
     # the reviewer's choice (next phases, group) that resumes it.
     hitl_state: Mapped[dict[str, Any] | None]

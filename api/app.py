@@ -15,7 +15,7 @@ from .context import AppContext
 from .deps import V1_DEPENDENCIES
 from .middleware import BodyLimitMiddleware, GatewayMiddleware
 from .problems import V1_PROBLEMS
-from .routes import batches, evaluations, jobs, ops, reports, reviews
+from .routes import batches, dicomweb, evaluations, jobs, ops, reports, reviews
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     problems.install(app)
     # Every /v1 router: the bearer scheme and the problems any /v1 route can answer, documented.
-    for router in (jobs.router, batches.router, reviews.router, reports.router, evaluations.router):
+    for router in (jobs.router, batches.router, reviews.router, reports.router, evaluations.router, dicomweb.router):
         app.include_router(router, dependencies=V1_DEPENDENCIES, responses=V1_PROBLEMS)
     app.include_router(ops.router)
     # Outermost first on the way in: ids, auth and audit, then the body limit.

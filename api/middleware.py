@@ -25,7 +25,7 @@ from .problems import problem_response
 
 log = logging.getLogger(__name__)
 
-AUTH_PREFIX = "/v1"
+AUTH_PREFIXES = ("/v1/", "/dicomweb/")  # everything but the health routes and docs
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -44,7 +44,8 @@ def _outcome(status: int) -> str:
 
 
 class GatewayMiddleware:
-    """Request id (``X-Request-ID``), metrics, and for ``/v1``: bearer-key auth and audit."""
+    """Request id (``X-Request-ID``), metrics, and for ``/v1`` and ``/dicomweb``: bearer-key
+    auth and audit."""
 
     def __init__(self, app: ASGIApp, ctx: AppContext) -> None:
         self.app, self.ctx = app, ctx
@@ -57,7 +58,7 @@ class GatewayMiddleware:
         request_id = (_header(scope, b"x-request-id") or "")[:64] or uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        audited = scope["path"].startswith(AUTH_PREFIX)
+        audited = scope["path"].startswith(AUTH_PREFIXES)
         status_holder = {"status": 500}
 
         async def send_wrapper(message: Message) -> None:

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
                             "SQLite at {data_dir}/broker.db (needs no server)")
     broker_polling_interval: float = Field(0.1, gt=0, description="seconds between polls of the SQLite broker")
 
+    public_url: str = Field("", description="the gateway's address as callers reach it (absolute links in "
+                            "DICOMweb answers); empty means taken from each request's Host header")
+
     # HTTP gateway limits.
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest accepted request body (413 above)")
     max_batch_files: int = Field(200, ge=1, description="most files in one POST /v1/batches")

@@ -42,11 +42,16 @@ PROBLEM_TYPE = "application/problem+json"
 INGEST_CODES = {cls.code for cls in IngestError.__subclasses__()} | {IngestError.code}
 
 
+# schemathesis cannot write multipart/related bodies; STOW-RS has its own tests (test_dicomweb.py).
+UNSERIALISABLE = {("POST", "/dicomweb/studies")}
+
+
 def _operations() -> list[tuple[str, str]]:
     """(METHOD, path) of every documented operation; building the document touches no database."""
     app = create_app(Settings(data_dir=Path("/nonexistent"), database_url="sqlite://", broker_url="memory://"))
     try:
-        return sorted((method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item)
+        return sorted((method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item
+                      if (method.upper(), path) not in UNSERIALISABLE)
     finally:
         close_app(app)
 

@@ -1,0 +1,67 @@
+"""DICOMweb STOW-RS: ``POST /dicomweb/studies`` stores instances, each becoming a job."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from services.dicomweb.multipart_related import NotMultipartRelated, boundary_of, split_parts
+from services.dicomweb.stow import store_instances, to_dicom_json
+from services.jobs.intake import JobOptions
+from services.queue import enqueue_job
+from shared.db.models import JobMode, Role
+
+from ..context import Caller
+from ..deps import Ctx, require, set_audit_job
+from ..problems import Problem, problem_doc
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+
+DICOM_JSON = "application/dicom+json"
+STOW_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"description": "every instance stored (ReferencedSOPSequence)", "content": {DICOM_JSON: {}}},
+    202: {"description": "some instances failed (FailedSOPSequence)", "content": {DICOM_JSON: {}}},
+    409: {"description": "no instance stored (FailedSOPSequence)", "content": {DICOM_JSON: {}}},
+    413: problem_doc("body over the configured maximum"),
+    415: problem_doc("not multipart/related; type=\"application/dicom\""),
+}
+
+
+STOW_BODY = {"requestBody": {"required": True, "content": {
+    'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+@router.post("/studies", status_code=200, responses=STOW_RESPONSES, response_class=JSONResponse,
+             openapi_extra=STOW_BODY)
+async def stow(
+    request: Request,
+    ctx: Ctx,
+    caller: Annotated[Caller, Depends(require(Role.submitter))],
+    mode: Annotated[Literal["autonomous", "hitl"], Query()] = "autonomous",
+) -> JSONResponse:
+    """Store DICOM instances (multipart/related, one application/dicom part each); each
+    becomes a job with ``external_id`` = its SOP Instance UID. A repeated instance answers
+    with its existing job."""
+    try:
+        boundary = boundary_of(request.headers.get("content-type"))
+    except NotMultipartRelated as exc:
+        raise Problem(415, "unsupported_media_type", str(exc)) from exc
+    body = bytearray()
+    async for chunk in request.stream():  # the body limit middleware counts as it streams
+        body += chunk
+    parts = await run_in_threadpool(split_parts, bytes(body), boundary)
+    if not parts:
+        raise Problem(422, "no_instances", "the multipart/related body holds no part")
+    outcome = await run_in_threadpool(
+        store_instances, ctx.sm, parts, JobOptions(mode=JobMode(mode)), api_key_id=caller.key_id,
+        enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,
+        max_attempts=ctx.settings.job_max_attempts)
+    request.state.audit_detail = {"stored": len(outcome.stored), "failed": len(outcome.failed),
+                                  "job_ids": [job_id for _, _, job_id in outcome.stored][:50]}
+    if len(outcome.stored) == 1:
+        set_audit_job(request, outcome.stored[0][2])
+    base = (ctx.settings.public_url or str(request.base_url)).rstrip("/")
+    return JSONResponse(to_dicom_json(outcome, base), status_code=outcome.status, media_type=DICOM_JSON)

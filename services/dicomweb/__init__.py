@@ -1,0 +1,1 @@
+"""DICOMweb: STOW-RS (store instances), each instance becoming a job."""

@@ -1,0 +1,110 @@
+"""STOW-RS: store DICOM instances, each as a job (``external_id`` = SOP Instance UID), and
+answer as DICOM PS3.18 says: 200 all stored, 202 some failed, 409 none stored, with a DICOM
+JSON body naming what was stored (ReferencedSOPSequence) and what failed (FailedSOPSequence).
+
+A repeated push of the same instance (a PACS retrying) answers with the job already made:
+each instance is submitted under the Idempotency-Key ``stow:<SOP Instance UID>``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.ingest import IngestError
+from services.jobs import IdempotencyConflict
+from services.jobs.intake import Enqueue, JobOptions, Upload, accept_job
+
+from .multipart_related import DICOM_TYPE, Part
+
+# Failure reasons (PS3.4 Annex GG, Storage Service Class status codes)
+PROCESSING_FAILURE = 0x0110
+CANNOT_UNDERSTAND = 0xC000
+NOT_SUPPORTED = 0x0122  # the part is not application/dicom
+DUPLICATE_CONFLICT = 0xA900  # same SOP Instance UID, different content
+
+
+@dataclass
+class StowOutcome:
+    stored: list[tuple[str, str, str]] = field(default_factory=list)  # (class UID, instance UID, job id)
+    failed: list[tuple[str | None, str | None, int, str]] = field(default_factory=list)  # (..., reason, why)
+
+    @property
+    def status(self) -> int:
+        if not self.failed:
+            return 200
+        return 202 if self.stored else 409
+
+
+def _uids(data: bytes) -> tuple[str | None, str | None]:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=False,
+                             specific_tags=["SOPClassUID", "SOPInstanceUID"])
+    except (InvalidDicomError, OSError, ValueError, EOFError):
+        return None, None
+    sop_class, sop_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
+    return (str(sop_class) if sop_class else None), (str(sop_instance) if sop_instance else None)
+
+
+def store_instances(
+    sm: sessionmaker[Session],
+    parts: list[Part],
+    options: JobOptions,
+    *,
+    api_key_id: str,
+    enqueue: Enqueue,
+    max_pixels: int,
+    max_attempts: int,
+) -> StowOutcome:
+    """One job per DICOM part; a bad part fails alone (the others are still stored)."""
+    outcome = StowOutcome()
+    for part in parts:
+        sop_class, sop_instance = _uids(bytes(part.data))
+        if part.content_type not in ("", DICOM_TYPE):
+            outcome.failed.append((sop_class, sop_instance, NOT_SUPPORTED, f"part type {part.content_type}"))
+            continue
+        if sop_instance is None:
+            outcome.failed.append((sop_class, None, CANNOT_UNDERSTAND, "not a DICOM Part-10 instance"))
+            continue
+        try:
+            accepted = accept_job(
+                sm, Upload(bytes(part.data), f"{sop_instance}.dcm"),
+                JobOptions(mode=options.mode, external_id=sop_instance[:128], frame=options.frame),
+                api_key_id=api_key_id, enqueue=enqueue, max_pixels=max_pixels, max_attempts=max_attempts,
+                idempotency_key=f"stow:{sop_instance}")
+        except IngestError as exc:
+            outcome.failed.append((sop_class, sop_instance, CANNOT_UNDERSTAND, f"{exc.code}: {exc.detail}"))
+            continue
+        except IdempotencyConflict:
+            outcome.failed.append((sop_class, sop_instance, DUPLICATE_CONFLICT,
+                                   "this SOP Instance UID was stored before with different content"))
+            continue
+        outcome.stored.append((sop_class or "", sop_instance, accepted.id))
+    return outcome
+
+
+def _ui(value: str | None) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def to_dicom_json(outcome: StowOutcome, base_url: str) -> dict[str, Any]:
+    """The STOW-RS response dataset in the DICOM JSON model (PS3.18 F.2)."""
+    body: dict[str, Any] = {}
+    if outcome.stored:
+        body["00081199"] = {"vr": "SQ", "Value": [
+            {"00081150": _ui(cls), "00081155": _ui(inst),
+             "00081190": {"vr": "UR", "Value": [f"{base_url}/v1/jobs/{job_id}"]}}
+            for cls, inst, job_id in outcome.stored]}
+    if outcome.failed:
+        body["00081198"] = {"vr": "SQ", "Value": [
+            {"00081150": _ui(cls), "00081155": _ui(inst), "00081197": {"vr": "US", "Value": [reason]},
+             # Warning/failure detail is not a standard attribute of the item; kept in a comment
+             # attribute a person can read (TextValue, LT).
+             "0040A160": {"vr": "UT", "Value": [why[:1024]]}}
+            for cls, inst, reason, why in outcome.failed]}
+    return body

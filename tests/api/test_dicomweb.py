@@ -1,0 +1,110 @@
+"""STOW-RS (``POST /dicomweb/studies``) through a real uvicorn server, called by the
+``dicomweb-client`` library as a PACS bridge would, and by hand for the failure answers."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import httpx
+import pydicom
+from dicomweb_client.api import DICOMwebClient
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.models import Job
+
+from .conftest import AppFactory, Keys, Serve
+from .helpers import assert_problem
+
+REFERENCED, FAILED = "00081199", "00081198"
+
+
+def _ultrasound(sop_instance_uid: str | None = None) -> pydicom.Dataset:
+    ds = pydicom.dcmread(str(get_testdata_file("examples_palette.dcm")))
+    if sop_instance_uid:
+        ds.SOPInstanceUID = sop_instance_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    return ds
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _no_pixels() -> pydicom.Dataset:
+    ds = _ultrasound(generate_uid())
+    del ds.PixelData
+    return ds
+
+
+def _related(*parts: bytes, part_type: str = "application/dicom") -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: " + part_type.encode() + b"\r\n\r\n" + p + b"\r\n"
+                    for p in parts) + b"--" + boundary.encode() + b"--\r\n"
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def _jobs(sm: sessionmaker[Session]) -> list[Job]:
+    with sm() as session:
+        return list(session.scalars(select(Job).order_by(Job.created_at)))
+
+
+def test_dicomweb_client_stores_a_study_each_instance_a_job(make_app: AppFactory, serve: Serve, keys: Keys,
+                                                            sm: sessionmaker[Session]) -> None:
+    app = make_app()
+    base = serve(app)
+    app.state.ctx.settings.public_url = base  # links in the answer must reach this very server
+    client = DICOMwebClient(url=f"{base}/dicomweb", headers=keys.submitter.headers)
+    first, second = _ultrasound(generate_uid()), _ultrasound(generate_uid())
+    answer = client.store_instances(datasets=[first, second])
+    stored = answer.ReferencedSOPSequence
+    assert [item.ReferencedSOPInstanceUID for item in stored] == [first.SOPInstanceUID, second.SOPInstanceUID]
+    assert all(item.ReferencedSOPClassUID == first.SOPClassUID for item in stored)
+    jobs = _jobs(sm)
+    assert sorted(j.external_id or "" for j in jobs) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+    for item in stored:  # each instance names its job
+        r = httpx.get(str(item.RetrieveURL), headers=keys.submitter.headers)
+        assert r.status_code == 200 and r.json()["external_id"] == item.ReferencedSOPInstanceUID
+
+    # a PACS pushing the same instance again gets the same job, not a second one
+    again = client.store_instances(datasets=[first])
+    assert again.ReferencedSOPSequence[0].RetrieveURL == stored[0].RetrieveURL
+    assert len(_jobs(sm)) == 2
+
+
+def test_some_failed_is_202_none_stored_is_409(make_app: AppFactory, serve: Serve, keys: Keys,
+                                               sm: sessionmaker[Session]) -> None:
+    base = serve(make_app())
+    url, auth = f"{base}/dicomweb/studies", keys.submitter.headers
+    good, bad = _ultrasound(generate_uid()), _no_pixels()
+    body, ctype = _related(_bytes(good), _bytes(bad), b"not dicom at all")
+    r = httpx.post(url, content=body, headers={**auth, "Content-Type": ctype})
+    assert r.status_code == 202 and r.headers["content-type"].startswith("application/dicom+json")
+    answer = pydicom.Dataset.from_json(r.json())
+    assert [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence] == [good.SOPInstanceUID]
+    failed = answer.FailedSOPSequence
+    assert [i.get("ReferencedSOPInstanceUID") or None for i in failed] == [bad.SOPInstanceUID, None]
+    assert [i.FailureReason for i in failed] == [0xC000, 0xC000]
+    assert len(_jobs(sm)) == 1
+
+    body, ctype = _related(_bytes(_no_pixels()))
+    r = httpx.post(url, content=body, headers={**auth, "Content-Type": ctype})
+    assert r.status_code == 409
+    assert len(pydicom.Dataset.from_json(r.json()).FailedSOPSequence) == 1
+    assert len(_jobs(sm)) == 1
+
+
+def test_wrong_media_type_and_auth(make_app: AppFactory, serve: Serve, keys: Keys) -> None:
+    base = serve(make_app())
+    url = f"{base}/dicomweb/studies"
+    assert_problem(httpx.post(url, content=b"{}", headers={**keys.submitter.headers,
+                                                         "Content-Type": "application/json"}),
+                   415, "unsupported_media_type")
+    body, ctype = _related(_bytes(_ultrasound(generate_uid())))
+    assert httpx.post(url, content=body, headers={"Content-Type": ctype}).status_code == 401
+    assert httpx.post(url, content=body, headers={**keys.reviewer.headers, "Content-Type": ctype}).status_code == 403

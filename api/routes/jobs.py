@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 
 from services.export.coco import to_coco
+from services.export.dicom_sr import NotFromDicom, build_sr, source_instance, sr_bytes
 from services.jobs import cancel, get_job, get_result, list_jobs
 from services.jobs.intake import JobOptions, Upload, accept_job
 from services.queue import enqueue_job
@@ -123,6 +124,23 @@ def result(ctx: Ctx, caller: Reader, job_id: JobId) -> ResultDocument:
 def coco(ctx: Ctx, caller: Reader, job_id: JobId) -> dict[str, Any]:
     """The result's annotations as a COCO document; the image id is the job id."""
     return to_coco(_document(ctx, caller, job_id), ctx.profile, image_id=job_id)
+
+
+@router.get("/{job_id}/sr.dcm", response_class=Response, responses={
+    200: {"content": {"application/dicom": {}}, "description": "Comprehensive 3D SR (TID 1500)"},
+    404: PROBLEM, 409: PROBLEM})
+def structured_report(ctx: Ctx, caller: Reader, job_id: JobId) -> Response:
+    """The result as a DICOM Comprehensive 3D SR / TID 1500 measurement report referencing the
+    source instance (jobs made from DICOM only; 409 otherwise or before a result exists)."""
+    document = _document(ctx, caller, job_id)
+    with ctx.sm() as session:
+        try:
+            source = source_instance(session, job_id)
+        except NotFromDicom as exc:
+            raise Problem(409, "not_dicom", str(exc)) from exc
+    sr = build_sr(document, source, job_id=job_id)
+    return Response(sr_bytes(sr), media_type="application/dicom",
+                    headers={"Content-Disposition": f'attachment; filename="{job_id}.sr.dcm"'})
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={404: PROBLEM, 409: PROBLEM})

@@ -1,4 +1,4 @@
-"""DICOM provenance kept after de-identification: modality and device model on images, the
+"""DICOM provenance kept after de-identification: SOP class, modality and device model on images, the
 burned-in annotation flag on jobs.
 
 Revision ID: 0003
@@ -19,6 +19,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("images") as batch:
+        batch.add_column(sa.Column("dicom_sop_class_uid", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("dicom_modality", sa.String(length=16), nullable=True))
         batch.add_column(sa.Column("dicom_manufacturer_model", sa.String(length=64), nullable=True))
     with op.batch_alter_table("jobs") as batch:
@@ -31,3 +32,4 @@ def downgrade() -> None:
     with op.batch_alter_table("images") as batch:
         batch.drop_column("dicom_manufacturer_model")
         batch.drop_column("dicom_modality")
+        batch.drop_column("dicom_sop_class_uid")

@@ -23,6 +23,7 @@ class DicomInfo:
     photometric_interpretation: str | None  # as stored in the file, before any conversion
     transfer_syntax_uid: str | None
     manufacturer_model_name: str | None = None
+    sop_class_uid: str | None = None
     burned_in_annotation: str | None = None  # (0028,0301): "YES" means identifying text may be in the pixels
 
 

@@ -169,6 +169,7 @@ def _info(ds: Dataset) -> DicomInfo:
         photometric_interpretation=text(ds.get("PhotometricInterpretation")),
         transfer_syntax_uid=text(meta.get("TransferSyntaxUID")) if meta is not None else None,
         manufacturer_model_name=text(ds.get("ManufacturerModelName")),
+        sop_class_uid=text(ds.get("SOPClassUID")),
         burned_in_annotation=_yes_no(text(ds.get("BurnedInAnnotation"))),
     )
 

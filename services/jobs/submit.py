@@ -39,6 +39,7 @@ def store_image(session: Session, decoded: DecodedImage, *, original_size: int) 
         dicom_sop_instance_uid=dicom.sop_instance_uid if dicom else None,
         dicom_study_instance_uid=dicom.study_instance_uid if dicom else None,
         dicom_series_instance_uid=dicom.series_instance_uid if dicom else None,
+        dicom_sop_class_uid=dicom.sop_class_uid if dicom else None,
         dicom_modality=(dicom.modality or None) if dicom else None,
         dicom_manufacturer_model=(dicom.manufacturer_model_name or "")[:64] or None if dicom else None,
         data=encode_png(decoded),

@@ -161,6 +161,7 @@ class Image(Base):
     dicom_sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     dicom_study_instance_uid: Mapped[str | None] = mapped_column(String(64))
     dicom_series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    dicom_sop_class_uid: Mapped[str | None] = mapped_column(String(64))
     dicom_modality: Mapped[str | None] = mapped_column(String(16))
     dicom_manufacturer_model: Mapped[str | None] = mapped_column(String(64))
     data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)

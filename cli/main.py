@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.report import report as report_command
+from cli.submit import submit as submit_command
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ app.add_typer(model_app, name="model")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; a secret is shown once).")
 app.add_typer(keys_app, name="keys")
 app.command("report")(report_command)
+app.command("submit")(submit_command)
 
 
 def _session() -> Session:

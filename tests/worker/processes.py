@@ -3,6 +3,7 @@ command line) and a private redis-server that a test may stop and start."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -53,12 +54,16 @@ class WorkerProcess:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            # SIGTERM to the main process only: a warm shutdown. Signalling the whole group would
+            # kill the pool child too, which the main process then replaces (a model reload).
+            self.proc.terminate()
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything the group left behind
         self._log.close()
 
     def log_tail(self, chars: int = 4000) -> str:

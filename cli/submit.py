@@ -1,0 +1,259 @@
+"""``fada submit``: send a folder of images to a running service, resumably.
+
+Files are recognised by content (PNG, JPEG, DICOM Part-10); anything else is skipped and
+counted. Every file's state is kept in ``<out>/manifest.json`` (path -> sha256, job id,
+status, error), rewritten atomically after each change, so a rerun after a crash or a failure
+skips what is done (succeeded, result written), waits again on jobs already submitted and
+resubmits what failed. The ``Idempotency-Key`` of a file is derived from its content and the
+mode (plus a retry counter once a job of it failed), so a rerun never creates a second job for
+a submission the server already stored.
+
+Exit codes: 0 every image done; 1 some image failed or did not finish; 2 bad usage (no key,
+no images); 3 the key was refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.client import DEFAULT_URL, ApiError, FadaClient, FadaError, Forbidden, Unauthorized, WaitTimeout
+
+MANIFEST = "manifest.json"
+EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 1, 2, 3
+DONE = "succeeded"
+
+
+def sniff(head: bytes) -> str | None:
+    """``png``, ``jpeg``, ``dicom`` from a file's first 132 bytes, or None."""
+    if head.startswith(b"\x89PNG"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def collect(paths: Iterable[Path], recursive: bool) -> tuple[list[tuple[Path, str]], int, int]:
+    """The images under ``paths`` as (file, name relative to its argument); how many files were
+    skipped (not an image); how many subfolders were not searched (no --recursive)."""
+    found: list[tuple[Path, str]] = []
+    skipped = folders = 0
+    for root in paths:
+        if root.is_file():
+            candidates = [(root, root.name)]
+        else:
+            walk = sorted(root.rglob("*")) if recursive else sorted(root.iterdir())
+            candidates = [(p, p.relative_to(root).as_posix()) for p in walk if p.is_file()]
+            folders += 0 if recursive else sum(1 for p in walk if p.is_dir())
+        for path, rel in candidates:
+            try:
+                with path.open("rb") as f:
+                    head = f.read(132)
+            except OSError:
+                skipped += 1
+                continue
+            if sniff(head) is None:
+                skipped += 1
+            else:
+                found.append((path, rel))
+    return found, skipped, folders
+
+
+def idempotency_key(sha256: str, mode: str, retry: int) -> str:
+    base = hashlib.sha256(f"{sha256}:{mode}".encode()).hexdigest()
+    return f"fada-submit-{base}" if retry == 0 else f"fada-submit-{base}-retry{retry}"
+
+
+class Manifest:
+    """``<out>/manifest.json``: ``{"version": 1, "files": {path: entry}}``, thread-safe, written
+    whole after every change (temporary file + rename)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / MANIFEST
+        self.lock = threading.Lock()
+        self.files: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            self.files = dict(json.loads(self.path.read_text()).get("files", {}))
+
+    def get(self, key: str) -> dict[str, Any]:
+        with self.lock:
+            return dict(self.files.get(key, {}))
+
+    def update(self, key: str, **values: Any) -> None:
+        with self.lock:
+            self.files.setdefault(key, {}).update(values)
+            self._write()
+
+    def _write(self) -> None:
+        data = json.dumps({"version": 1, "files": self.files}, indent=2, sort_keys=True).encode()
+        fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)
+
+
+class Runner:
+    def __init__(self, client: FadaClient, manifest: Manifest, out: Path, mode: str, wait: bool,
+                 deadline: float) -> None:
+        self.client, self.manifest, self.out, self.mode, self.wait, self.deadline = (
+            client, manifest, out, mode, wait, deadline)
+        self.auth_error: ApiError | None = None
+
+    def done(self, key: str, entry: dict[str, Any], sha256: str) -> bool:
+        if entry.get("sha256") != sha256:
+            return False
+        if not self.wait:
+            return bool(entry.get("job_id")) and entry.get("status") not in ("failed", "canceled", "error")
+        return entry.get("status") == DONE and all((self.out / entry.get(k, "")).is_file()
+                                                   for k in ("result", "coco"))
+
+    def process(self, path: Path, rel: str) -> str:
+        """One file, start to end; returns its final status for the summary."""
+        key = str(path.resolve())
+        data = path.read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        entry = self.manifest.get(key)
+        if self.done(key, entry, sha256):
+            return "skipped"
+        if entry.get("sha256") != sha256:  # new file, or its content changed: start over
+            entry = {"sha256": sha256, "retry": 0}
+            self.manifest.update(key, name=rel, sha256=sha256, retry=0, job_id=None, status="new", error=None)
+        try:
+            job_id = entry.get("job_id")
+            if not job_id or entry.get("status") in ("failed", "canceled"):
+                retry = int(entry.get("retry", 0)) + (1 if entry.get("status") in ("failed", "canceled") else 0)
+                self.manifest.update(key, retry=retry)  # recorded before sending: a crash reuses the key
+                job = self.client.submit(data, mode=self.mode,  # type: ignore[arg-type]
+                                         idempotency_key=idempotency_key(sha256, self.mode, retry))
+                job_id = job["id"]
+                self.manifest.update(key, job_id=job_id, status=job["status"], error=None)
+            if not self.wait:
+                return "submitted"
+            job = self.client.wait(job_id, timeout=max(0.0, self.deadline - time.monotonic()))
+            status = str(job["status"])
+            if status in ("succeeded", "awaiting_review"):
+                result_name, coco_name = f"{rel}.json", f"{rel}.coco.json"
+                _write_json(self.out / result_name, self.client.result(job_id))
+                _write_json(self.out / coco_name, self.client.coco(job_id))
+                self.manifest.update(key, status=status, error=None, result=result_name, coco=coco_name)
+                return status
+            error = job.get("error") or {"code": status, "detail": f"the job ended {status}"}
+            self.manifest.update(key, status=status, error=error)
+            return "failed"
+        except WaitTimeout as exc:
+            self.manifest.update(key, status=str(exc.job.get("status")), error={"code": "timeout", "detail": str(exc)})
+            return "unfinished"
+        except (Unauthorized, Forbidden) as exc:
+            self.auth_error = exc
+            self.manifest.update(key, status="error", error={"code": exc.code, "detail": exc.detail})
+            return "error"
+        except ApiError as exc:
+            self.manifest.update(key, status="error", error={"code": exc.code, "detail": exc.detail,
+                                                               "status": exc.status})
+            return "error"
+        except FadaError as exc:
+            self.manifest.update(key, status="error", error={"code": "transport", "detail": str(exc)})
+            return "error"
+
+
+def submit(
+    paths: Annotated[list[Path], typer.Argument(help="image files or folders", exists=True)],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="descend into subfolders")] = False,
+    concurrency: Annotated[int, typer.Option(help="files in flight at once", min=1, max=64)] = 4,
+    mode: Annotated[str, typer.Option(help="autonomous or hitl")] = "autonomous",
+    wait: Annotated[bool, typer.Option("--wait", help="wait for each job; write its result and COCO")] = False,
+    out: Annotated[Path, typer.Option(help="folder for the manifest and results", file_okay=False)] = Path(
+        "fada-out"),
+    timeout: Annotated[float, typer.Option(help="with --wait: seconds to wait for all jobs in total", min=0)] = 3600,
+    url: Annotated[str, typer.Option(envvar="FADA_URL", help="the service's base URL")] = DEFAULT_URL,
+    key: Annotated[str | None, typer.Option(envvar="FADA_API_KEY", show_default=False,
+                                            help="a submitter or admin API key")] = None,
+) -> None:
+    """Submit PNG, JPEG and DICOM files (found by content), resumably: rerun the same command
+    to finish what a crash, a timeout or a failure left undone; no image is submitted twice.
+
+    Exit codes: 0 all done; 1 some image failed or did not finish; 2 bad usage; 3 key refused.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    if mode not in ("autonomous", "hitl"):
+        raise typer.BadParameter("mode must be autonomous or hitl", param_hint="--mode")
+    if not key:
+        typer.echo("error: no API key: pass --key or set FADA_API_KEY (a submitter key)", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    files, skipped, folders = collect(paths, recursive)
+    if not files:
+        typer.echo(f"error: no PNG, JPEG or DICOM files found ({skipped} skipped)", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out)
+    statuses: Counter[str] = Counter()
+    with FadaClient(url, key) as client:
+        runner = Runner(client, manifest, out, mode, wait, time.monotonic() + timeout)
+        columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=console) as progress, ThreadPoolExecutor(concurrency) as pool:
+            task = progress.add_task("submitting" if not wait else "processing", total=len(files), rate="")
+            started = time.monotonic()
+
+            def one(item: tuple[Path, str]) -> None:
+                status = runner.process(*item)
+                with manifest.lock:
+                    statuses[status] += 1
+                    rate = sum(statuses.values()) / max(1e-6, time.monotonic() - started)
+                progress.update(task, advance=1, rate=f"{rate:.1f}/s")
+
+            list(pool.map(one, files))
+    table = Table(title="fada submit")
+    table.add_column("status")
+    table.add_column("images", justify="right")
+    for status, n in sorted(statuses.items()):
+        table.add_row(status, str(n))
+    table.add_row("not an image (skipped)", str(skipped))
+    if folders:
+        table.add_row("subfolders not searched (--recursive)", str(folders))
+    console.print(table)
+    console.print(f"manifest: {manifest.path}")
+    if runner.auth_error is not None:
+        typer.echo(f"error: the service refused the key ({runner.auth_error})", err=True)
+        raise typer.Exit(EXIT_AUTH)
+    if statuses["failed"] or statuses["error"] or statuses["unfinished"]:
+        raise typer.Exit(EXIT_FAILED)
+

@@ -39,7 +39,11 @@ def problem_doc(description: str) -> dict[str, Any]:
             "content": {MEDIA_TYPE: {"schema": ProblemDetails.model_json_schema()}}}
 
 
-# Documented on every /v1 operation (the middleware and validation can answer these anywhere).
+# A route's own problem answers (404, 409...); the message is in the document's code and detail.
+PROBLEM = problem_doc("see the problem document's code and detail")
+
+# Documented on every /v1 operation by the app factory, not by each route: the middleware
+# and validation can answer these anywhere.
 V1_PROBLEMS: dict[int | str, dict[str, Any]] = {
     401: problem_doc("missing, unknown or revoked API key"),
     403: problem_doc("the key's role may not do this"),

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from shared.db.models import AuditEvent
-from shared.db.types import new_id, utcnow
+from shared.db.types import ID_LENGTH, new_id, utcnow
 
 
 def record_event(
@@ -20,7 +20,12 @@ def record_event(
     detail: dict[str, Any] | None = None,
     request_id: str | None = None,
 ) -> AuditEvent:
-    """Add one audit event to ``session``; the caller commits."""
+    """Add one audit event to ``session``; the caller commits. A ``job_id`` that cannot be one
+    of ours (too long for the column, or holding NUL, which PostgreSQL refuses) is kept in
+    ``detail`` as text instead, so the event is still written."""
+    if job_id is not None and (len(job_id) > ID_LENGTH or "\x00" in job_id):
+        detail = {**(detail or {}), "job_id_given": job_id[:64].replace("\x00", "\\0")}
+        job_id = None
     event = AuditEvent(
         id=new_id(),
         at=utcnow(),

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from sqlalchemy import create_engine, make_url
@@ -35,12 +36,17 @@ def admin_url() -> URL:
     return make_url(os.environ.get("FADA_TEST_POSTGRES_URL") or DEFAULT_ADMIN_URL)
 
 
-def postgres_unavailable(reason: str) -> None:
-    """Fail under CI, skip elsewhere: a missing database must never pass CI silently."""
-    message = f"PostgreSQL not reachable at {admin_url().render_as_string(hide_password=True)}: {reason}"
+def peer_unavailable(message: str, *, hint: str = "") -> NoReturn:
+    """A peer the test needs (PostgreSQL, Redis, Orthanc, Chromium) is missing: FAIL under CI
+    (``CI=true``), where it must never pass silently; skip with the reason elsewhere."""
     if in_ci():
-        pytest.fail(message + " (CI=true: PostgreSQL is required)", pytrace=False)
-    pytest.skip(message + " (set FADA_TEST_POSTGRES_URL, or start the server)")
+        pytest.fail(message + " (CI=true: it is required)", pytrace=False)
+    pytest.skip(message + (f" ({hint})" if hint else ""))
+
+
+def postgres_unavailable(reason: str) -> NoReturn:
+    peer_unavailable(f"PostgreSQL not reachable at {admin_url().render_as_string(hide_password=True)}: {reason}",
+                     hint="set FADA_TEST_POSTGRES_URL, or start the server")
 
 
 @contextmanager
@@ -56,7 +62,6 @@ def throwaway_postgres_database(prefix: str = "fada_test_") -> Iterator[str]:
     except OperationalError as exc:
         admin.dispose()
         postgres_unavailable(str(exc.orig or exc).strip().splitlines()[0])
-        raise  # not reached: postgres_unavailable fails or skips
     try:
         yield admin_url().set(database=name).render_as_string(hide_password=False)
     finally:

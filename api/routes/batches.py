@@ -14,9 +14,9 @@ from shared.db.models import Batch, JobMode, Role
 from ..context import Caller
 from ..deps import BatchId, Ctx, require, set_audit_job
 from ..metrics import JOBS_SUBMITTED
-from ..problems import Problem
+from ..problems import PROBLEM, Problem
 from ..schemas import BatchOut, BatchStatus, JobOut
-from .jobs import PROBLEM, SUBMIT_ERRORS, ExternalIdField, FrameField, IdempotencyKeyHeader, ModeField, Reader
+from .jobs import SUBMIT_ERRORS, ExternalIdField, FrameField, IdempotencyKeyHeader, ModeField, Reader
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 

@@ -24,12 +24,11 @@ from shared.db.models import Evaluation, Role
 
 from ..context import AppContext, Caller
 from ..deps import Ctx, require
-from ..problems import Problem
+from ..problems import PROBLEM, Problem
 
 router = APIRouter(tags=["evaluations"])
 
 QA = Annotated[Caller, Depends(require(Role.qa))]
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 GROUND_TRUTH_DOC = f"""A COCO dataset whose image ids are job ids (strings). Geometry is COCO in the
 ORIGINAL image's pixels (as in the results): `bbox` = [x, y, width, height], polygons flat
@@ -86,7 +85,7 @@ def _read(ctx: AppContext, evaluation_id: str) -> EvaluationOut:
 
 
 @router.post("/v1/evaluations", status_code=201, response_model=EvaluationOut,
-             responses={401: PROBLEM, 403: PROBLEM, 413: PROBLEM, 422: PROBLEM})
+             responses={413: PROBLEM})
 def create(request: Request, response: Response, ctx: Ctx, caller: QA, body: EvaluationIn) -> EvaluationOut:
     """Measure the results of the ground truth's jobs (pycocotools mAP at IoU 0.50 and 0.75,
     Dice/IoU, view-label accuracy) and store the evaluation. A ground truth that is malformed,
@@ -107,7 +106,7 @@ def create(request: Request, response: Response, ctx: Ctx, caller: QA, body: Eva
     return _read(ctx, evaluation_id)
 
 
-@router.get("/v1/evaluations", response_model=EvaluationPage, responses={401: PROBLEM, 403: PROBLEM, 422: PROBLEM})
+@router.get("/v1/evaluations", response_model=EvaluationPage)
 def list_(
     ctx: Ctx,
     caller: QA,
@@ -121,7 +120,7 @@ def list_(
 
 
 @router.get("/v1/evaluations/{evaluation_id}", response_model=EvaluationOut,
-            responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM})
+            responses={404: PROBLEM})
 def read(ctx: Ctx, caller: QA, evaluation_id: str) -> EvaluationOut:
     """The evaluation as ``POST`` answered it."""
     return _read(ctx, evaluation_id)

@@ -17,7 +17,7 @@ from shared.schemas.results import ResultDocument
 from ..context import AppContext, Caller
 from ..deps import ID_MAX, NO_NUL, Ctx, JobId, require, set_audit_job
 from ..metrics import JOBS_SUBMITTED
-from ..problems import Problem, problem_doc
+from ..problems import PROBLEM, Problem, problem_doc
 from ..schemas import JobOut, JobPage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -30,7 +30,6 @@ ModeField = Annotated[Literal["autonomous", "hitl"], Form()]
 ExternalIdField = Annotated[str | None, Form(max_length=128, pattern=NO_NUL)]
 FrameField = Annotated[int, Form(ge=0, le=100_000)]
 
-PROBLEM = problem_doc("see the problem document's code and detail")
 SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
     400: problem_doc("the multipart body does not parse"), 413: problem_doc("body over the configured maximum"),
     415: problem_doc("not a PNG, JPEG or DICOM Part-10 file"),
@@ -89,8 +88,6 @@ def list_(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobPage:
     """Jobs newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
-    if "\x00" in (external_id or "") + (batch_id or ""):
-        return JobPage(items=[], next_cursor=None)  # nothing stored holds NUL (PostgreSQL could not)
     with ctx.sm() as session:
         page = list_jobs(session, status=status, mode=mode, external_id=external_id, review_state=review_state,
                          batch_id=batch_id, limit=limit, cursor=cursor,

@@ -38,8 +38,6 @@ from ..problems import Problem
 router = APIRouter(tags=["reports"])
 
 QA = Annotated[Caller, Depends(require(Role.qa))]
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
-ERRORS: dict[int | str, dict[str, Any]] = {401: PROBLEM, 403: PROBLEM, 422: PROBLEM}
 
 # What the schema admits for a bound: a date, a datetime (RFC 3339, with an offset), or empty.
 _BOUND_SCHEMA = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"},
@@ -129,7 +127,7 @@ def _report(request: Request, ctx: AppContext, raw_from: str | None, raw_to: str
 
 
 @router.get("/v1/reports/scores", response_model=ScoreReportOut,
-            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}, **ERRORS})
+            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
 def scores(request: Request, ctx: Ctx, caller: QA, from_: From = None, to: To = None, mode: Mode = None,
            group_by: GroupByParam = None, format_: Format = "json") -> Any:
     """Sonographer scores per group: cases, and per dimension n, mean (scores 1-3), perfect
@@ -143,7 +141,7 @@ def scores(request: Request, ctx: Ctx, caller: QA, from_: From = None, to: To = 
 
 
 @router.get("/v1/reports/scores.html", response_class=HTMLResponse,
-            responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}, **ERRORS})
+            responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}})
 def scores_html(request: Request, ctx: Ctx, caller: QA, from_: From = None, to: To = None, mode: Mode = None,
                 group_by: GroupByParam = None) -> HTMLResponse:
     """The score report as a page for people: a filter form, the table, charts (distribution

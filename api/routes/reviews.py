@@ -32,7 +32,7 @@ from shared.db.models import JobMode, Review, ReviewDecision, ReviewDimension, R
 
 from ..context import Caller
 from ..deps import Ctx, require, set_audit_job
-from ..problems import Problem
+from ..problems import PROBLEM, Problem
 from ..schemas import JobOut
 
 router = APIRouter(tags=["reviews"])
@@ -53,8 +53,7 @@ def _whole_number(value: object) -> object:
 Score = Annotated[int, Field(ge=0, le=3, description="1 acceptable, 2 minor issues, 3 major errors, 0 not assessable"),
                   BeforeValidator(_whole_number)]
 
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
-WRITE_ERRORS: dict[int | str, dict[str, Any]] = {403: PROBLEM, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM}
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {404: PROBLEM, 409: PROBLEM}
 
 
 # --- the edge: request and response models ----------------------------------------------------
@@ -197,7 +196,7 @@ def create(request: Request, response: Response, ctx: Ctx, caller: ReviewerOnly,
     return out
 
 
-@router.get("/v1/jobs/{job_id}/reviews", response_model=ReviewList, responses={403: PROBLEM, 404: PROBLEM})
+@router.get("/v1/jobs/{job_id}/reviews", response_model=ReviewList, responses={404: PROBLEM})
 def list_(ctx: Ctx, caller: ReviewReader, job_id: str) -> ReviewList:
     """Every reviewer's current review of the job, oldest first, each with its history."""
     with ctx.sm() as session:
@@ -205,7 +204,7 @@ def list_(ctx: Ctx, caller: ReviewReader, job_id: str) -> ReviewList:
 
 
 @router.get("/v1/jobs/{job_id}/reviews/{dimension}", response_model=ReviewOut,
-            responses={403: PROBLEM, 404: PROBLEM})
+            responses={404: PROBLEM})
 def read_own(ctx: Ctx, caller: ReviewerOnly, job_id: str, dimension: ReviewDimension) -> ReviewOut:
     """The caller's own review of this dimension (where ``Location`` points)."""
     with _as_problems(), ctx.sm() as session:
@@ -225,7 +224,7 @@ def amend(request: Request, ctx: Ctx, caller: ReviewerOnly, job_id: str, dimensi
     return out
 
 
-@router.get("/v1/reviews/queue", response_model=QueuePageOut, responses={403: PROBLEM, 422: PROBLEM})
+@router.get("/v1/reviews/queue", response_model=QueuePageOut)
 def queue(ctx: Ctx, caller: ReviewerOnly, limit: Annotated[int, Query(ge=1, le=500)] = 50,
           cursor: Annotated[str | None, Query(max_length=512)] = None) -> QueuePageOut:
     """HITL jobs waiting for this reviewer, oldest first: awaiting their interpretation review

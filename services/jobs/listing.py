@@ -74,6 +74,9 @@ def list_jobs(
     page's ``next_cursor``; a cursor that does not decode raises ``InvalidCursor``."""
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
+    if "\x00" in (external_id or "") + (batch_id or ""):
+        # Nothing stored holds NUL, and PostgreSQL refuses to even compare with it.
+        return Page(items=[], next_cursor=None)
     stmt = select(Job)
     if status is not None:
         stmt = stmt.where(Job.status == JobStatus(status))

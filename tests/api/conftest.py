@@ -12,7 +12,6 @@ publish); no worker runs, so accepted jobs stay ``queued``.
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from shared.db.migrate import upgrade
 from shared.db.models import Base, Role
 from shared.settings import Settings
 from tests.fixtures_db import throwaway_postgres_database
+from tests.worker.processes import free_port
 
 # kombu's SQLAlchemy transport (the embedded broker) uses a loader option SQLAlchemy deprecates.
 _KOMBU_WARNING = "ignore:The ``noload`` loader strategy is deprecated:sqlalchemy.exc.SADeprecationWarning"
@@ -225,12 +225,6 @@ def client(make_client: ClientFactory) -> TestClient:
 # --- a real server (for what TestClient cannot do: chunked bodies, concurrent requests) ---
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 Serve = Callable[[FastAPI], str]
 
 
@@ -240,7 +234,7 @@ def serve() -> Iterator[Serve]:
     running: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def _serve(app: FastAPI) -> str:
-        port = _free_port()
+        port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                                lifespan="off", access_log=False))
         thread = threading.Thread(target=server.run, daemon=True)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Job
-from tests.fixtures_db import in_ci
+from tests.fixtures_db import peer_unavailable
 from tests.worker.processes import free_port
 
 from .conftest import AppFactory, Keys, Serve
@@ -30,10 +30,8 @@ PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 def orthanc(tmp_path: Path) -> Iterator[str]:
     binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     if not Path(binary).exists() or not PLUGIN.exists():
-        message = "Orthanc with its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)"
-        if in_ci():
-            pytest.fail(message + " (CI=true: the PACS peer is required)", pytrace=False)
-        pytest.skip(message)
+        peer_unavailable("Orthanc with its DICOMweb plugin is not installed",
+                         hint="apt-get install orthanc orthanc-dicomweb")
     port = free_port()
     config = {
         "Name": "FADA-TEST", "StorageDirectory": str(tmp_path / "storage"), "IndexDirectory": str(tmp_path / "index"),

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from fastapi import FastAPI
 from PIL import Image
 
 from services.reports.svg import SCORE_COLORS, SERIES_COLORS
 from shared.db.models import JobMode
 from tests.api.conftest import Keys
-from tests.fixtures_db import in_ci
+from tests.fixtures_db import peer_unavailable
 
 from .helpers import INTERPRETATION, Seeder, seed_model_card
 
@@ -41,11 +40,8 @@ def chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    message = (f"no headless Chromium on PATH (looked for {', '.join(BROWSERS)}); "
-               "install it: apt-get install -y chromium")
-    if in_ci():
-        pytest.fail(message + " (CI=true: the browser check is required)", pytrace=False)
-    pytest.skip(message)
+    peer_unavailable(f"no headless Chromium on PATH (looked for {', '.join(BROWSERS)})",
+                     hint="apt-get install -y chromium")
 
 
 def screenshot(browser: str, page: Path, out: Path) -> Image.Image:

@@ -3,11 +3,10 @@ and helpers to run real Celery worker subprocesses against real brokers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.ingest import decode_image
@@ -16,12 +15,11 @@ from services.models.loader import LoadedModel
 from services.pipeline.engine import Engine as ModelEngine
 from services.pipeline.profile import Profile
 from services.pipeline.runner import Pipeline
-from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.migrate import upgrade
 from shared.db.models import ApiKey, Job, Role
 from shared.db.types import new_id
 from tests.fixtures_db import postgres_url, sqlite_url  # noqa: F401
 from tests.ingest.builders import encode, noise_rgb
+from tests.jobs import conftest as jobs
 
 
 @pytest.fixture(scope="session")
@@ -30,23 +28,8 @@ def pipeline(loaded_tiny: LoadedModel, small_profile: Profile) -> Pipeline:
                     loaded_tiny.provenance)
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    url: str = request.getfixturevalue("postgres_url" if request.param == "postgresql" else "sqlite_url")
-    upgrade(url)
-    return url
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def sm(engine: Engine) -> sessionmaker[Session]:
-    return make_sessionmaker(engine)
+# The job tests' database fixtures: each test runs on PostgreSQL and on SQLite, migrated to head.
+db_url, engine, sm = jobs.db_url, jobs.engine, jobs.sm
 
 
 @pytest.fixture

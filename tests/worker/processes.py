@@ -12,11 +12,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import redis
 
 from cli.processes import worker_argv
-from tests.fixtures_db import in_ci
+from tests.fixtures_db import peer_unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,10 +31,7 @@ def require_redis(url: str) -> None:
     try:
         redis.Redis.from_url(url, socket_connect_timeout=2).ping()
     except redis.RedisError as exc:
-        message = f"Redis not reachable at {url}: {exc}"
-        if in_ci():
-            pytest.fail(message + " (CI=true: Redis is required)", pytrace=False)
-        pytest.skip(message)
+        peer_unavailable(f"Redis not reachable at {url}: {exc}")
 
 
 class WorkerProcess:
@@ -77,10 +73,7 @@ class PrivateRedis:
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            message = "redis-server is not installed"
-            if in_ci():
-                pytest.fail(message + " (CI=true: Redis is required)", pytrace=False)
-            pytest.skip(message)
+            peer_unavailable("redis-server is not installed")
         self.binary, self.workdir, self.port = binary, workdir, free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -47,5 +47,12 @@ lint: install
 bench: $(TINY_MODEL)/fada_model.json
 	$(BIN)/python bench/pipeline_cpu.py --model $(TINY_MODEL)
 
+# GPU throughput of the 4B shape, reference way vs the worker's batches (docs/PERFORMANCE.md).
+# On a CUDA host, after `make install TORCH_SPEC=...` and the gpu extra; ARGS adds options,
+# e.g. ARGS="--memory-sweep 1,2,4,8,16". `--tiny` runs the same code on the CPU.
+.PHONY: bench-gpu
+bench-gpu: install
+	$(BIN)/python bench/gpu_pipeline.py --json var/bench/gpu_pipeline.json $(ARGS)
+
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -7,7 +7,16 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from shared.db.models import Job, JobMode, JobStatus, ReviewState
+from shared.db.models import (
+    Delivery,
+    DeliveryAttempt,
+    DeliveryKind,
+    DeliveryStatus,
+    Job,
+    JobMode,
+    JobStatus,
+    ReviewState,
+)
 
 
 class JobError(BaseModel):
@@ -57,6 +66,43 @@ class BatchStatus(BaseModel):
     total: int
     counts: dict[str, int]
     jobs_url: str
+
+
+class DeliveryTry(BaseModel):
+    attempt: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+
+class DeliveryOut(BaseModel):
+    """One notification of the job: a webhook event, or the SR pushed to the PACS."""
+
+    id: str  # the webhook-id header of every try
+    kind: DeliveryKind
+    event: str
+    url: str | None  # the webhook URL; the PACS address is not shown to callers
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    tries: list[DeliveryTry]
+
+    @classmethod
+    def of(cls, delivery: Delivery, tries: list[DeliveryAttempt]) -> DeliveryOut:
+        return cls(
+            id=delivery.id, kind=delivery.kind, event=delivery.event,
+            url=delivery.url if delivery.kind is DeliveryKind.webhook else None, status=delivery.status,
+            attempts=delivery.attempts,
+            next_attempt_at=delivery.next_attempt_at if delivery.status is DeliveryStatus.pending else None,
+            last_status_code=delivery.last_status_code, last_error=delivery.last_error,
+            created_at=delivery.created_at, delivered_at=delivery.delivered_at,
+            tries=[DeliveryTry(attempt=t.attempt, at=t.at, status_code=t.status_code, error=t.error,
+                               duration_ms=t.duration_ms) for t in tries])
 
 
 class Health(BaseModel):

@@ -17,6 +17,9 @@ Errors are typed: :class:`FadaError` is the base; :class:`ApiError` (and its sub
 status) carries the status, the problem document's ``code`` and ``detail``, and the whole
 document in ``problem``.
 
+Receivers of the service's webhooks check them with :func:`verify_webhook` (re-exported from
+``cli.webhooks``, which needs only the standard library).
+
 The service and key default to ``FADA_URL`` and ``FADA_API_KEY``::
 
     with FadaClient() as fada:
@@ -42,9 +45,14 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
+# Re-exported: the client's public surface (this module's names) includes the receivers' helper.
+# cli/webhooks.py itself stays stdlib-only, so a receiver can import it without httpx.
+from cli.webhooks import WebhookVerificationError, verify_webhook
+
 __all__ = [
     "DEFAULT_URL", "FINAL_STATUSES", "ApiError", "AsyncFadaClient", "Conflict", "FadaClient", "FadaError", "Forbidden",
     "InvalidRequest", "NotFound", "RetryPolicy", "TransportError", "Unauthorized", "Unavailable", "WaitTimeout",
+    "WebhookVerificationError", "verify_webhook",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -240,21 +248,23 @@ def _read(data: FileInput) -> tuple[str, bytes]:
     return path.name, path.read_bytes()
 
 
-def _fields(mode: Mode, external_id: str | None, frame: int | None) -> dict[str, str]:
+def _fields(mode: Mode, external_id: str | None, frame: int | None, callback_url: str | None) -> dict[str, str]:
     fields: dict[str, str] = {"mode": mode}
     if external_id is not None:
         fields["external_id"] = external_id
     if frame is not None:
         fields["frame"] = str(frame)
+    if callback_url is not None:
+        fields["callback_url"] = callback_url
     return fields
 
 
 def _submit(policy: RetryPolicy, files: Sequence[FileInput], path: str, mode: Mode, external_id: str | None,
-            frame: int | None, idempotency_key: str | None) -> _Op[dict[str, Any]]:
+            frame: int | None, idempotency_key: str | None, callback_url: str | None) -> _Op[dict[str, Any]]:
     parts = [("file", (name, content, "application/octet-stream")) for name, content in map(_read, files)]
     key = idempotency_key or str(uuid.uuid4())  # one key for every try of this submission
-    request = _Request("POST", path, headers={"Idempotency-Key": key}, data=_fields(mode, external_id, frame),
-                       files=parts)
+    request = _Request("POST", path, headers={"Idempotency-Key": key},
+                       data=_fields(mode, external_id, frame, callback_url), files=parts)
     response = yield from _exchange(request, policy)
     answer: dict[str, Any] = _json(response)
     return answer
@@ -319,14 +329,14 @@ class _Base:
 
     # operations: each returns a generator the client drives
     def _op_submit(self, file: FileInput, mode: Mode, external_id: str | None, frame: int | None,
-                   idempotency_key: str | None) -> _Op[dict[str, Any]]:
-        return _submit(self.policy, [file], "/v1/jobs", mode, external_id, frame, idempotency_key)
+                   idempotency_key: str | None, callback_url: str | None) -> _Op[dict[str, Any]]:
+        return _submit(self.policy, [file], "/v1/jobs", mode, external_id, frame, idempotency_key, callback_url)
 
     def _op_submit_batch(self, files: Sequence[FileInput], mode: Mode, external_id: str | None, frame: int | None,
-                         idempotency_key: str | None) -> _Op[dict[str, Any]]:
+                         idempotency_key: str | None, callback_url: str | None) -> _Op[dict[str, Any]]:
         if not files:
             raise ValueError("a batch needs at least one file")
-        return _submit(self.policy, files, "/v1/batches", mode, external_id, frame, idempotency_key)
+        return _submit(self.policy, files, "/v1/batches", mode, external_id, frame, idempotency_key, callback_url)
 
     def _op_get(self, path: str, params: Mapping[str, Any] | None = None) -> _Op[Any]:
         return _get(self.policy, path, params)
@@ -381,14 +391,17 @@ class FadaClient(_Base):
 
     # jobs
     def submit(self, file: FileInput, *, mode: Mode = "autonomous", external_id: str | None = None,
-               frame: int | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
-        """Submit one PNG, JPEG or DICOM file (a path or the bytes); returns the job resource."""
-        return self._run(self._op_submit(file, mode, external_id, frame, idempotency_key))
+               frame: int | None = None, idempotency_key: str | None = None,
+               callback_url: str | None = None) -> dict[str, Any]:
+        """Submit one PNG, JPEG or DICOM file (a path or the bytes); returns the job resource.
+        ``callback_url``: this job's signed webhook events go there (see ``verify_webhook``)."""
+        return self._run(self._op_submit(file, mode, external_id, frame, idempotency_key, callback_url))
 
     def submit_batch(self, files: Sequence[FileInput], *, mode: Mode = "autonomous", external_id: str | None = None,
-                     frame: int | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+                     frame: int | None = None, idempotency_key: str | None = None,
+                     callback_url: str | None = None) -> dict[str, Any]:
         """Submit several files in one request; returns ``{"id", "jobs": [...]}``."""
-        return self._run(self._op_submit_batch(files, mode, external_id, frame, idempotency_key))
+        return self._run(self._op_submit_batch(files, mode, external_id, frame, idempotency_key, callback_url))
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:
         return self._run(self._op_get(f"/v1/batches/{batch_id}"))
@@ -481,13 +494,15 @@ class AsyncFadaClient(_Base):
 
     # jobs
     async def submit(self, file: FileInput, *, mode: Mode = "autonomous", external_id: str | None = None,
-                     frame: int | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
-        return await self._run(self._op_submit(file, mode, external_id, frame, idempotency_key))
+                     frame: int | None = None, idempotency_key: str | None = None,
+                     callback_url: str | None = None) -> dict[str, Any]:
+        return await self._run(self._op_submit(file, mode, external_id, frame, idempotency_key, callback_url))
 
     async def submit_batch(self, files: Sequence[FileInput], *, mode: Mode = "autonomous",
                            external_id: str | None = None, frame: int | None = None,
-                           idempotency_key: str | None = None) -> dict[str, Any]:
-        return await self._run(self._op_submit_batch(files, mode, external_id, frame, idempotency_key))
+                           idempotency_key: str | None = None, callback_url: str | None = None) -> dict[str, Any]:
+        return await self._run(self._op_submit_batch(files, mode, external_id, frame, idempotency_key,
+                                                     callback_url))
 
     async def get_batch(self, batch_id: str) -> dict[str, Any]:
         return await self._run(self._op_get(f"/v1/batches/{batch_id}"))

@@ -74,6 +74,33 @@ def keys_list() -> None:
             typer.echo(f"{key.id}\t{key.key_prefix}\t{key.role}\t{key.name}\t{key.created_at.isoformat()}\t{revoked}")
 
 
+@keys_app.command("webhook")
+def keys_webhook(
+    key: Annotated[str, typer.Argument(help="key id or prefix")],
+    url: Annotated[str | None, typer.Option(help="default URL for this key's job events")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="remove the default URL")] = False,
+    rotate_secret: Annotated[bool, typer.Option("--rotate-secret", help="replace the signing secret")] = False,
+) -> None:
+    """Send this key's job events to a URL, signed (Standard Webhooks). Prints the signing
+    secret when it is new: give it to the receiver, it is not shown again."""
+    from services.keys import UnknownKey, configure_webhook
+    from services.notify import InvalidTarget
+    from shared.settings import Settings
+
+    try:
+        with _session() as session, session.begin():
+            changed, secret = configure_webhook(session, key, url=url, clear=clear, rotate=rotate_secret,
+                                                allowed_hosts=Settings().webhook_allowed_hosts)
+            target = changed.webhook_url or "(none: only jobs with their own callback_url)"
+            prefix = changed.key_prefix
+    except (UnknownKey, InvalidTarget) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"webhook URL of key {prefix}: {target}", err=True)
+    if secret:
+        typer.echo(secret)
+
+
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="key id or prefix")]) -> None:
     """Revoke a key; requests with it get 401 from then on."""

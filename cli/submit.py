@@ -5,8 +5,22 @@ counted. Every file's state is kept in ``<out>/manifest.json`` (path -> sha256, 
 status, error), rewritten atomically after each change, so a rerun after a crash or a failure
 skips what is done (succeeded, result written), waits again on jobs already submitted and
 resubmits what failed. The ``Idempotency-Key`` of a file is derived from its content and the
-mode (plus a retry counter once a job of it failed), so a rerun never creates a second job for
-a submission the server already stored.
+submission's fields (mode, frame, external id; plus a retry counter once a job of it failed), so
+a rerun never creates a second job for a submission the server already stored.
+
+Per-job fields: ``--frame N`` (sent as the ``frame`` field of every job: the 0-based frame of a
+multi-frame DICOM; a file with fewer frames is refused by the service, 422, and recorded as an
+error) and ``--external-id-from name|stem|relpath`` (the ``external_id`` field: the file's
+name, its name without the last suffix, or its path relative to the folder given on the command
+line; for a file given directly, its name). The service keeps at most 128 characters, so a
+longer id refuses the whole run before anything is sent.
+
+One output folder, one set of options: the manifest records ``--mode``, ``--frame`` and
+``--external-id-from``, and a rerun into the same ``--out`` with other values is refused (exit
+2) rather than mixing results made with different options in one folder (their result files
+would have the same names). Use another ``--out`` for other options. A manifest written before
+the options were recorded is taken as made with the default frame and no external ids (what
+that version could send) and the current mode (which it did not record).
 
 Exit codes: 0 every image done; 1 some image failed or did not finish; 2 bad usage (no key,
 no images); 3 the key was refused.
@@ -31,8 +45,11 @@ import typer
 from cli.client import DEFAULT_URL, ApiError, FadaClient, FadaError, Forbidden, Unauthorized, WaitTimeout
 
 MANIFEST = "manifest.json"
+MANIFEST_VERSION = 2  # 2: the run's options are recorded (version 1 had only "files")
 EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 1, 2, 3
 DONE = "succeeded"
+EXTERNAL_ID_SOURCES = ("none", "name", "stem", "relpath")
+EXTERNAL_ID_MAX = 128  # the contract's limit on external_id
 
 
 def sniff(head: bytes) -> str | None:
@@ -72,21 +89,70 @@ def collect(paths: Iterable[Path], recursive: bool) -> tuple[list[tuple[Path, st
     return found, skipped, folders
 
 
-def idempotency_key(sha256: str, mode: str, retry: int) -> str:
-    base = hashlib.sha256(f"{sha256}:{mode}".encode()).hexdigest()
+def external_id_for(path: Path, rel: str, source: str) -> str | None:
+    """The ``external_id`` of a file for ``--external-id-from``: None (``none``), the file's
+    name, its stem, or ``rel`` (its path relative to the command-line argument it was found under)."""
+    if source == "none":
+        return None
+    if source == "name":
+        return path.name
+    if source == "stem":
+        return path.stem
+    if source == "relpath":
+        return rel
+    raise ValueError(f"unknown external id source {source!r}; choose one of {', '.join(EXTERNAL_ID_SOURCES)}")
+
+
+def idempotency_key(sha256: str, mode: str, retry: int, *, frame: int = 0, external_id: str | None = None) -> str:
+    """The key of one submission: the same file sent with the same fields gets the same key
+    (so a retry or a rerun finds the stored job); other fields get another key, since the
+    service refuses a key reused with a different request (422). The defaults (frame 0, no
+    external id) give the keys of manifests written before those fields existed."""
+    material = f"{sha256}:{mode}"
+    if frame:
+        material += f":frame={frame}"
+    if external_id is not None:
+        material += f":external_id={external_id}"
+    base = hashlib.sha256(material.encode()).hexdigest()
     return f"fada-submit-{base}" if retry == 0 else f"fada-submit-{base}-retry{retry}"
 
 
-class Manifest:
-    """``<out>/manifest.json``: ``{"version": 1, "files": {path: entry}}``, thread-safe, written
-    whole after every change (temporary file + rename)."""
+class OptionsMismatch(Exception):
+    """The manifest in ``--out`` was written by a run with other options."""
 
-    def __init__(self, out: Path) -> None:
+
+def _describe(options: dict[str, Any]) -> str:
+    return " ".join(f"--{name.replace('_', '-')} {options.get(name)}" for name in sorted(options))
+
+
+class Manifest:
+    """``<out>/manifest.json``: ``{"version": 2, "options": {...}, "files": {path: entry}}``,
+    thread-safe, written whole after every change (temporary file + rename).
+
+    ``options`` are the run's submission options (mode, frame, external_id_from). A manifest
+    holding files made with other options raises :class:`OptionsMismatch`: those results must
+    not be mixed (or overwritten) with this run's. One without ``options`` (version 1) is read as
+    frame 0 and no external ids, its mode unknown and so taken as this run's, and is rewritten
+    at once as version 2 with those options."""
+
+    def __init__(self, out: Path, options: dict[str, Any] | None = None) -> None:
         self.path = out / MANIFEST
         self.lock = threading.Lock()
         self.files: dict[str, dict[str, Any]] = {}
+        self.options: dict[str, Any] = dict(options or {})
         if self.path.exists():
-            self.files = dict(json.loads(self.path.read_text()).get("files", {}))
+            data = json.loads(self.path.read_text())
+            self.files = dict(data.get("files", {}))
+            recorded = data.get("options")
+            if recorded is None:  # version 1: what it could send, and the mode it did not record
+                recorded = {**self.options, "frame": 0, "external_id_from": "none"}
+            if self.files and recorded != self.options:
+                raise OptionsMismatch(
+                    f"{self.path} was written by a run with {_describe(recorded)}; this run asks for "
+                    f"{_describe(self.options)}. Rerun with the same options to finish that run, or pass another "
+                    "--out for these options (results made with different options are not mixed in one folder).")
+            if data.get("options") is None and self.files:
+                self._write()  # adopted: from now on the options are recorded, even if nothing else changes
 
     def get(self, key: str) -> dict[str, Any]:
         with self.lock:
@@ -98,7 +164,8 @@ class Manifest:
             self._write()
 
     def _write(self) -> None:
-        data = json.dumps({"version": 1, "files": self.files}, indent=2, sort_keys=True).encode()
+        data = json.dumps({"version": MANIFEST_VERSION, "options": self.options, "files": self.files}, indent=2,
+                          sort_keys=True).encode()
         fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -119,13 +186,20 @@ def _write_json(path: Path, value: Any) -> None:
 
 class Runner:
     def __init__(self, client: FadaClient, manifest: Manifest, out: Path, mode: str, wait: bool,
-                 deadline: float) -> None:
+                 deadline: float, *, frame: int = 0, external_id_from: str = "none") -> None:
         self.client, self.manifest, self.out, self.mode, self.wait, self.deadline = (
             client, manifest, out, mode, wait, deadline)
+        self.frame, self.external_id_from = frame, external_id_from
         self.auth_error: ApiError | None = None
 
-    def done(self, key: str, entry: dict[str, Any], sha256: str) -> bool:
-        if entry.get("sha256") != sha256:
+    @staticmethod
+    def same(entry: dict[str, Any], sha256: str, external_id: str | None) -> bool:
+        """The entry is of this content sent with this external id (with relpath ids, the same
+        file reached from another folder argument has another id: a new submission)."""
+        return entry.get("sha256") == sha256 and entry.get("external_id") == external_id
+
+    def done(self, key: str, entry: dict[str, Any], sha256: str, external_id: str | None = None) -> bool:
+        if not self.same(entry, sha256, external_id):
             return False
         if not self.wait:
             return bool(entry.get("job_id")) and entry.get("status") not in ("failed", "canceled", "error")
@@ -137,19 +211,23 @@ class Runner:
         key = str(path.resolve())
         data = path.read_bytes()
         sha256 = hashlib.sha256(data).hexdigest()
+        external_id = external_id_for(path, rel, self.external_id_from)
         entry = self.manifest.get(key)
-        if self.done(key, entry, sha256):
+        if self.done(key, entry, sha256, external_id):
             return "skipped"
-        if entry.get("sha256") != sha256:  # new file, or its content changed: start over
+        if not self.same(entry, sha256, external_id):  # new file, its content or its id changed: start over
             entry = {"sha256": sha256, "retry": 0}
-            self.manifest.update(key, name=rel, sha256=sha256, retry=0, job_id=None, status="new", error=None)
+            self.manifest.update(key, name=rel, sha256=sha256, external_id=external_id, retry=0, job_id=None,
+                                 status="new", error=None)
         try:
             job_id = entry.get("job_id")
             if not job_id or entry.get("status") in ("failed", "canceled"):
                 retry = int(entry.get("retry", 0)) + (1 if entry.get("status") in ("failed", "canceled") else 0)
                 self.manifest.update(key, retry=retry)  # recorded before sending: a crash reuses the key
                 job = self.client.submit(data, mode=self.mode,  # type: ignore[arg-type]
-                                         idempotency_key=idempotency_key(sha256, self.mode, retry))
+                                         external_id=external_id, frame=self.frame or None,
+                                         idempotency_key=idempotency_key(sha256, self.mode, retry, frame=self.frame,
+                                                                         external_id=external_id))
                 job_id = job["id"]
                 self.manifest.update(key, job_id=job_id, status=job["status"], error=None)
             if not self.wait:
@@ -181,11 +259,36 @@ class Runner:
             return "error"
 
 
+def _check_external_ids(files: list[tuple[Path, str]], source: str) -> None:
+    """Refuse the run, before anything is sent, when an external id would be over the
+    service's limit (it would refuse those files one by one, half-way through the run); warn
+    when several files share one id (with ``name`` or ``stem`` across subfolders)."""
+    ids = [(rel, external_id_for(path, rel, source)) for path, rel in files]
+    too_long = [(rel, ext) for rel, ext in ids if ext is not None and len(ext) > EXTERNAL_ID_MAX]
+    if too_long:
+        lines = "\n".join(f"  {rel} ({len(ext)} characters)" for rel, ext in too_long[:10])
+        more = f"\n  ... and {len(too_long) - 10} more" if len(too_long) > 10 else ""
+        typer.echo(f"error: --external-id-from {source} gives {len(too_long)} external id(s) over "
+                   f"{EXTERNAL_ID_MAX} characters, the service's limit; nothing was sent:\n{lines}{more}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    shared = [ext for ext, n in Counter(ext for _, ext in ids if ext is not None).items() if n > 1]
+    if shared:
+        typer.echo(f"warning: {len(shared)} external id(s) are shared by several files (e.g. {shared[0]!r}); "
+                   "--external-id-from relpath gives one id per file", err=True)
+
+
 def submit(
     paths: Annotated[list[Path], typer.Argument(help="image files or folders", exists=True)],
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="descend into subfolders")] = False,
     concurrency: Annotated[int, typer.Option(help="files in flight at once", min=1, max=64)] = 4,
     mode: Annotated[str, typer.Option(help="autonomous or hitl")] = "autonomous",
+    frame: Annotated[int | None, typer.Option(
+        min=0, show_default=False,
+        help="0-based frame of a multi-frame DICOM, sent with every file (default: the service's, 0); a file with "
+             "fewer frames is refused and counted as an error")] = None,
+    external_id_from: Annotated[str, typer.Option(
+        help="each job's external_id: none, name (file name), stem (name without its suffix) or relpath (path "
+             "relative to the folder argument); at most 128 characters")] = "none",
     wait: Annotated[bool, typer.Option("--wait", help="wait for each job; write its result and COCO")] = False,
     out: Annotated[Path, typer.Option(help="folder for the manifest and results", file_okay=False)] = Path(
         "fada-out"),
@@ -196,6 +299,8 @@ def submit(
 ) -> None:
     """Submit PNG, JPEG and DICOM files (found by content), resumably: rerun the same command
     to finish what a crash, a timeout or a failure left undone; no image is submitted twice.
+    An --out folder holds one set of options (--mode, --frame, --external-id-from): a rerun with
+    others is refused; use another --out.
 
     Exit codes: 0 all done; 1 some image failed or did not finish; 2 bad usage; 3 key refused.
     """
@@ -214,6 +319,8 @@ def submit(
     console = Console(stderr=True)
     if mode not in ("autonomous", "hitl"):
         raise typer.BadParameter("mode must be autonomous or hitl", param_hint="--mode")
+    if external_id_from not in EXTERNAL_ID_SOURCES:
+        raise typer.BadParameter(f"must be one of {', '.join(EXTERNAL_ID_SOURCES)}", param_hint="--external-id-from")
     if not key:
         typer.echo("error: no API key: pass --key or set FADA_API_KEY (a submitter key)", err=True)
         raise typer.Exit(EXIT_USAGE)
@@ -221,11 +328,18 @@ def submit(
     if not files:
         typer.echo(f"error: no PNG, JPEG or DICOM files found ({skipped} skipped)", err=True)
         raise typer.Exit(EXIT_USAGE)
+    _check_external_ids(files, external_id_from)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(out)
+    options = {"mode": mode, "frame": frame or 0, "external_id_from": external_id_from}
+    try:
+        manifest = Manifest(out, options)
+    except OptionsMismatch as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
     statuses: Counter[str] = Counter()
     with FadaClient(url, key) as client:
-        runner = Runner(client, manifest, out, mode, wait, time.monotonic() + timeout)
+        runner = Runner(client, manifest, out, mode, wait, time.monotonic() + timeout, frame=frame or 0,
+                        external_id_from=external_id_from)
         columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                    TimeRemainingColumn())

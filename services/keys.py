@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from services.notify.signing import new_secret
+from services.notify.targets import check_webhook_url
 from shared.db.models import ApiKey, Role
 from shared.db.types import utcnow
 
@@ -46,15 +49,36 @@ def list_keys(session: Session, *, include_revoked: bool = True) -> list[ApiKey]
     return list(session.scalars(query))
 
 
-def revoke_key(session: Session, id_or_prefix: str) -> ApiKey:
+def find_key(session: Session, id_or_prefix: str) -> ApiKey:
     matches = list(session.scalars(select(ApiKey).where(
         (ApiKey.id == id_or_prefix) | (ApiKey.key_prefix == id_or_prefix))))
     if len(matches) != 1:
         raise UnknownKey(f"no single key with id or prefix {id_or_prefix!r} ({len(matches)} found)")
-    key = matches[0]
+    return matches[0]
+
+
+def revoke_key(session: Session, id_or_prefix: str) -> ApiKey:
+    key = find_key(session, id_or_prefix)
     if key.revoked_at is None:
         key.revoked_at = utcnow()
     return key
+
+
+def configure_webhook(session: Session, id_or_prefix: str, *, url: str | None, clear: bool = False,
+                      rotate: bool = False, allowed_hosts: Sequence[str] = ()) -> tuple[ApiKey, str | None]:
+    """Set (or with ``clear`` remove) the key's default webhook URL; make sure it has a signing
+    secret (a new one with ``rotate``). Returns the key and the secret when it is new (shown
+    once to the administrator, who hands it to the receiver). Jobs keep the URL they were
+    submitted with; deliveries are signed with the key's secret as it is when sent."""
+    key = find_key(session, id_or_prefix)
+    if clear:
+        key.webhook_url = None
+    elif url is not None:
+        key.webhook_url = check_webhook_url(url, allowed_hosts)
+    fresh = None
+    if rotate or (not key.webhook_secret and not clear):
+        fresh = key.webhook_secret = new_secret()
+    return key, fresh
 
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)

@@ -56,6 +56,24 @@ class Settings(BaseSettings):
     queued_grace_seconds: float = Field(300.0, gt=0, description="a queued job untouched this long is re-enqueued")
     hard_time_limit_seconds: float = Field(3600.0, gt=0, description="a running attempt older than this fails")
     worker_heartbeat_seconds: float = Field(10.0, gt=0, description="worker heartbeat period (readiness)")
+    batch_size: int = Field(1, ge=1, le=64, description="jobs a worker claims and runs together (GPU: 8 or more; "
+                            "see docs/PERFORMANCE.md)")
+    batch_linger_seconds: float = Field(0.0, ge=0, le=5, description="how long a woken worker waits for more ready "
+                                        "jobs to fill a batch")
+
+    # Notifications (webhooks, SR push to a PACS): sent by every worker's main process.
+    notify_interval_seconds: float = Field(1.0, gt=0, description="how often workers look for events to send")
+    notify_max_attempts: int = Field(8, ge=1, description="tries per delivery before it is marked failed")
+    notify_retry_base_seconds: float = Field(
+        5.0, gt=0, description="first retry delay; each later one is 4 times longer (capped, with jitter)")
+    notify_retry_max_seconds: float = Field(3600.0, gt=0, description="longest delay between two tries")
+    notify_timeout_seconds: float = Field(10.0, gt=0, description="per-try HTTP timeout")
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list, description='hosts webhooks may go to (JSON list; ".example.org" allows its '
+        "subdomains); empty allows any. Set it wherever callers choose their own callback URLs")
+    pacs_stow_url: str = Field("", description="STOW-RS URL of a PACS (…/dicom-web/studies) that receives every "
+                               "DICOM job's result as an SR; empty: none")
+    pacs_authorization: SecretStr | None = Field(None, description="Authorization header value for the PACS")
 
     @model_validator(mode="after")
     def _defaults_under_data_dir(self) -> Settings:

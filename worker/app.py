@@ -1,18 +1,22 @@
 """The Celery app of the workers: ``celery -A worker.app worker -Q gpu -c 1`` (or ``fada worker``).
 
 One model per pool process, loaded after the fork (``worker_process_init``), never in the
-parent; the parent only runs the periodic upkeep (sweeper). Run one worker per GPU.
+parent; the parent only runs the periodic upkeep (sweeper) and sends notifications
+(webhooks, SR pushes). Run one worker per GPU.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from services.maintenance import Every, upkeep
+from services.notify import dispatch_once
 from services.queue import enqueue_job, make_celery
+from services.workers import worker_name
 from shared.db.engine import engine_from_settings, make_sessionmaker
 from shared.settings import get_settings
 
@@ -23,7 +27,7 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 app = make_celery(settings)
 
-_upkeep: Every | None = None
+_periodic: list[Every] = []
 
 
 @worker_process_init.connect
@@ -38,17 +42,22 @@ def _unload_in_child(**_: Any) -> None:
 
 @worker_ready.connect
 def _start_upkeep(**_: Any) -> None:
-    global _upkeep
     sm = make_sessionmaker(engine_from_settings(settings))
-    _upkeep = Every(settings.sweep_interval_seconds, lambda: upkeep(sm, settings, lambda j: enqueue_job(app, j)),
-                    name="fada-upkeep").start()
-    log.info("upkeep every %.1f s (sweeper, broker purge)", settings.sweep_interval_seconds)
+    owner = f"{worker_name('notify')}:{secrets.token_hex(3)}"
+    _periodic.extend([
+        Every(settings.sweep_interval_seconds, lambda: upkeep(sm, settings, lambda j: enqueue_job(app, j)),
+              name="fada-upkeep").start(),
+        Every(settings.notify_interval_seconds, lambda: dispatch_once(sm, settings, owner=owner),
+              name="fada-notify").start(),
+    ])
+    log.info("upkeep every %.1f s (sweeper, broker purge), notifications every %.1f s",
+             settings.sweep_interval_seconds, settings.notify_interval_seconds)
 
 
 @worker_shutdown.connect
 def _stop_upkeep(**_: Any) -> None:
-    if _upkeep is not None:
-        _upkeep.stop()
+    while _periodic:
+        _periodic.pop().stop()
 
 
 from . import tasks  # noqa: E402,F401  (registers the tasks on ``app``)

@@ -47,8 +47,9 @@ def start(settings: Settings) -> ProcessState:
     _beat()
     heartbeat = Every(settings.worker_heartbeat_seconds, _beat, name="fada-heartbeat").start()
     _state = ProcessState(sm=sm, runtime=rt, owner=owner, settings=settings, heartbeat=heartbeat)
-    log.info("model loaded in %s: %s (revision %s, untrained=%s)", owner, provenance.base, provenance.revision,
-             provenance.untrained)
+    log.info("model loaded in %s: %s (revision %s, untrained=%s); batches of up to %d job(s), linger %.2f s", owner,
+             provenance.base, provenance.revision, provenance.untrained, settings.batch_size,
+             settings.batch_linger_seconds)
     return _state
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from services.jobs.process import Outcome, process_job
+from collections import Counter
+from collections.abc import Sequence
+
+from services.jobs.process import JobRun, Outcome, process_batch
 from services.queue import TASK_RUN_JOB, enqueue_job
 
 from . import runtime
@@ -11,11 +14,22 @@ from .app import app
 
 @app.task(name=TASK_RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(job_id: str) -> str:
-    """Run one job to its next resting state. Idempotent: a job that is finished, canceled,
-    awaiting review or leased by another live worker is left alone."""
+    """Run ``job_id``, and up to ``batch_size - 1`` other ready jobs with it, to their next
+    resting state. Idempotent: a job that is finished, canceled, awaiting review or leased by
+    another live worker is left alone (the others' own messages then find them taken).
+    Returns a summary for the worker's log, e.g. ``"3 succeeded, 1 awaiting_review"``."""
     state = runtime.current()
-    run = process_job(state.sm, state.runtime.pipeline, job_id, owner=state.owner,
-                      lease_seconds=state.settings.lease_seconds)
-    if run.outcome is Outcome.requeued:
-        enqueue_job(app, job_id)
-    return run.outcome.value
+    settings = state.settings
+    runs = process_batch(state.sm, state.runtime.pipeline, job_id, owner=state.owner,
+                         lease_seconds=settings.lease_seconds, batch_size=settings.batch_size,
+                         linger_seconds=settings.batch_linger_seconds)
+    for run in runs:
+        if run.outcome is Outcome.requeued:
+            enqueue_job(app, run.job_id)
+    return summary(runs)
+
+
+def summary(runs: Sequence[JobRun]) -> str:
+    """How many jobs ended how, in the order of ``Outcome``."""
+    counts = Counter(run.outcome for run in runs)
+    return ", ".join(f"{counts[outcome]} {outcome.value}" for outcome in Outcome if counts[outcome])

@@ -7,16 +7,25 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
 
 from services.jobs import batch_counts, get_job
-from services.jobs.intake import JobOptions, Upload, accept_batch
+from services.jobs.intake import Upload, accept_batch
 from services.queue import enqueue_job
-from shared.db.models import Batch, JobMode, Role
+from shared.db.models import Batch, Role
 
 from ..context import Caller
 from ..deps import BatchId, Ctx, require, set_audit_job
 from ..metrics import JOBS_SUBMITTED
 from ..problems import PROBLEM, Problem
 from ..schemas import BatchOut, BatchStatus, JobOut
-from .jobs import SUBMIT_ERRORS, ExternalIdField, FrameField, IdempotencyKeyHeader, ModeField, Reader
+from .jobs import (
+    SUBMIT_ERRORS,
+    CallbackUrlField,
+    ExternalIdField,
+    FrameField,
+    IdempotencyKeyHeader,
+    ModeField,
+    Reader,
+    job_options,
+)
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -31,6 +40,7 @@ def submit_batch(
     mode: ModeField = "autonomous",
     external_id: ExternalIdField = None,
     frame: FrameField = 0,
+    callback_url: CallbackUrlField = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> BatchOut:
     """All or nothing: one refused file refuses the batch, naming the file."""
@@ -38,7 +48,8 @@ def submit_batch(
         raise Problem(422, "too_many_files", f"{len(file)} files; a batch takes at most {ctx.settings.max_batch_files}")
     uploads = [Upload(f.file.read(), f.filename) for f in file]
     accepted, job_ids = accept_batch(
-        ctx.sm, uploads, JobOptions(mode=JobMode(mode), external_id=external_id, frame=frame),
+        ctx.sm, uploads, job_options(ctx, caller, mode=mode, external_id=external_id, frame=frame,
+                                     callback_url=callback_url),
         api_key_id=caller.key_id, enqueue=lambda job_id: enqueue_job(ctx.celery, job_id),
         max_pixels=ctx.settings.max_pixels, max_attempts=ctx.settings.job_max_attempts,
         idempotency_key=idempotency_key)

@@ -10,13 +10,13 @@ from starlette.concurrency import run_in_threadpool
 
 from services.dicomweb.multipart_related import NotMultipartRelated, boundary_of, split_parts
 from services.dicomweb.stow import store_instances, to_dicom_json
-from services.jobs.intake import JobOptions
 from services.queue import enqueue_job
-from shared.db.models import JobMode, Role
+from shared.db.models import Role
 
 from ..context import Caller
 from ..deps import Ctx, require, set_audit_job
 from ..problems import Problem, problem_doc
+from .jobs import job_options
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
@@ -55,8 +55,9 @@ async def stow(
     parts = await run_in_threadpool(split_parts, bytes(body), boundary)
     if not parts:
         raise Problem(422, "no_instances", "the multipart/related body holds no part")
+    options = await run_in_threadpool(lambda: job_options(ctx, caller, mode=mode))
     outcome = await run_in_threadpool(
-        store_instances, ctx.sm, parts, JobOptions(mode=JobMode(mode)), api_key_id=caller.key_id,
+        store_instances, ctx.sm, parts, options, api_key_id=caller.key_id,
         enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,
         max_attempts=ctx.settings.job_max_attempts)
     request.state.audit_detail = {"stored": len(outcome.stored), "failed": len(outcome.failed),

@@ -10,6 +10,8 @@ from services.export.coco import to_coco
 from services.export.dicom_sr import NotFromDicom, build_sr, source_instance, sr_bytes
 from services.jobs import cancel, get_job, get_result, list_jobs
 from services.jobs.intake import JobOptions, Upload, accept_job
+from services.notify import InvalidTarget, plan_notifications
+from services.notify.log import deliveries_of
 from services.queue import enqueue_job
 from shared.db.models import Job, JobMode, JobStatus, ReviewState, Role
 from shared.schemas.results import ResultDocument
@@ -18,7 +20,7 @@ from ..context import AppContext, Caller
 from ..deps import ID_MAX, NO_NUL, Ctx, JobId, require, set_audit_job
 from ..metrics import JOBS_SUBMITTED
 from ..problems import PROBLEM, Problem, problem_doc
-from ..schemas import JobOut, JobPage
+from ..schemas import DeliveryOut, JobOut, JobPage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -29,11 +31,28 @@ IdempotencyKeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", max
 ModeField = Annotated[Literal["autonomous", "hitl"], Form()]
 ExternalIdField = Annotated[str | None, Form(max_length=128, pattern=NO_NUL)]
 FrameField = Annotated[int, Form(ge=0, le=100_000)]
+CallbackUrlField = Annotated[str | None, Form(
+    max_length=2048, pattern=NO_NUL,
+    description="http(s) URL for this job's signed webhook events instead of the key's own (the key needs a "
+                "webhook secret)")]
 
 SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
     400: problem_doc("the multipart body does not parse"), 413: problem_doc("body over the configured maximum"),
     415: problem_doc("not a PNG, JPEG or DICOM Part-10 file"),
-    422: problem_doc("undecodable image, too many pixels, or bad field values")}
+    422: problem_doc("undecodable image, too many pixels, bad field values, or a callback URL the service "
+                     "will not call")}
+
+
+def job_options(ctx: AppContext, caller: Caller, *, mode: str = "autonomous", external_id: str | None = None,
+                frame: int = 0, callback_url: str | None = None) -> JobOptions:
+    """The options of new jobs of this caller, with where their notifications go."""
+    with ctx.sm() as session:
+        try:
+            plan = plan_notifications(session, caller.key_id, callback_url, ctx.settings)
+        except InvalidTarget as exc:
+            raise Problem(422, "invalid_callback_url", str(exc)) from exc
+    return JobOptions(mode=JobMode(mode), external_id=external_id, frame=frame, webhook_url=plan.webhook_url,
+                      pacs_push=plan.pacs_push)
 
 
 def _visible(ctx: AppContext, caller: Caller, job_id: str) -> Job:
@@ -57,11 +76,12 @@ def submit(
     mode: ModeField = "autonomous",
     external_id: ExternalIdField = None,
     frame: FrameField = 0,
+    callback_url: CallbackUrlField = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobOut:
     """Accept one image; answers at once with the queued job (202), or with the original job
     (200) when the ``Idempotency-Key`` was used before with the same request."""
-    options = JobOptions(mode=JobMode(mode), external_id=external_id, frame=frame)
+    options = job_options(ctx, caller, mode=mode, external_id=external_id, frame=frame, callback_url=callback_url)
     accepted = accept_job(
         ctx.sm, Upload(file.file.read(), file.filename), options, api_key_id=caller.key_id,
         enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,
@@ -138,6 +158,15 @@ def structured_report(ctx: Ctx, caller: Reader, job_id: JobId) -> Response:
     sr = build_sr(document, source, job_id=job_id)
     return Response(sr_bytes(sr), media_type="application/dicom",
                     headers={"Content-Disposition": f'attachment; filename="{job_id}.sr.dcm"'})
+
+
+@router.get("/{job_id}/deliveries", response_model=list[DeliveryOut], responses={404: PROBLEM})
+def deliveries(ctx: Ctx, caller: Reader, job_id: JobId) -> list[DeliveryOut]:
+    """The job's notification log: each webhook event (and SR push to the PACS) with every try
+    and what the receiver answered."""
+    _visible(ctx, caller, job_id)
+    with ctx.sm() as session:
+        return [DeliveryOut.of(d, tries) for d, tries in deliveries_of(session, job_id)]
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={404: PROBLEM, 409: PROBLEM})

@@ -9,7 +9,7 @@ each instance is submitted under the Idempotency-Key ``stow:<SOP Instance UID>``
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pydicom
@@ -74,7 +74,7 @@ def store_instances(
         try:
             accepted = accept_job(
                 sm, Upload(bytes(part.data), f"{sop_instance}.dcm"),
-                JobOptions(mode=options.mode, external_id=sop_instance[:128], frame=options.frame),
+                replace(options, external_id=sop_instance[:128]),
                 api_key_id=api_key_id, enqueue=enqueue, max_pixels=max_pixels, max_attempts=max_attempts,
                 idempotency_key=f"stow:{sop_instance}")
         except IngestError as exc:

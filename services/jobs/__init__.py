@@ -1,5 +1,6 @@
-"""The job state machine: submit, claim (lease), complete, fail, retry, cancel, resume, sweep,
-and reading jobs back. Plain functions over a SQLAlchemy ``Session``; none of them commits."""
+"""The job state machine: submit, claim (one job or a batch, under a lease), complete, fail,
+retry, cancel, resume, sweep, and reading jobs back. Plain functions over a SQLAlchemy
+``Session``; none of them commits."""
 
 from .errors import IdempotencyConflict, InvalidCursor, InvalidTransition, JobNotFound, JobsError
 from .idempotency import find_idempotent, fingerprint, remember_idempotent
@@ -10,11 +11,13 @@ from .lifecycle import (
     ClaimedJob,
     cancel,
     claim,
+    claim_ready,
     complete,
     fail,
     finish_hitl,
     release_for_retry,
     renew_lease,
+    renew_leases,
     resume_hitl,
 )
 from .listing import Page, batch_counts, get_job, get_result, list_jobs, status_counts
@@ -36,6 +39,7 @@ __all__ = [
     "batch_counts",
     "cancel",
     "claim",
+    "claim_ready",
     "complete",
     "create_batch",
     "encode_png",
@@ -49,6 +53,7 @@ __all__ = [
     "release_for_retry",
     "remember_idempotent",
     "renew_lease",
+    "renew_leases",
     "resume_hitl",
     "status_counts",
     "submit_job",

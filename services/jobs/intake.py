@@ -33,6 +33,11 @@ class JobOptions:
     mode: JobMode = JobMode.autonomous
     external_id: str | None = None
     frame: int = 0
+    # Notifications, resolved by the caller (services.notify.plan_notifications): where this
+    # job's webhook events go, and whether a DICOM job's result is pushed to the PACS. Not
+    # part of the Idempotency-Key fingerprint: they say where news goes, not what to analyse.
+    webhook_url: str | None = None
+    pacs_push: bool = False
 
     def fields(self) -> dict[str, object]:
         return {"mode": self.mode.value, "external_id": self.external_id, "frame": self.frame}
@@ -78,7 +83,8 @@ def accept_job(
     try:
         with sm.begin() as session:
             job = submit_job(session, decoded=decoded, original_size=len(upload.data), api_key_id=api_key_id,
-                             mode=options.mode, external_id=options.external_id, max_attempts=max_attempts)
+                             mode=options.mode, external_id=options.external_id, max_attempts=max_attempts,
+                             webhook_url=options.webhook_url, pacs_push=options.pacs_push)
             job_id = job.id
             if idempotency_key:
                 earlier = remember_idempotent(session, api_key_id, idempotency_key, print_, job_id=job_id)
@@ -123,7 +129,8 @@ def accept_batch(
             batch = create_batch(session, api_key_id=api_key_id, external_id=None)
             jobs: list[Job] = [
                 submit_job(session, decoded=d, original_size=len(u.data), api_key_id=api_key_id, mode=options.mode,
-                           external_id=options.external_id, batch_id=batch.id, max_attempts=max_attempts)
+                           external_id=options.external_id, batch_id=batch.id, max_attempts=max_attempts,
+                           webhook_url=options.webhook_url, pacs_push=options.pacs_push)
                 for d, u in zip(decoded, uploads, strict=True)
             ]
             batch_id, job_ids = batch.id, [j.id for j in jobs]

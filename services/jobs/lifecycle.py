@@ -8,11 +8,12 @@ call in its own short transaction (``with sessionmaker.begin() as session: ...``
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -62,28 +63,22 @@ def _owned(job_id: str, owner: str) -> Any:
     return and_(Job.id == job_id, Job.status == JobStatus.running, Job.lease_owner == owner)
 
 
-def claim(
-    session: Session, job_id: str, *, owner: str, lease_seconds: int, now: datetime | None = None
-) -> ClaimedJob | None:
-    """queued -> running under a lease for ``owner`` (attempts + 1). A running job whose lease
-    has EXPIRED (its worker died) may be claimed again while attempts remain. Returns None,
-    changing nothing, for any other state: finished, canceled, awaiting review, or running
-    under a live lease."""
-    now = now or utcnow()
-    expires = now + timedelta(seconds=lease_seconds)
-    stmt = (
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    """A job a worker may claim: queued, or running under a lease EXPIRED at ``now`` (its
+    worker died) with attempts left."""
+    return or_(
+        Job.status == JobStatus.queued,
+        and_(Job.status == JobStatus.running, Job.lease_expires_at < now, Job.attempts < Job.max_attempts),
+    )
+
+
+def _claim_stmt(where: ColumnElement[bool], *, owner: str, now: datetime, expires: datetime) -> Any:
+    """The one UPDATE every claim runs: -> running under a lease for ``owner``, attempts + 1,
+    returning what the worker needs. ``where`` must keep the status condition, so that a row
+    another worker changed meanwhile is not taken."""
+    return (
         update(Job)
-        .where(
-            Job.id == job_id,
-            or_(
-                Job.status == JobStatus.queued,
-                and_(
-                    Job.status == JobStatus.running,
-                    Job.lease_expires_at < now,
-                    Job.attempts < Job.max_attempts,
-                ),
-            ),
-        )
+        .where(where)
         .values(
             status=JobStatus.running,
             attempts=Job.attempts + 1,
@@ -92,14 +87,13 @@ def claim(
             started_at=now,
             updated_at=now,
         )
-        .returning(Job.attempts, Job.max_attempts, Job.mode, Job.image_id, Job.hitl_state, Job.hitl_choice)
+        .returning(Job.id, Job.attempts, Job.max_attempts, Job.mode, Job.image_id, Job.hitl_state, Job.hitl_choice)
     )
-    row = session.execute(stmt, execution_options=_SYNC).first()
-    if row is None:
-        return None
-    expire_job(session, job_id)
+
+
+def _claimed(row: Any, owner: str, expires: datetime) -> ClaimedJob:
     return ClaimedJob(
-        id=job_id,
+        id=row.id,
         owner=owner,
         attempts=row.attempts,
         max_attempts=row.max_attempts,
@@ -111,19 +105,103 @@ def claim(
     )
 
 
-def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: int, *, now: datetime | None = None) -> bool:
-    """Extend the lease; False when ``owner`` no longer holds the running job (stop working)."""
+def claim(
+    session: Session, job_id: str, *, owner: str, lease_seconds: int, now: datetime | None = None
+) -> ClaimedJob | None:
+    """queued -> running under a lease for ``owner`` (attempts + 1). A running job whose lease
+    has EXPIRED (its worker died) may be claimed again while attempts remain. Returns None,
+    changing nothing, for any other state: finished, canceled, awaiting review, or running
+    under a live lease."""
+    now = now or utcnow()
+    expires = now + timedelta(seconds=lease_seconds)
+    stmt = _claim_stmt(and_(Job.id == job_id, _claimable(now)), owner=owner, now=now, expires=expires)
+    row = session.execute(stmt, execution_options=_SYNC).first()
+    if row is None:
+        return None
+    expire_job(session, job_id)
+    return _claimed(row, owner, expires)
+
+
+def claim_ready(
+    session: Session,
+    *,
+    owner: str,
+    lease_seconds: int,
+    limit: int,
+    first: str | None = None,
+    now: datetime | None = None,
+) -> list[ClaimedJob]:
+    """Claim a batch for one model run: ``first`` (the job whose message woke the worker; by
+    the same rule as :func:`claim`) plus up to ``limit - 1`` other QUEUED jobs, oldest first.
+    Without ``first``, up to ``limit`` queued jobs. ``first``, when claimed, comes first in the
+    list. The slot of ``first`` is kept for it even when it is not claimable, so ``limit=1``
+    is exactly :func:`claim`.
+
+    The others are only queued jobs (a HITL job resumed after review is queued too): an
+    expired lease is the sweeper's to requeue, after which any worker may take it. Candidates
+    are locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent workers take
+    disjoint sets without waiting on each other; SQLite ignores it but serialises writers
+    (``BEGIN IMMEDIATE``). Either way the UPDATE re-checks ``status = queued`` and RETURNING
+    says which rows were really taken.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    now = now or utcnow()
+    batch: list[ClaimedJob] = []
+    if first is not None:
+        head = claim(session, first, owner=owner, lease_seconds=lease_seconds, now=now)
+        if head is not None:
+            batch.append(head)
+    others = limit - 1 if first is not None else limit
+    if others > 0:
+        batch.extend(_claim_queued(session, owner=owner, lease_seconds=lease_seconds, limit=others,
+                                   exclude=first, now=now))
+    return batch
+
+
+def _claim_queued(
+    session: Session, *, owner: str, lease_seconds: int, limit: int, exclude: str | None, now: datetime
+) -> list[ClaimedJob]:
+    """Up to ``limit`` queued jobs (never ``exclude``), oldest first (created_at, id)."""
+    queued = Job.status == JobStatus.queued
+    candidates = select(Job.id).where(queued).order_by(Job.created_at, Job.id).limit(limit)
+    if exclude is not None:
+        candidates = candidates.where(Job.id != exclude)
+    ids = list(session.scalars(candidates.with_for_update(skip_locked=True)))
+    if not ids:
+        return []
+    expires = now + timedelta(seconds=lease_seconds)
+    rows = session.execute(_claim_stmt(and_(Job.id.in_(ids), queued), owner=owner, now=now, expires=expires),
+                           execution_options=_SYNC).all()
+    taken = {row.id: _claimed(row, owner, expires) for row in rows}
+    for job_id in taken:
+        expire_job(session, job_id)
+    return [taken[job_id] for job_id in ids if job_id in taken]  # RETURNING has no order
+
+
+def renew_leases(
+    session: Session, job_ids: Collection[str], owner: str, lease_seconds: int, *, now: datetime | None = None
+) -> set[str]:
+    """Extend the leases of ``owner``'s running jobs in one statement; returns the ids renewed.
+    A job missing from the answer is no longer ``owner``'s (stop working on it)."""
+    if not job_ids:
+        return set()
     now = now or utcnow()
     stmt = (
         update(Job)
-        .where(_owned(job_id, owner))
+        .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.running, Job.lease_owner == owner)
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
         .returning(Job.id)
     )
-    done = session.execute(stmt, execution_options=_SYNC).first() is not None
-    if done:
+    renewed = set(session.execute(stmt, execution_options=_SYNC).scalars())
+    for job_id in renewed:
         expire_job(session, job_id)
-    return done
+    return renewed
+
+
+def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: int, *, now: datetime | None = None) -> bool:
+    """Extend the lease; False when ``owner`` no longer holds the running job (stop working)."""
+    return job_id in renew_leases(session, [job_id], owner, lease_seconds, now=now)
 
 
 def complete(

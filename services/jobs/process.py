@@ -1,5 +1,10 @@
-"""Running one job on a worker: claim under a lease, keep the lease alive while the model
-works, store the result (or the failure) in one transaction.
+"""Running jobs on a worker: claim a batch of ready jobs under leases, keep the leases alive
+while the model works, store each result (or failure) in its own transaction.
+
+Batching across jobs: a worker woken by the message for one job also claims up to
+``batch_size - 1`` other ready jobs from the database and runs them through the model
+together (``Pipeline.run_batch``); their own messages later find them claimed or finished
+and do nothing. The database stays the truth; the broker only wakes workers up.
 
 Safe under any delivery: a second message for a job that is running elsewhere, finished or
 canceled does nothing (the claim is a conditional UPDATE), and only the lease owner can store
@@ -11,17 +16,19 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.pipeline.runner import Mode, Pipeline, ResumeError
+from services.pipeline.runner import BatchItem, Mode, Pipeline, ResumeError
 from shared.db.models import JobMode, JobStatus
 from shared.schemas.results import ResultDocument
 
 from .images import StoredImageError, load_decoded
-from .lifecycle import ClaimedJob, claim, complete, fail, release_for_retry, renew_lease
+from .lifecycle import ClaimedJob, claim_ready, complete, fail, release_for_retry, renew_leases
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +53,17 @@ class JobRun:
 
 
 class LeaseKeeper:
-    """Renews a job's lease every third of its length on a background thread, so a job that
-    runs long keeps its lease while a worker that dies loses it within ``lease_seconds``."""
+    """Renews the leases of the jobs a worker holds, all in one UPDATE, every third of their
+    length on a background thread: a batch that runs long keeps its leases, while a worker
+    that dies loses them within ``lease_seconds``. A job whose lease was taken back (the
+    sweeper, after we stalled) is dropped; storing its result then fails on the owner check."""
 
-    def __init__(self, sm: sessionmaker[Session], job_id: str, owner: str, lease_seconds: float) -> None:
-        self._sm, self._job_id, self._owner, self._seconds = sm, job_id, owner, lease_seconds
+    def __init__(self, sm: sessionmaker[Session], owner: str, lease_seconds: float, job_ids: Iterable[str]) -> None:
+        self._sm, self._owner, self._seconds = sm, owner, lease_seconds
+        self._ids = set(job_ids)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.lost = False
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id[:8]}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"lease-{owner[-12:]}", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
@@ -63,76 +73,218 @@ class LeaseKeeper:
         self._stop.set()
         self._thread.join()
 
+    def add(self, job_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._ids.update(job_ids)
+
+    def drop(self, job_id: str) -> None:
+        """Stop renewing a job we are done with (settled early, e.g. an unreadable image)."""
+        with self._lock:
+            self._ids.discard(job_id)
+
     def _run(self) -> None:
         while not self._stop.wait(self._seconds / 3):
+            with self._lock:
+                ids = set(self._ids)
             try:
                 with self._sm.begin() as session:
-                    if not renew_lease(session, self._job_id, self._owner, int(max(1, self._seconds))):
-                        self.lost = True
-                        return
+                    renewed = renew_leases(session, ids, self._owner, _lease(self._seconds))
             except Exception as exc:  # a database blip: try again next period, the lease has slack
-                log.warning("lease renewal for job %s failed: %s", self._job_id, exc)
+                log.warning("lease renewal for %d jobs failed: %s", len(ids), exc)
+                continue
+            with self._lock:
+                lost = (ids - renewed) & self._ids  # not those dropped meanwhile
+                self._ids -= lost
+            for job_id in lost:
+                log.warning("job %s: lease lost while the model worked", job_id)
 
 
-def process_job(
+def process_job(sm: sessionmaker[Session], pipeline: Pipeline, job_id: str, *, owner: str,
+                lease_seconds: float) -> JobRun:
+    """Claim ``job_id`` alone and run it to its next resting state: a batch of one."""
+    return process_batch(sm, pipeline, job_id, owner=owner, lease_seconds=lease_seconds, batch_size=1)[0]
+
+
+def process_batch(
     sm: sessionmaker[Session],
     pipeline: Pipeline,
-    job_id: str,
+    first_job_id: str,
     *,
     owner: str,
     lease_seconds: float,
-    on_claimed: Callable[[ClaimedJob], None] | None = None,
-) -> JobRun:
-    """Claim ``job_id`` and run it to its next resting state. Never raises for the job's own
-    errors: a bad image or a rejected resume fails the job, anything else releases it for a
-    retry (``Outcome.requeued``: the caller enqueues it again) until attempts run out."""
+    batch_size: int,
+    linger_seconds: float = 0.0,
+) -> list[JobRun]:
+    """Claim ``first_job_id`` plus up to ``batch_size - 1`` other ready jobs, run them through
+    the model together, and bring each to its next resting state. The first run returned is
+    always ``first_job_id``'s (``Outcome.skipped`` when it was not claimable).
+
+    ``linger_seconds``: when the claim got fewer than ``batch_size`` jobs, wait once that long
+    and claim more, so a burst of submissions fills the batch (on a GPU a full batch costs
+    little more than one image). Nothing is lingered for when nothing was claimed.
+
+    Never raises for the jobs' own errors: a bad image or a rejected resume fails that job
+    alone; any other error of a job releases it for a retry (``Outcome.requeued``: the caller
+    enqueues it again) until its attempts run out; an error of the whole batch (e.g. CUDA out
+    of memory) releases every job of it.
+    """
+    lease = _lease(lease_seconds)
     with sm.begin() as session:
-        claimed = claim(session, job_id, owner=owner, lease_seconds=int(max(1, lease_seconds)))
-    if claimed is None:
-        return JobRun(job_id, Outcome.skipped)
-    if on_claimed is not None:
-        on_claimed(claimed)
+        jobs = claim_ready(session, owner=owner, lease_seconds=lease, limit=batch_size, first=first_job_id)
+    skipped = [] if jobs and jobs[0].id == first_job_id else [JobRun(first_job_id, Outcome.skipped)]
+    if not jobs:
+        return skipped
+    with LeaseKeeper(sm, owner, lease_seconds, (job.id for job in jobs)) as keeper:
+        if linger_seconds > 0 and len(jobs) < batch_size:
+            time.sleep(linger_seconds)
+            more = _claim_more(sm, owner=owner, lease_seconds=lease, limit=batch_size - len(jobs))
+            keeper.add(job.id for job in more)
+            jobs += more
+        log.info("running %d job(s) together: %s", len(jobs), ", ".join(job.id for job in jobs))
+        outputs = _run(sm, pipeline, jobs, keeper)
+    return skipped + [_settle(sm, job, outputs[job.id]) for job in jobs]
+
+
+def _claim_more(sm: sessionmaker[Session], *, owner: str, lease_seconds: int, limit: int) -> list[ClaimedJob]:
+    """Top the batch up after lingering. A database error here must not strand the jobs
+    already claimed (they would wait for their leases to expire): run without the extra ones."""
     try:
-        with LeaseKeeper(sm, job_id, owner, lease_seconds):
-            document, awaiting = _run_pipeline(sm, pipeline, claimed)
-    except StoredImageError as exc:
-        return _finish_failed(sm, claimed, BAD_IMAGE_CODE, f"the stored image cannot be read: {exc}")
-    except ResumeError as exc:
-        return _finish_failed(sm, claimed, BAD_RESUME_CODE, str(exc))
-    except Exception as exc:
-        log.exception("job %s attempt %d failed", job_id, claimed.attempts)
         with sm.begin() as session:
-            status = release_for_retry(session, job_id, owner, f"{type(exc).__name__}: {exc}")
-        if status is None:
-            return JobRun(job_id, Outcome.lease_lost, claimed.attempts)
-        outcome = Outcome.requeued if status is JobStatus.queued else Outcome.failed
-        return JobRun(job_id, outcome, claimed.attempts)
-    with sm.begin() as session:
-        stored = complete(session, job_id, owner, document, awaiting_review=awaiting)
-    if not stored:
-        return JobRun(job_id, Outcome.lease_lost, claimed.attempts)
-    return JobRun(job_id, Outcome.awaiting_review if awaiting else Outcome.succeeded, claimed.attempts)
+            return claim_ready(session, owner=owner, lease_seconds=lease_seconds, limit=limit)
+    except Exception as exc:
+        log.warning("could not claim more jobs for the batch: %s", exc)
+        return []
 
 
-def _run_pipeline(sm: sessionmaker[Session], pipeline: Pipeline, claimed: ClaimedJob) -> tuple[ResultDocument, bool]:
-    """The model work, outside any transaction. Returns the document and whether the job now
-    waits for a reviewer (first stage of a HITL job)."""
+# -- the model work -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _BatchFailed:
+    """The whole batch failed (e.g. CUDA out of memory): a transient error of every job in
+    it, whatever its type, so each is released for a retry. Logged once, for the batch."""
+
+    detail: str
+
+
+# What became of a job's model run: its document, the exception for it, the failure of the
+# whole batch, or a JobRun when it was settled before the model ran (e.g. an unreadable image).
+_Output: TypeAlias = ResultDocument | Exception | _BatchFailed | JobRun
+
+
+def _run(sm: sessionmaker[Session], pipeline: Pipeline, jobs: Sequence[ClaimedJob],
+         keeper: LeaseKeeper) -> dict[str, _Output]:
+    """Each job's output: its document, or the exception for it. Jobs whose input cannot be
+    built are settled at once (no model time spent on them). Runs outside any transaction."""
+    outputs: dict[str, _Output] = {}
+    items: dict[str, BatchItem] = {}
+    for job, item in zip(jobs, _batch_items(sm, jobs), strict=True):
+        if isinstance(item, BatchItem):
+            items[job.id] = item
+        else:
+            keeper.drop(job.id)
+            outputs[job.id] = _settle(sm, job, item)
+    if not items:
+        return outputs
+    try:
+        results = _infer(pipeline, list(items.values()))
+        if len(results) != len(items):
+            raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+    except Exception as exc:
+        log.exception("a batch of %d job(s) failed as a whole", len(items))
+        failed = _BatchFailed(f"{type(exc).__name__}: {exc}")
+        outputs.update((job_id, failed) for job_id in items)
+        return outputs
+    outputs.update(zip(items, results, strict=True))
+    return outputs
+
+
+def _infer(pipeline: Pipeline, items: Sequence[BatchItem]) -> list[ResultDocument | Exception]:
+    """The model run. A single item goes through the per-image entry points (``analyze`` /
+    ``resume``, themselves a batch of one), so a worker at batch size 1 calls the pipeline
+    exactly as it always did; its errors are then that item's own."""
+    if len(items) != 1:
+        return pipeline.run_batch(items)
+    [item] = items
+    try:
+        if item.resume_state is None:
+            return [pipeline.analyze(item.decoded, mode=item.mode)]
+        return [pipeline.resume(item.decoded, item.resume_state, phases=item.phases, group=item.group)]
+    except Exception as exc:
+        return [exc]
+
+
+def _batch_items(sm: sessionmaker[Session], jobs: Sequence[ClaimedJob]) -> list[BatchItem | Exception]:
+    """Each job's input, or the exception that building it raised; one short read session
+    (closed before anything is written: on SQLite a session holds the write lock)."""
+    items: list[BatchItem | Exception] = []
     with sm() as session:
-        decoded = load_decoded(session, claimed.image_id)
-    if claimed.resuming:
-        if claimed.hitl_state is None:
-            raise ResumeError("the job has a reviewer's choice but no saved pipeline state")
-        choice = claimed.hitl_choice or {}
-        state = ResultDocument.model_validate(claimed.hitl_state)
-        document = pipeline.resume(decoded, state, phases=choice.get("next_phases") or [], group=choice.get("group"))
-        return document, False
-    mode: Mode = "hitl" if claimed.mode is JobMode.hitl else "autonomous"
-    document = pipeline.analyze(decoded, mode=mode)
-    return document, mode == "hitl"
+        for job in jobs:
+            try:
+                items.append(_batch_item(session, job))
+            except Exception as exc:
+                items.append(exc)
+    return items
 
 
-def _finish_failed(sm: sessionmaker[Session], claimed: ClaimedJob, code: str, detail: str) -> JobRun:
-    log.warning("job %s failed: %s: %s", claimed.id, code, detail)
+def _batch_item(session: Session, job: ClaimedJob) -> BatchItem:
+    """The pipeline's input for a job: its stored image, and for the second stage of a HITL
+    job the saved document with the reviewer's choice of phases and group."""
+    decoded = load_decoded(session, job.image_id)
+    mode: Mode = "hitl" if job.mode is JobMode.hitl else "autonomous"
+    if not job.resuming:
+        return BatchItem(decoded, mode=mode)
+    if job.hitl_state is None:
+        raise ResumeError("the job has a reviewer's choice but no saved pipeline state")
+    choice = job.hitl_choice or {}
+    return BatchItem(decoded, mode=mode, resume_state=ResultDocument.model_validate(job.hitl_state),
+                     phases=choice.get("next_phases") or [], group=choice.get("group"))
+
+
+# -- storing the outcome --------------------------------------------------------------------
+
+
+def _settle(sm: sessionmaker[Session], job: ClaimedJob, output: _Output) -> JobRun:
+    """Bring one claimed job to its resting state from its output, in its own transaction."""
+    if isinstance(output, JobRun):
+        return output
+    if isinstance(output, StoredImageError):
+        return _finish_failed(sm, job, BAD_IMAGE_CODE, f"the stored image cannot be read: {output}")
+    if isinstance(output, ResumeError):
+        return _finish_failed(sm, job, BAD_RESUME_CODE, str(output))
+    if isinstance(output, _BatchFailed):
+        return _release(sm, job, output.detail)
+    if isinstance(output, Exception):
+        log.error("job %s attempt %d failed", job.id, job.attempts, exc_info=output)
+        return _release(sm, job, f"{type(output).__name__}: {output}")
+    return _store(sm, job, output)
+
+
+def _store(sm: sessionmaker[Session], job: ClaimedJob, document: ResultDocument) -> JobRun:
+    awaiting = job.mode is JobMode.hitl and not job.resuming  # the first stage of a HITL job
     with sm.begin() as session:
-        done = fail(session, claimed.id, claimed.owner, code, detail)
-    return JobRun(claimed.id, Outcome.failed if done else Outcome.lease_lost, claimed.attempts)
+        stored = complete(session, job.id, job.owner, document, awaiting_review=awaiting)
+    if not stored:
+        return JobRun(job.id, Outcome.lease_lost, job.attempts)
+    return JobRun(job.id, Outcome.awaiting_review if awaiting else Outcome.succeeded, job.attempts)
+
+
+def _release(sm: sessionmaker[Session], job: ClaimedJob, detail: str) -> JobRun:
+    """A transient error: back to the queue while attempts remain, else failed."""
+    with sm.begin() as session:
+        status = release_for_retry(session, job.id, job.owner, detail)
+    if status is None:
+        return JobRun(job.id, Outcome.lease_lost, job.attempts)
+    return JobRun(job.id, Outcome.requeued if status is JobStatus.queued else Outcome.failed, job.attempts)
+
+
+def _finish_failed(sm: sessionmaker[Session], job: ClaimedJob, code: str, detail: str) -> JobRun:
+    log.warning("job %s failed: %s: %s", job.id, code, detail)
+    with sm.begin() as session:
+        done = fail(session, job.id, job.owner, code, detail)
+    return JobRun(job.id, Outcome.failed if done else Outcome.lease_lost, job.attempts)
+
+
+def _lease(seconds: float) -> int:
+    """Lease lengths are whole seconds in the database calls; never under one."""
+    return int(max(1, seconds))

@@ -60,8 +60,11 @@ def submit_job(
     external_id: str | None = None,
     batch_id: str | None = None,
     max_attempts: int = 3,
+    webhook_url: str | None = None,
+    pacs_push: bool = False,
 ) -> Job:
-    """Add the Image and a queued Job to ``session`` and flush; the caller commits."""
+    """Add the Image and a queued Job to ``session`` and flush; the caller commits.
+    ``pacs_push`` asks for the result in the PACS, which only a DICOM source can have."""
     if max_attempts < 1:
         raise ValueError("max_attempts must be 1 or more")
     job_mode = JobMode(mode)
@@ -81,6 +84,8 @@ def submit_job(
         attempts=0,
         max_attempts=max_attempts,
         burned_in_annotation=decoded.dicom.burned_in_annotation if decoded.dicom else None,
+        webhook_url=webhook_url,
+        notify=bool(webhook_url) or (pacs_push and image.dicom_sop_instance_uid is not None),
     )
     session.add(job)
     session.flush()

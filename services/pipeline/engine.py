@@ -5,21 +5,26 @@ the image tokens) through the model once. Each phase then continues from a deep 
 cache: the full-attention KV, the linear-attention conv and recurrent states, and the
 multimodal ``rope_deltas`` (per-request state kept on the model object), so every phase sees
 exactly the token sequence a separate single-turn chat would show the model.
+
+``generate_many`` decodes several such phase requests (of one or many images) together; the
+batching mechanics live in ``services.pipeline.batching``, and ``generate`` is its batch of one.
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import xgrammar as xgr
 from PIL import Image
-from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import DynamicCache
 
 from services.models.loader import LoadedModel
+from services.pipeline.batching import Decoded, GenRequest, decode_many
 from services.pipeline.grammars import PhaseGrammar
 from services.pipeline.profile import Decoding
 
@@ -61,7 +66,7 @@ def resize_longest_side(image: Image.Image, max_side: int) -> Image.Image:
 
 
 class Engine:
-    """Runs phase prompts against one loaded model. Not thread-safe: one request at a time."""
+    """Runs phase prompts against one loaded model. Not thread-safe: one call at a time."""
 
     def __init__(self, loaded: LoadedModel, *, max_side: int = 1024) -> None:
         self.model = loaded.model
@@ -122,54 +127,44 @@ class Engine:
         return self.compiler.compile_json_schema(grammar.schema, any_whitespace=False, separators=(",", ":"),
                                                  strict_mode=True)
 
-    @torch.inference_mode()
-    def generate(self, prefix: ImagePrefix, prompt: str, *, grammar: xgr.CompiledGrammar | None,
-                 max_new_tokens: int, decoding: Decoding, seed: int = 0) -> Generation:
-        """Continue a copy of the image prefix with the phase prompt and decode the answer."""
-        started = time.perf_counter()
+    def suffix_ids(self, prompt: str) -> torch.Tensor:
+        """[1, n] token ids of the chat after the image: the phase prompt and the answer header."""
         _, suffix_text = self.split_chat(prompt)
-        suffix = self.tokenizer(suffix_text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids: torch.Tensor = self.tokenizer(suffix_text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        return ids
+
+    @torch.inference_mode()
+    def prefill(self, prefix: ImagePrefix, suffix: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """A private copy of the image prefix continued with ``suffix`` (batch of one): the cache
+        and the next-token logits [1, vocab]."""
         cache = copy.deepcopy(prefix.cache)
         self.core.model.rope_deltas = prefix.rope_deltas
         out = self.model(input_ids=suffix.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
-        tokens, finished = self._decode(out.logits[:, -1, :], cache, grammar, max_new_tokens, decoding, seed)
-        return Generation(
-            text=self.tokenizer.decode(tokens, skip_special_tokens=True), token_ids=tokens,
-            finished=finished, latency_ms=(time.perf_counter() - started) * 1000,
-            prefill_tokens=int(suffix.shape[1]),
-            extra={"input_ids": prefix.input_ids[0].tolist() + suffix[0].tolist()},
-        )
+        return cache, out.logits[:, -1, :]
 
-    def _decode(self, logits: torch.Tensor, cache: Any, grammar: xgr.CompiledGrammar | None,
-                max_new_tokens: int, decoding: Decoding, seed: int) -> tuple[list[int], bool]:
-        matcher = xgr.GrammarMatcher(grammar) if grammar is not None else None
-        bitmask = xgr.allocate_token_bitmask(1, self.vocab_size) if matcher else None
-        sampler = _Sampler(decoding, seed)
-        tokens: list[int] = []
-        for _ in range(max_new_tokens):
-            scores = logits.float()
-            if matcher is not None and bitmask is not None:
-                matcher.fill_next_token_bitmask(bitmask)
-                xgr.apply_token_bitmask_inplace(scores, bitmask.to(scores.device))
-            token = sampler.pick(scores)
-            if token in self.stop_ids:
-                return tokens, True
-            tokens.append(token)
-            if matcher is not None:
-                if not matcher.accept_token(token):  # cannot happen under the mask; be explicit
-                    return tokens, False
-                if matcher.is_terminated():
-                    return tokens, True
-            out = self.model(input_ids=torch.tensor([[token]], device=self.device), cache=cache,
-                             use_cache=True)
-            logits = out.logits[:, -1, :]
-        return tokens, False
+    def generate(self, prefix: ImagePrefix, prompt: str, *, grammar: xgr.CompiledGrammar | None,
+                 max_new_tokens: int, decoding: Decoding, seed: int = 0, min_new_tokens: int = 0) -> Generation:
+        """Continue a copy of the image prefix with the phase prompt and decode the answer."""
+        request = GenRequest(prefix=prefix, prompt=prompt, grammar=grammar, max_new_tokens=max_new_tokens,
+                             decoding=decoding, seed=seed, min_new_tokens=min_new_tokens)
+        return self.generate_many([request], max_batch=1)[0]
+
+    @torch.inference_mode()
+    def generate_many(self, requests: Sequence[GenRequest], *, max_batch: int = 8) -> list[Generation]:
+        """Every request's answer, in order, decoding up to ``max_batch`` of them together
+        (see ``services.pipeline.batching``); greedy answers equal ``generate``'s."""
+        return [self._generation(done) for done in decode_many(self, requests, max_batch=max_batch)]
+
+    def _generation(self, done: Decoded) -> Generation:
+        return Generation(text=self.tokenizer.decode(done.token_ids, skip_special_tokens=True),
+                          token_ids=done.token_ids, finished=done.finished, latency_ms=done.latency_ms,
+                          prefill_tokens=done.prefill_tokens, extra={"input_ids": done.input_ids})
 
     # -- the reference path ----------------------------------------------------------------
 
     @torch.inference_mode()
     def generate_single_turn(self, image: Image.Image, prompt: str, *, grammar: xgr.CompiledGrammar | None,
-                             max_new_tokens: int) -> Generation:
+                             max_new_tokens: int, min_new_tokens: int = 0) -> Generation:
         """What the reference app does: one fresh chat per phase, image encoded again, greedy.
 
         Kept for the equivalence test and the benchmark, not used by the pipeline.
@@ -182,7 +177,8 @@ class Engine:
         self.core.model.rope_deltas = None
         processors = [LogitsProcessor(grammar)] if grammar is not None else []
         output = self.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors,
+            **inputs, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=False,
+            logits_processor=processors,
             eos_token_id=sorted(self.stop_ids), pad_token_id=self.tokenizer.pad_token_id,
         )
         new = output[0, inputs["input_ids"].shape[1]:].tolist()
@@ -192,19 +188,3 @@ class Engine:
                           finished=finished, latency_ms=(time.perf_counter() - started) * 1000,
                           extra={"input_ids": inputs["input_ids"][0].tolist()})
 
-
-class _Sampler:
-    """Greedy by default (deterministic, auditable); temperature + top-p when asked."""
-
-    def __init__(self, decoding: Decoding, seed: int) -> None:
-        self.greedy = decoding.strategy == "greedy"
-        self.warpers = [TemperatureLogitsWarper(decoding.temperature), TopPLogitsWarper(decoding.top_p)]
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def pick(self, scores: torch.Tensor) -> int:
-        if self.greedy:
-            return int(scores.argmax(dim=-1)[0])
-        for warp in self.warpers:
-            scores = warp(None, scores)  # the warpers ignore input_ids
-        probs = torch.softmax(scores, dim=-1).cpu()
-        return int(torch.multinomial(probs, 1, generator=self.generator)[0, 0])

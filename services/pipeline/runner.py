@@ -4,18 +4,25 @@ validation makes its phase ``invalid_output`` (never an exception), with the raw
 
 HITL mode stops after interpret + classify; ``resume`` later runs the reviewer's chosen
 phases (and group) from the saved result document, without redoing finished phases.
+
+``run_batch`` does this for many images at once, phase by phase in waves across the images so
+the model decodes their answers together; ``analyze`` and ``resume`` are batches of one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+import xgrammar as xgr
 
 from services.ingest import DecodedImage
 from services.models.loader import Provenance
 from services.pipeline import grammars
+from services.pipeline.batching import GenRequest
 from services.pipeline.engine import Engine, Generation, ImagePrefix
 from services.pipeline.mapping import MapDecision, map_group, map_structures
 from services.pipeline.normalize import ImageGeometry, build_annotations
@@ -44,13 +51,64 @@ class ResumeError(ValueError):
     """A resume request that does not fit the saved state (wrong status, unknown phase...)."""
 
 
+@dataclass
+class BatchItem:
+    """One image's work in ``Pipeline.run_batch``: a fresh analysis in ``mode``, or, when
+    ``resume_state`` is given, the resume of that saved HITL document with the reviewer's chosen
+    ``phases`` (and MAP ``group``); ``mode`` is then ignored."""
+
+    decoded: DecodedImage
+    mode: Mode = "autonomous"
+    resume_state: ResultDocument | None = None
+    phases: Sequence[str] = ()
+    group: str | None = None
+
+
+@dataclass
+class _Job:
+    """One item on its way through the waves."""
+
+    item: BatchItem
+    doc: ResultDocument
+    decision: MapDecision | None = None  # after MAP; a resume knows it from the start
+    wanted: tuple[str, ...] = LOCALISATION_PHASES
+    error: Exception | None = None  # the item's own failure: it gets this instead of a document
+
+    @property
+    def resuming(self) -> bool:
+        return self.item.resume_state is not None
+
+    @property
+    def waiting(self) -> bool:
+        return not self.resuming and self.item.mode == "hitl"
+
+
+@dataclass
+class _Call:
+    """One model phase of one job, ready for a wave."""
+
+    job: _Job
+    phase: PhaseName
+    labels: Sequence[str]
+    prompt: str
+    grammar: xgr.CompiledGrammar
+    budget: int
+    prep_ms: float
+
+
+_Planned = tuple[_Job, PhaseName, Sequence[str]]
+_T = TypeVar("_T")
+
+
 class Pipeline:
     def __init__(self, engine: Engine, profile: Profile, provenance: Provenance, *,
-                 share_prefix: bool = True) -> None:
+                 share_prefix: bool = True, max_batch: int = 8) -> None:
         """``share_prefix=False`` re-encodes the image for every phase, as the reference app
-        does; it exists for the benchmark and for diagnosis, not for serving."""
+        does; it exists for the benchmark and for diagnosis, not for serving (and runs the
+        phases one by one). ``max_batch`` bounds the rows decoded together in ``run_batch``."""
         self.engine = engine
         self.share_prefix = share_prefix
+        self.max_batch = max_batch
         self.profile = profile
         self.provenance = provenance
         tokens = profile.max_new_tokens
@@ -58,7 +116,7 @@ class Pipeline:
         self._interpret = grammars.interpret_grammar(profile.interpretation_fields, profile.limits,
                                                      tokens.interpret)
         self._classify = grammars.classify_grammar(profile.view_labels, tokens.classify)
-        self._compiled = {
+        self._compiled: dict[str, xgr.CompiledGrammar] = {
             "interpret": engine.compile(self._interpret),
             "classify": engine.compile(self._classify),
         }
@@ -66,45 +124,102 @@ class Pipeline:
     # -- public ---------------------------------------------------------------------------
 
     def analyze(self, decoded: DecodedImage, *, mode: Mode = "autonomous") -> ResultDocument:
-        doc = self._new_document(decoded)
-        prefix = self._prefix(decoded)
-        for phase in ("interpret", "classify"):  # type: PhaseName
-            self._run_model_phase(doc, prefix, decoded, phase, self.profile.interpretation_fields
-                                  if phase == "interpret" else self.profile.view_labels)
-        if mode == "hitl":
-            for phase in ("map", *LOCALISATION_PHASES):
-                doc.phases[phase] = PhaseReport(status="skipped", detail=HITL_WAITING)
-            doc.status = "awaiting_review"
-            return _in_order(doc)
-        decision = self._map(doc)
-        self._localise(doc, prefix, decoded, decision, LOCALISATION_PHASES)
-        doc.status = "succeeded"
-        return _in_order(doc)
+        return _unwrap(self.run_batch([BatchItem(decoded, mode=mode)])[0])
 
     def resume(self, decoded: DecodedImage, state: ResultDocument, *, phases: Sequence[str],
                group: str | None = None) -> ResultDocument:
         """Run the reviewer's chosen phases on a HITL document; interpret/classify are kept."""
+        item = BatchItem(decoded, resume_state=state, phases=tuple(phases), group=group)
+        return _unwrap(self.run_batch([item])[0])
+
+    def run_batch(self, items: Sequence[BatchItem]) -> list[ResultDocument | Exception]:
+        """Each item's document, or the exception its own processing raised, in item order.
+
+        The model runs in two waves across all items: interpret + classify of every fresh item;
+        then, after each one's MAP (no model), the localisation phases of the autonomous items
+        and of the resumes together. HITL items stop after the first wave. Each image is encoded
+        at most once, and only if one of its phases needs the model.
+        """
+        jobs = [self._start(item) for item in items]
+        live = [job for job in jobs if isinstance(job, _Job)]
+        prefixes = _Prefixes(self.engine)
+        fresh = [job for job in live if not job.resuming]
+        self._run_wave([(job, phase, labels) for job in fresh for phase, labels in self._first_phases()], prefixes)
+        for job in fresh:
+            _guard(job, self._after_first_wave)
+        second: list[_Planned] = []
+        for job in live:
+            if job.error is None and job.decision is not None:
+                second += _guard(job, self._plan_localisation) or []
+        prefixes.keep_only({job.item.decoded.sha256 for job, _, _ in second})
+        self._run_wave(second, prefixes)
+        return [job if isinstance(job, Exception) else _finish(job) for job in jobs]
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def _start(self, item: BatchItem) -> _Job | Exception:
+        try:
+            if item.resume_state is None:
+                return _Job(item, self._new_document(item.decoded))
+            return self._start_resume(item, item.resume_state)
+        except Exception as exc:  # this item's problem, not the batch's
+            return exc
+
+    def _start_resume(self, item: BatchItem, state: ResultDocument) -> _Job:
         if state.status != "awaiting_review":
             raise ResumeError(f"only a document awaiting review can be resumed (status {state.status})")
-        unknown = set(phases) - set(LOCALISATION_PHASES)
+        unknown = set(item.phases) - set(LOCALISATION_PHASES)
         if unknown:
             raise ResumeError(f"unknown phases {sorted(unknown)}; choose from {list(LOCALISATION_PHASES)}")
-        if state.image.sha256 != decoded.sha256:
+        if state.image.sha256 != item.decoded.sha256:
             raise ResumeError("the image does not match the saved document")
-        doc = state.model_copy(deep=True)
-        if group is not None:
+        job = _Job(item, state.model_copy(deep=True), wanted=tuple(item.phases))
+        if item.group is not None:
             try:
-                decision = map_group(group, self.profile.map)
+                job.decision = map_group(item.group, self.profile.map)
             except ValueError as exc:
                 raise ResumeError(str(exc)) from exc
-            self._record_mapping(doc, decision, latency_ms=0.0)
+            self._record_mapping(job.doc, job.decision, latency_ms=0.0)
         else:
-            decision = self._map(doc)
-        # No chosen phase means no model call, so the image need not be encoded at all.
-        prefix = self._prefix(decoded) if phases else None
-        self._localise(doc, prefix, decoded, decision, tuple(phases))
-        doc.status = "succeeded"
-        return _in_order(doc)
+            job.decision = self._map(job.doc)
+        return job
+
+    def _first_phases(self) -> list[tuple[PhaseName, Sequence[str]]]:
+        return [("interpret", self.profile.interpretation_fields), ("classify", self.profile.view_labels)]
+
+    def _after_first_wave(self, job: _Job) -> None:
+        """HITL: wait for the reviewer; otherwise MAP decides the localisation phases."""
+        if job.waiting:
+            for phase in ("map", *LOCALISATION_PHASES):
+                job.doc.phases[phase] = PhaseReport(status="skipped", detail=HITL_WAITING)
+            job.doc.status = "awaiting_review"
+        else:
+            job.decision = self._map(job.doc)
+
+    def _plan_localisation(self, job: _Job) -> list[_Planned]:
+        """Record the phases that will not run (and why); return those that will, in order."""
+        decision, doc = job.decision, job.doc
+        assert decision is not None
+        keypoint_classes = set(self.profile.keypoint_classes)
+        uses_keypoints = any(c in keypoint_classes for c in decision.detect_classes)
+        box_phase: PhaseName = "keypoints" if uses_keypoints else "detect"
+        other: PhaseName = "detect" if uses_keypoints else "keypoints"
+        doc.phases[other] = PhaseReport(
+            status="skipped",
+            detail="replaced by keypoints: MAP classes include keypoint classes" if uses_keypoints
+            else "MAP classes include no keypoint classes")
+        planned: list[_Planned] = []
+        if box_phase in job.wanted:
+            planned.append((job, box_phase, decision.detect_classes))
+        else:
+            doc.phases[box_phase] = PhaseReport(status="skipped", detail="not chosen by the reviewer")
+        if not decision.segment_classes:
+            doc.phases["segment"] = PhaseReport(status="skipped", detail="MAP gave no segment classes")
+        elif "segment" in job.wanted:
+            planned.append((job, "segment", decision.segment_classes))
+        else:
+            doc.phases["segment"] = PhaseReport(status="skipped", detail="not chosen by the reviewer")
+        return planned
 
     # -- phases -----------------------------------------------------------------------------
 
@@ -132,31 +247,7 @@ class Pipeline:
         doc.phases["map"] = PhaseReport(status="ok", latency_ms=round(latency_ms, 3),
                                         detail=f"{decision.tier}: {decision.reason}")
 
-    def _prefix(self, decoded: DecodedImage) -> ImagePrefix | None:
-        return self.engine.encode_image(decoded.image) if self.share_prefix else None
-
-    def _localise(self, doc: ResultDocument, prefix: ImagePrefix | None, decoded: DecodedImage,
-                  decision: MapDecision, wanted: Sequence[str]) -> None:
-        keypoint_classes = set(self.profile.keypoint_classes)
-        uses_keypoints = any(c in keypoint_classes for c in decision.detect_classes)
-        box_phase: PhaseName = "keypoints" if uses_keypoints else "detect"
-        other: PhaseName = "detect" if uses_keypoints else "keypoints"
-        doc.phases[other] = PhaseReport(
-            status="skipped",
-            detail="replaced by keypoints: MAP classes include keypoint classes" if uses_keypoints
-            else "MAP classes include no keypoint classes")
-        if box_phase in wanted:
-            self._run_model_phase(doc, prefix, decoded, box_phase, decision.detect_classes)
-        else:
-            doc.phases[box_phase] = PhaseReport(status="skipped", detail="not chosen by the reviewer")
-        if not decision.segment_classes:
-            doc.phases["segment"] = PhaseReport(status="skipped", detail="MAP gave no segment classes")
-        elif "segment" in wanted:
-            self._run_model_phase(doc, prefix, decoded, "segment", decision.segment_classes)
-        else:
-            doc.phases["segment"] = PhaseReport(status="skipped", detail="not chosen by the reviewer")
-
-    def _grammar(self, phase: str, labels: Sequence[str]) -> tuple[grammars.PhaseGrammar, object]:
+    def _grammar(self, phase: str, labels: Sequence[str]) -> tuple[grammars.PhaseGrammar, xgr.CompiledGrammar]:
         if phase in self._compiled:
             fixed = self._interpret if phase == "interpret" else self._classify
             return fixed, self._compiled[phase]
@@ -172,27 +263,120 @@ class Pipeline:
                 .replace("{classes}", ", ".join(labels))
                 .replace("{max_points}", str(grammar.max_points)))
 
-    def _run_model_phase(self, doc: ResultDocument, prefix: ImagePrefix | None, decoded: DecodedImage,
-                         phase: PhaseName, labels: Sequence[str]) -> None:
+    def _prepare(self, job: _Job, phase: PhaseName, labels: Sequence[str]) -> _Call | None:
+        """Grammar and prompt of one phase; a failure is that phase's error, not the job's."""
         started = time.perf_counter()
         try:
             grammar, compiled = self._grammar(phase, labels)
             prompt = self._prompt(phase, labels, grammar)
-            budget = getattr(self.profile.max_new_tokens, phase)
-            if prefix is None:
-                generation = self.engine.generate_single_turn(
-                    decoded.image, prompt, grammar=compiled, max_new_tokens=budget)  # type: ignore[arg-type]
-            else:
-                generation = self.engine.generate(
-                    prefix, prompt, grammar=compiled, max_new_tokens=budget,  # type: ignore[arg-type]
-                    decoding=self.profile.decoding, seed=_seed(decoded.sha256, phase))
-        except Exception as exc:  # a failing phase must not lose the others' results
-            doc.phases[phase] = PhaseReport(status="error", latency_ms=_ms(started),
-                                            detail=f"{type(exc).__name__}: {exc}"[:500])
+            budget: int = getattr(self.profile.max_new_tokens, phase)
+        except Exception as exc:
+            _record_error(job.doc, phase, exc, _ms(started))
+            return None
+        return _Call(job=job, phase=phase, labels=labels, prompt=prompt, grammar=compiled, budget=budget,
+                     prep_ms=_ms(started))
+
+    def _run_wave(self, planned: Sequence[_Planned], prefixes: _Prefixes) -> None:
+        """Prepare, generate and record the planned phases (of many jobs) together."""
+        calls = [call for call in (self._prepare(*each) for each in planned) if call is not None]
+        if not self.share_prefix:
+            for call in calls:
+                self._record(call, self._single_turn(call))
             return
+        ready = [(call, prefix) for call in calls if (prefix := prefixes.get(call.job)) is not None]
+        requests = [GenRequest(prefix=prefix, prompt=call.prompt, grammar=call.grammar, max_new_tokens=call.budget,
+                               decoding=self.profile.decoding, seed=_seed(call.job.item.decoded.sha256, call.phase))
+                    for call, prefix in ready]
+        for (call, _), generation in zip(ready, self._generate(requests), strict=True):
+            self._record(call, generation)
+
+    def _generate(self, requests: Sequence[GenRequest]) -> list[Generation | Exception]:
+        if not requests:
+            return []
+        try:
+            return list(self.engine.generate_many(requests, max_batch=self.max_batch))
+        except Exception as exc:
+            if len(requests) == 1:
+                return [exc]
+            # One failing request must not fail the others' phases: redo them one at a time.
+            return [self._generate([request])[0] for request in requests]
+
+    def _single_turn(self, call: _Call) -> Generation | Exception:
+        try:
+            return self.engine.generate_single_turn(call.job.item.decoded.image, call.prompt, grammar=call.grammar,
+                                                    max_new_tokens=call.budget)
+        except Exception as exc:
+            return exc
+
+    def _record(self, call: _Call, generation: Generation | Exception) -> None:
+        """A failed generation is the phase's error; an answer is validated into the document
+        (an exception there is the job's failure, not the batch's)."""
+        if isinstance(generation, Exception):
+            _record_error(call.job.doc, call.phase, generation, call.prep_ms)
+            return
+        decoded = call.job.item.decoded
         geometry = ImageGeometry(width=decoded.width, height=decoded.height, scale=self.profile.coordinate_scale)
-        record_phase(doc, phase, generation, labels=labels, geometry=geometry, profile=self.profile,
-                     latency_ms=_ms(started))
+        try:
+            record_phase(call.job.doc, call.phase, generation, labels=call.labels, geometry=geometry,
+                         profile=self.profile, latency_ms=round(call.prep_ms + generation.latency_ms, 3))
+        except Exception as exc:
+            call.job.error = exc
+
+
+class _Prefixes:
+    """Image prefixes of one batch: each image (by content hash) encoded at most once, when
+    a phase first needs it; a failed encoding is the failure of every job of that image."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._by_sha: dict[str, ImagePrefix | Exception] = {}
+
+    def get(self, job: _Job) -> ImagePrefix | None:
+        decoded = job.item.decoded
+        if decoded.sha256 not in self._by_sha:
+            try:
+                self._by_sha[decoded.sha256] = self.engine.encode_image(decoded.image)
+            except Exception as exc:
+                self._by_sha[decoded.sha256] = exc
+        prefix = self._by_sha[decoded.sha256]
+        if isinstance(prefix, Exception):
+            job.error = prefix
+            return None
+        return prefix
+
+    def keep_only(self, shas: set[str]) -> None:
+        """Free the caches that no later phase needs (they are large on a GPU)."""
+        self._by_sha = {sha: prefix for sha, prefix in self._by_sha.items() if sha in shas}
+
+
+def _guard(job: _Job, step: Callable[[_Job], _T]) -> _T | None:
+    """Run one job's own step; an exception becomes that job's result instead of failing the batch."""
+    try:
+        return step(job)
+    except Exception as exc:
+        job.error = exc
+        return None
+
+
+def _finish(job: _Job) -> ResultDocument | Exception:
+    if job.error is not None:
+        return job.error
+    if not job.waiting:
+        job.doc.status = "succeeded"
+    return _in_order(job.doc)
+
+
+def _unwrap(result: ResultDocument | Exception) -> ResultDocument:
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def _record_error(doc: ResultDocument, phase: PhaseName, exc: Exception, latency_ms: float) -> None:
+    """A failing phase must not lose the others' results."""
+    doc.phases[phase] = PhaseReport(status="error", latency_ms=latency_ms,
+                                    detail=f"{type(exc).__name__}: {exc}"[:500])
+
 
 def record_phase(doc: ResultDocument, phase: PhaseName, generation: Generation, *, labels: Sequence[str],
                  geometry: ImageGeometry, profile: Profile, latency_ms: float) -> None:

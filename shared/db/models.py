@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -123,6 +124,11 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = _created()
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+    # Webhooks (``fada keys webhook``): where this key's job events go by default, and the
+    # Standard Webhooks signing secret. The secret is kept as is because the service must
+    # sign with it; it authenticates the service to the receiver, not callers to the service.
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
 
 
 class Batch(Base):
@@ -209,6 +215,13 @@ class Job(Base):
     # the reviewer's choice (next phases, group) that resumes it.
     hitl_state: Mapped[dict[str, Any] | None]
     hitl_choice: Mapped[dict[str, Any] | None]
+    # Notifications (services.notify): the webhook URL fixed at submission (the job's own
+    # callback, else its key's), whether anything is to be sent for this job (webhook or a
+    # PACS push; cleared once its final status is handled, so the dispatcher scans few rows),
+    # and the last status that was turned into deliveries.
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    notify: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
+    notified_status: Mapped[str | None] = mapped_column(String(32))
 
     image: Mapped[Image] = relationship()
     batch: Mapped[Batch | None] = relationship(back_populates="jobs")
@@ -351,3 +364,57 @@ class WorkerHeartbeat(Base):
     untrained: Mapped[bool] = mapped_column(Boolean)
     started_at: Mapped[datetime] = _created()
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class DeliveryKind(enum.StrEnum):
+    webhook = "webhook"  # a signed event POSTed to the job's webhook URL
+    pacs_sr = "pacs_sr"  # the result as a DICOM SR, stored to the configured PACS (STOW-RS)
+
+
+class DeliveryStatus(enum.StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"  # attempts exhausted, or a target that can never accept it
+
+
+class Delivery(Base):
+    """One notification of one job event (the outbox): retried with backoff until delivered
+    or out of attempts. ``id`` is the Standard Webhooks ``webhook-id``: the same on every
+    retry, so a receiver can drop duplicates. A short lease keeps two dispatchers apart."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("job_id", "kind", "event"),
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = _pk()
+    job_id: Mapped[str] = _fk("jobs.id", ondelete="CASCADE")
+    kind: Mapped[DeliveryKind] = mapped_column(str_enum(DeliveryKind, "delivery_kind"))
+    event: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[DeliveryStatus] = mapped_column(str_enum(DeliveryStatus, "delivery_status"),
+                                                   default=DeliveryStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    delivered_at: Mapped[datetime | None]
+
+
+class DeliveryAttempt(Base):
+    """The delivery log: every try, with what the receiver answered (or why none came)."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[str] = _pk()
+    delivery_id: Mapped[str] = _fk("deliveries.id", index=True, ondelete="CASCADE")
+    attempt: Mapped[int]
+    at: Mapped[datetime] = _created()
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)

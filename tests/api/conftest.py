@@ -34,6 +34,7 @@ from shared.db.migrate import upgrade
 from shared.db.models import Base, Role
 from shared.settings import Settings
 from tests.fixtures_db import throwaway_postgres_database
+from tests.orthanc import orthanc  # noqa: F401  (a fixture: a real PACS for the DICOMweb tests)
 from tests.worker.processes import free_port
 
 # kombu's SQLAlchemy transport (the embedded broker) uses a loader option SQLAlchemy deprecates.

@@ -125,6 +125,10 @@ TOLERATED: dict[str, Tolerance] = {
     # schema-valid upload that is not one is refused (415/422) by design.
     "upload content": lambda code, r, op: (
         code == "ST202" and op in ("POST /v1/jobs", "POST /v1/batches") and _problem_code(r) in INGEST_CODES),
+    # Nor "a callback URL this deployment calls, for a key with a signing secret".
+    "callback target": lambda code, r, op: (
+        code == "ST202" and op in ("POST /v1/jobs", "POST /v1/batches")
+        and _problem_code(r) == "invalid_callback_url"),
     # The cursor is opaque ("any string" in the schema); one the service did not hand out is a 422.
     "opaque cursor": lambda code, r, op: (
         code == "ST202" and op in ("GET /v1/jobs", "GET /v1/evaluations", "GET /v1/reviews/queue")

@@ -28,15 +28,10 @@ from cli.client import (
     WaitTimeout,
 )
 from shared.db.models import Job
-from tests.api.conftest import AppFactory, Keys, Serve
+from tests.api.conftest import Keys
 from tests.api.helpers import count, png, succeed_job, ultrasound_dicom
 
 FAST = RetryPolicy(retries=3, backoff=0.01, backoff_cap=0.05)
-
-
-@pytest.fixture
-def url(make_app: AppFactory, serve: Serve) -> str:
-    return serve(make_app())
 
 
 class DropAfterForward(httpx.BaseTransport):

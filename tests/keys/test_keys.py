@@ -59,6 +59,28 @@ def test_keys_lifecycle_through_the_cli(database_url: str) -> None:
     assert bad.exit_code == 2
 
 
+def test_a_key_s_webhook_through_the_cli(database_url: str) -> None:
+    _cli(database_url, "migrate")
+    _cli(database_url, "keys", "create", "--role", "submitter", "--name", "ris")
+    sessions = make_sessionmaker(make_engine(database_url))
+    with sessions() as session:
+        prefix = session.scalars(select(ApiKey.key_prefix)).one()
+    first = _cli(database_url, "keys", "webhook", prefix, "--url", "https://ris.hospital.example/fada")
+    secret = first.stdout.strip()
+    assert secret.startswith("whsec_") and first.stdout == secret + "\n"  # the secret alone on stdout
+    again = _cli(database_url, "keys", "webhook", prefix, "--url", "https://ris.hospital.example/v2")
+    assert again.stdout == ""  # the secret is kept, and not shown again
+    rotated = _cli(database_url, "keys", "webhook", prefix, "--rotate-secret").stdout.strip()
+    assert rotated.startswith("whsec_") and rotated != secret
+    _cli(database_url, "keys", "webhook", prefix, "--clear")
+    with sessions() as session:
+        key = session.scalars(select(ApiKey)).one()
+        assert (key.webhook_url, key.webhook_secret) == (None, rotated)
+    refused = runner.invoke(app, ["keys", "webhook", prefix, "--url", "gopher://x"],
+                            env={"FADA_DATABASE_URL": database_url})
+    assert refused.exit_code == 2 and "http(s)" in refused.output
+
+
 def test_unknown_role_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     result = runner.invoke(app, ["keys", "create", "--role", "root", "--name", "x"],
                            env={"FADA_DATABASE_URL": f"sqlite:///{tmp_path / 'f.db'}"})

@@ -101,13 +101,13 @@ def test_hitl_stops_after_interpretation_and_resumes_without_recomputing(pipelin
     # The saved state survives a JSON round trip (it is stored in a database between the steps).
     saved = ResultDocument.model_validate_json(waiting.model_dump_json())
     calls: list[str] = []
-    original = pipeline.engine.generate
+    original = pipeline.engine.generate_many
 
-    def counting(prefix, prompt, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(prompt)
-        return original(prefix, prompt, **kwargs)
+    def counting(requests, **kwargs):  # type: ignore[no-untyped-def]
+        calls.extend(request.prompt for request in requests)
+        return original(requests, **kwargs)
 
-    monkeypatch.setattr(pipeline.engine, "generate", counting)
+    monkeypatch.setattr(pipeline.engine, "generate_many", counting)
     done = pipeline.resume(decoded, saved, phases=["detect", "segment"], group="brain")
     assert done.status == "succeeded"
     assert done.mapping is not None and done.mapping.tier == "HITL" and done.mapping.group == "brain"

@@ -1,6 +1,7 @@
 """The job service end to end with real processes: the gateway (in-process ASGI client), a
 Celery worker subprocess, PostgreSQL + Redis or the embedded default (SQLite + kombu's
-SQLAlchemy transport); a worker killed mid-job; Redis restarted with jobs queued."""
+SQLAlchemy transport); webhooks sent by the worker; a worker killed mid-job; Redis restarted
+with jobs queued."""
 
 from __future__ import annotations
 
@@ -17,14 +18,16 @@ from pydicom.data import get_testdata_file
 from sqlalchemy import func, select
 
 from api.app import create_app
+from cli.webhooks import verify_webhook
 from services.jobs import resume_hitl
-from services.keys import create_key
+from services.keys import configure_webhook, create_key
 from services.queue import enqueue_job
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.migrate import upgrade
 from shared.db.models import Job, JobStatus, Result
 from shared.settings import Settings
 from tests.ingest.builders import encode, noise_rgb
+from tests.webhook_receiver import Receiver, running_receiver
 
 from .processes import PrivateRedis, WorkerProcess, require_redis
 
@@ -34,6 +37,7 @@ FAST_RECOVERY = {  # seconds: leases, sweeps and heartbeats scaled down for test
     "FADA_SWEEP_INTERVAL_SECONDS": "0.5",
     "FADA_QUEUED_GRACE_SECONDS": "3",
     "FADA_WORKER_HEARTBEAT_SECONDS": "1",
+    "FADA_NOTIFY_INTERVAL_SECONDS": "0.2",
 }
 
 
@@ -124,7 +128,18 @@ def _dicom() -> bytes:
     return Path(str(get_testdata_file("examples_palette.dcm"))).read_bytes()
 
 
-def test_png_jpeg_dicom_end_to_end(service: Service) -> None:
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with running_receiver() as r:
+        yield r
+
+
+def test_png_jpeg_dicom_end_to_end(service: Service, receiver: Receiver) -> None:
+    engine = make_engine(service.settings.database_url)
+    with make_sessionmaker(engine).begin() as s:
+        _, secret = configure_webhook(s, service.key[:12], url=receiver.url)
+    engine.dispose()
+    assert secret is not None
     service.start_worker()
     service.wait_ready()
     ids = {
@@ -142,6 +157,10 @@ def test_png_jpeg_dicom_end_to_end(service: Service) -> None:
         coco = service.client.get(f"/v1/jobs/{job_id}/coco", headers=service.auth).json()
         assert coco["images"][0]["id"] == job_id
     assert service.count(Result) == 3
+    # the worker announced each job by itself: signed events at a real receiver
+    events = [verify_webhook(secret, r.headers, r.body) for r in receiver.wait_for(3)]
+    assert sorted((e["type"], e["data"]["job_id"]) for e in events) == sorted(
+        ("job.succeeded", job_id) for job_id in ids.values())
 
 
 def test_hitl_job_waits_for_review_then_resumes_on_the_worker(service: Service) -> None:

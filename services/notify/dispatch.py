@@ -1,0 +1,131 @@
+"""The dispatcher: every worker's main process calls ``dispatch_once`` every
+``notify_interval_seconds``. It records new events, claims due deliveries under a short
+lease (so two dispatchers never send the same try), sends them, and logs each try.
+
+A failed try is retried after ``base * 4**(n-1)`` seconds (capped, with +-10 % jitter so a
+receiver coming back is not hit by every retry at once), or after the receiver's
+``Retry-After`` when that is longer, until ``notify_max_attempts`` is spent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import httpx
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.models import ApiKey, Delivery, DeliveryAttempt, DeliveryKind, DeliveryStatus, Job
+from shared.db.types import utcnow
+from shared.settings import Settings
+
+from .outbox import collect_events
+from .send import Attempt, DueDelivery, send
+
+log = logging.getLogger(__name__)
+
+CLAIM_LIMIT = 32
+SENDERS = 4  # concurrent requests: one slow receiver must not hold up the others
+
+
+@dataclass
+class DispatchReport:
+    created: int = 0
+    delivered: list[str] = field(default_factory=list)
+    retrying: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def dispatch_once(sm: sessionmaker[Session], settings: Settings, *, owner: str,
+                  client: httpx.Client | None = None) -> DispatchReport:
+    report = DispatchReport()
+    with sm.begin() as session:
+        report.created = collect_events(session, pacs_stow_url=settings.pacs_stow_url,
+                                        public_url=settings.public_url)
+    lease = timedelta(seconds=settings.notify_timeout_seconds * 3 + 5)
+    with sm.begin() as session:
+        due = claim_due(session, owner=owner, lease=lease)
+    if not due:
+        return report
+    authorization = settings.pacs_authorization.get_secret_value() if settings.pacs_authorization else None
+    own_client = client is None
+    http = client or httpx.Client(timeout=settings.notify_timeout_seconds, follow_redirects=False)
+    try:
+        with ThreadPoolExecutor(max_workers=min(SENDERS, len(due))) as pool:
+            attempts = list(pool.map(lambda d: send(d, http, sm, pacs_authorization=authorization), due))
+    finally:
+        if own_client:
+            http.close()
+    for delivery, attempt in zip(due, attempts, strict=True):
+        with sm.begin() as session:
+            status = record_attempt(session, delivery, attempt, owner=owner, settings=settings)
+        {DeliveryStatus.delivered: report.delivered, DeliveryStatus.failed: report.failed,
+         DeliveryStatus.pending: report.retrying}[status].append(delivery.id)
+        if status is not DeliveryStatus.delivered:
+            log.warning("delivery %s (%s of job %s) try %d: %s", delivery.id, delivery.kind.value,
+                        delivery.job_id, delivery.attempts + 1, attempt.error)
+    return report
+
+
+def claim_due(session: Session, *, owner: str, lease: timedelta, now: datetime | None = None) -> list[DueDelivery]:
+    """Pending deliveries whose time has come and whose lease (if any) has run out."""
+    now = now or utcnow()
+    candidates = session.scalars(
+        select(Delivery.id)
+        .where(Delivery.status == DeliveryStatus.pending, Delivery.next_attempt_at <= now,
+               or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at < now))
+        .order_by(Delivery.next_attempt_at)
+        .limit(CLAIM_LIMIT)
+        .with_for_update(skip_locked=True)
+    ).all()
+    claimed: list[DueDelivery] = []
+    for delivery_id in candidates:
+        row = session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.pending,
+                   or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at < now))
+            .values(lease_owner=owner, lease_expires_at=now + lease)
+            .returning(Delivery.job_id, Delivery.kind, Delivery.url, Delivery.payload, Delivery.attempts),
+            execution_options={"synchronize_session": False},
+        ).first()
+        if row is None:
+            continue
+        secret = session.scalar(select(ApiKey.webhook_secret).join(Job, Job.api_key_id == ApiKey.id)
+                                .where(Job.id == row.job_id))
+        claimed.append(DueDelivery(delivery_id, row.job_id, DeliveryKind(row.kind), row.url, row.payload,
+                                   row.attempts, secret))
+    return claimed
+
+
+def record_attempt(session: Session, delivery: DueDelivery, attempt: Attempt, *, owner: str, settings: Settings,
+                   now: datetime | None = None) -> DeliveryStatus:
+    """Log the try and move the delivery on: delivered, retried later, or failed for good."""
+    now = now or utcnow()
+    number = delivery.attempts + 1
+    session.add(DeliveryAttempt(delivery_id=delivery.id, attempt=number, at=now, status_code=attempt.status_code,
+                                error=attempt.error, duration_ms=attempt.duration_ms))
+    if attempt.ok:
+        status, next_at = DeliveryStatus.delivered, now
+    elif number >= settings.notify_max_attempts:
+        status, next_at = DeliveryStatus.failed, now
+    else:
+        status, next_at = DeliveryStatus.pending, now + timedelta(seconds=retry_delay(number, attempt, settings))
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery.id, Delivery.lease_owner == owner)
+        .values(status=status, attempts=number, next_attempt_at=next_at, lease_owner=None, lease_expires_at=None,
+                last_status_code=attempt.status_code, last_error=attempt.error,
+                delivered_at=now if attempt.ok else None),
+        execution_options={"synchronize_session": False},
+    )
+    return status
+
+
+def retry_delay(tries: int, attempt: Attempt, settings: Settings) -> float:
+    backoff = settings.notify_retry_base_seconds * 4 ** (tries - 1) * random.uniform(0.9, 1.1)
+    wanted = max(backoff, attempt.retry_after or 0.0)
+    return min(wanted, settings.notify_retry_max_seconds)

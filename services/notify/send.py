@@ -1,0 +1,106 @@
+"""Sending one delivery: a signed webhook POST, or the job's SR stored to the PACS by STOW-RS.
+Returns what happened; never raises for the receiver's behaviour."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.export.dicom_sr import build_sr, source_instance, sr_bytes
+from services.jobs import get_result
+from shared.db.models import DeliveryKind
+from shared.schemas.results import ResultDocument
+
+from .signing import webhook_headers
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    id: str
+    job_id: str
+    kind: DeliveryKind
+    url: str
+    payload: dict[str, Any]
+    attempts: int  # tries before this one
+    secret: str | None  # the job's key's webhook secret
+
+
+@dataclass(frozen=True)
+class Attempt:
+    ok: bool
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+    retry_after: float | None = None  # seconds the receiver asked us to wait
+
+
+def send(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Session], *,
+         pacs_authorization: str | None) -> Attempt:
+    started = time.perf_counter()
+    try:
+        if delivery.kind is DeliveryKind.webhook:
+            response = _post_webhook(delivery, client)
+        else:
+            response = _store_sr(delivery, client, sm, pacs_authorization)
+    except (httpx.HTTPError, _Unsendable) as exc:
+        return Attempt(False, None, f"{type(exc).__name__}: {exc}"[:1000], _ms(started))
+    ok = 200 <= response.status_code < 300
+    error = None if ok else f"HTTP {response.status_code}: {response.text[:300]}"
+    return Attempt(ok, response.status_code, error, _ms(started), _retry_after(response))
+
+
+class _Unsendable(Exception):
+    """The delivery cannot be built (no secret any more, no result): retrying may help once
+    an operator fixes it, so it counts as a failed try."""
+
+
+def _post_webhook(delivery: DueDelivery, client: httpx.Client) -> httpx.Response:
+    if not delivery.secret:
+        raise _Unsendable("the job's API key has no webhook secret (fada keys webhook)")
+    body = json.dumps(delivery.payload, separators=(",", ":")).encode()
+    headers = webhook_headers(delivery.secret, delivery.id, int(time.time()), body)
+    return client.post(delivery.url, content=body, headers=headers)
+
+
+def _store_sr(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Session],
+              authorization: str | None) -> httpx.Response:
+    with sm() as session:
+        result = get_result(session, delivery.job_id)
+        if result is None:
+            raise _Unsendable(f"job {delivery.job_id} has no result")
+        source = source_instance(session, delivery.job_id)
+        document = ResultDocument.model_validate(result.document)
+    dataset = sr_bytes(build_sr(document, source, job_id=delivery.job_id))
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + dataset
+            + f"\r\n--{boundary}--\r\n".encode())
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+               "Accept": "application/dicom+json"}
+    if authorization:
+        headers["Authorization"] = authorization
+    return client.post(delivery.url, content=body, headers=headers)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

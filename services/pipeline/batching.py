@@ -1,0 +1,301 @@
+"""Decoding many phase requests together: one model forward per step for all running rows.
+
+Each request is prefilled alone (a private copy of its image prefix continued with its phase
+suffix, batch of one, exactly what a single request does), then its row joins the running
+batch. The batch is one ``DynamicCache``:
+
+* full-attention KV are left-padded to a common length and a 2D attention mask zeroes the
+  padding. Left padding puts every row's new token in the same (last) cache slot;
+* linear-attention conv and recurrent states have a fixed size per row and are just stacked.
+  For a one-token step qwen3_5 gives those layers no mask at all
+  (``create_recurrent_attention_mask`` returns None when the input is one token long), which is
+  right: they only see the new token and their own state, never the padded KV;
+* positions are passed explicitly, ``[3, B, 1]``: each row's real length plus its own
+  multimodal ``rope_delta``. Without them the model would take the padded cache length (or
+  ``attention_mask.cumsum``) plus the single ``rope_deltas`` kept on the model object, which is
+  right for one row at most.
+
+A row leaves the batch as soon as it is done (stop token, grammar terminated, budget spent):
+its slice is dropped from every cache tensor and the padding no row needs any more is cut.
+Waiting requests join at every step while fewer than ``max_batch`` rows run (continuous
+batching), so at most ``max_batch`` rows are decoded at once and a long answer does not hold a
+slot that a finished one could use.
+
+With greedy decoding every row gets the tokens it would get alone, up to float rounding:
+batched matrix products and the masked attention kernel add in another order (about 1e-6 on
+the tiny float32 model), so only a near-exact tie between the two best logits could differ.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+import xgrammar as xgr
+from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+from transformers.cache_utils import DummyLayer, DynamicLayer, LinearAttentionCacheLayerMixin
+
+from services.pipeline.profile import Decoding
+
+if TYPE_CHECKING:
+    from services.pipeline.engine import Engine, ImagePrefix
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One phase answer to decode from an encoded image."""
+
+    prefix: ImagePrefix
+    prompt: str
+    grammar: xgr.CompiledGrammar | None
+    max_new_tokens: int
+    decoding: Decoding
+    seed: int
+    min_new_tokens: int = 0  # stop tokens are suppressed until this many tokens exist
+
+
+@dataclass
+class Decoded:
+    """One request's answer before detokenisation."""
+
+    token_ids: list[int]
+    finished: bool  # False when max_new_tokens ran out before a stop token
+    latency_ms: float  # from its prefill to its last token
+    prefill_tokens: int
+    input_ids: list[int]  # the whole prompt: image prefix and phase suffix
+
+
+class Sampler:
+    """Greedy by default (deterministic, auditable); temperature + top-p when asked."""
+
+    def __init__(self, decoding: Decoding, seed: int) -> None:
+        self.greedy = decoding.strategy == "greedy"
+        self.warpers = [TemperatureLogitsWarper(decoding.temperature), TopPLogitsWarper(decoding.top_p)]
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def pick(self, scores: torch.Tensor) -> int:
+        """One token from ``scores`` of shape [1, vocab]."""
+        if self.greedy:
+            return int(scores.argmax(dim=-1)[0])
+        for warp in self.warpers:
+            scores = warp(None, scores)  # the warpers ignore input_ids
+        probs = torch.softmax(scores, dim=-1).cpu()
+        return int(torch.multinomial(probs, 1, generator=self.generator)[0, 0])
+
+
+class _Row:
+    """One request while it decodes."""
+
+    def __init__(self, index: int, request: GenRequest, *, started: float, suffix: list[int]) -> None:
+        self.index = index  # where its answer goes in the result list
+        self.request = request
+        self.started = started
+        self.input_ids = request.prefix.input_ids[0].tolist() + suffix
+        self.prefill_tokens = len(suffix)
+        self.length = len(self.input_ids)  # tokens in its cache, padding excluded
+        self.rope_delta = int(request.prefix.rope_deltas.reshape(-1)[0])
+        self.matcher = xgr.GrammarMatcher(request.grammar) if request.grammar is not None else None
+        self.sampler = Sampler(request.decoding, request.seed)
+        self.tokens: list[int] = []
+        self.finished = False
+
+    @property
+    def holds_stop(self) -> bool:
+        return len(self.tokens) < self.request.min_new_tokens
+
+    def accept(self, token: int, stop_ids: set[int]) -> bool:
+        """Take the picked token; True when the row is done."""
+        if token in stop_ids:
+            self.finished = True
+            return True
+        self.tokens.append(token)
+        if self.matcher is not None:
+            if not self.matcher.accept_token(token):  # cannot happen under the mask; be explicit
+                return True
+            if self.matcher.is_terminated():
+                self.finished = True
+                return True
+        return len(self.tokens) >= self.request.max_new_tokens
+
+    def result(self) -> Decoded:
+        return Decoded(token_ids=self.tokens, finished=self.finished,
+                       latency_ms=(time.perf_counter() - self.started) * 1000,
+                       prefill_tokens=self.prefill_tokens, input_ids=self.input_ids)
+
+
+class _Batch:
+    """Running rows, their shared cache and each row's next-token logits."""
+
+    def __init__(self, rows: list[_Row], cache: Any, pads: list[int], logits: torch.Tensor) -> None:
+        self.rows = rows
+        self.cache = cache
+        self.pads = pads  # left padding of each row's full-attention KV
+        self.logits = logits  # [len(rows), vocab]
+
+    @property
+    def width(self) -> int:
+        """Padded KV length, the same for every row."""
+        return self.pads[0] + self.rows[0].length
+
+    @classmethod
+    def join(cls, parts: Sequence[_Batch]) -> _Batch:
+        """One batch of all the parts' rows (the first part's cache object is reused)."""
+        if len(parts) == 1:
+            return parts[0]
+        width = max(part.width for part in parts)
+        extra = [width - part.width for part in parts]
+        cache = _stack_caches([part.cache for part in parts], extra)
+        return cls(rows=[row for part in parts for row in part.rows], cache=cache,
+                   pads=[pad + more for part, more in zip(parts, extra, strict=True) for pad in part.pads],
+                   logits=torch.cat([part.logits for part in parts]))
+
+    def keep(self, indices: list[int]) -> _Batch | None:
+        """Only these rows stay; None when no row does."""
+        if not indices:
+            return None
+        if len(indices) < len(self.rows):
+            self.cache.reorder_cache(torch.tensor(indices, device=self.logits.device))
+            self.rows = [self.rows[i] for i in indices]
+            self.pads = [self.pads[i] for i in indices]
+            self.logits = self.logits[indices]
+        cut = min(self.pads)
+        if cut:  # padding that every remaining row has: attention work for nothing
+            _cut_left(self.cache, cut)
+            self.pads = [pad - cut for pad in self.pads]
+        return self
+
+    def pick(self, engine: Engine) -> list[int]:
+        """The next token of every row: grammar mask, stop suppression, then its sampler."""
+        scores = self.logits.float()
+        constrained = [i for i, row in enumerate(self.rows) if row.matcher is not None]
+        if constrained:
+            bitmask = xgr.allocate_token_bitmask(len(self.rows), engine.vocab_size)
+            for i in constrained:
+                self.rows[i].matcher.fill_next_token_bitmask(bitmask, i)  # type: ignore[union-attr]
+            xgr.apply_token_bitmask_inplace(scores, bitmask.to(scores.device), indices=constrained)
+        for i, row in enumerate(self.rows):
+            if row.holds_stop:
+                _suppress(scores[i], sorted(engine.stop_ids))
+        greedy = scores.argmax(dim=-1).tolist()
+        return [greedy[i] if row.sampler.greedy else row.sampler.pick(scores[i:i + 1])
+                for i, row in enumerate(self.rows)]
+
+    def step(self, model: Any, tokens: list[int]) -> None:
+        """Feed every row its new token; keeps the logits for the next pick."""
+        device = self.logits.device
+        positions = torch.tensor([row.length + row.rope_delta for row in self.rows], device=device)
+        out = model(input_ids=torch.tensor(tokens, device=device).view(-1, 1), cache=self.cache, use_cache=True,
+                    attention_mask=self._attention_mask(device),
+                    position_ids=positions.view(1, -1, 1).expand(3, -1, -1))
+        self.logits = out.logits[:, -1, :]
+        for row in self.rows:
+            row.length += 1
+
+    def _attention_mask(self, device: torch.device) -> torch.Tensor | None:
+        """[B, width + 1], zero on each row's left padding; None without padding, so an unpadded
+        batch (a single request in particular) runs exactly the unmasked kernels."""
+        if not any(self.pads):
+            return None
+        pads = torch.tensor(self.pads, device=device)
+        return (torch.arange(self.width + 1, device=device)[None, :] >= pads[:, None]).long()
+
+
+def decode_many(engine: Engine, requests: Sequence[GenRequest], *, max_batch: int) -> list[Decoded]:
+    """Every request's answer, in request order; at most ``max_batch`` rows decode at once."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+    results: list[Decoded | None] = [None] * len(requests)
+    waiting = deque(range(len(requests)))
+    batch: _Batch | None = None
+    while waiting or batch is not None:
+        batch = _refill(engine, batch, requests, waiting, max_batch, results)
+        if batch is None:
+            continue
+        tokens = batch.pick(engine)
+        running: list[int] = []
+        for i, (row, token) in enumerate(zip(batch.rows, tokens, strict=True)):
+            if row.accept(token, engine.stop_ids):
+                results[row.index] = row.result()
+            else:
+                running.append(i)
+        batch = batch.keep(running)
+        if batch is not None:
+            batch.step(engine.model, [tokens[i] for i in running])
+    done = [result for result in results if result is not None]
+    if len(done) != len(requests):  # every request leaves through accept() or a zero budget
+        raise RuntimeError("batched decoding lost a request")
+    return done
+
+
+def _refill(engine: Engine, batch: _Batch | None, requests: Sequence[GenRequest], waiting: deque[int],
+            max_batch: int, results: list[Decoded | None]) -> _Batch | None:
+    """Prefill waiting requests, one at a time, into the free rows."""
+    joining: list[_Batch] = []
+    room = max_batch - (len(batch.rows) if batch is not None else 0)
+    while waiting and len(joining) < room:
+        index = waiting.popleft()
+        single = _prefill(engine, index, requests[index])
+        if requests[index].max_new_tokens <= 0:  # nothing to decode
+            results[index] = single.rows[0].result()
+        else:
+            joining.append(single)
+    parts = ([batch] if batch is not None else []) + joining
+    return _Batch.join(parts) if parts else None
+
+
+def _prefill(engine: Engine, index: int, request: GenRequest) -> _Batch:
+    started = time.perf_counter()
+    suffix = engine.suffix_ids(request.prompt)
+    cache, logits = engine.prefill(request.prefix, suffix)
+    row = _Row(index, request, started=started, suffix=suffix[0].tolist())
+    return _Batch([row], cache, [0], logits)
+
+
+def _suppress(scores: torch.Tensor, stop_ids: list[int]) -> None:
+    """No stop token in this row of scores, unless nothing else is allowed (a grammar that must end)."""
+    kept = scores[stop_ids].clone()
+    scores[stop_ids] = float("-inf")
+    if bool(torch.isneginf(scores).all()):
+        scores[stop_ids] = kept
+
+
+def _kv_layer(layer: Any) -> bool:
+    """Whether the cache layer holds per-token keys and values (full attention)."""
+    if isinstance(layer, DynamicLayer):
+        if layer.is_sliding:  # a window would drop real tokens before padding: not supported
+            raise NotImplementedError("batched decoding does not support sliding-window cache layers")
+        return bool(layer.is_initialized)
+    if not isinstance(layer, (LinearAttentionCacheLayerMixin, DummyLayer)):
+        raise NotImplementedError(f"batched decoding does not support {type(layer).__name__} cache layers")
+    return False
+
+
+def _stack_caches(caches: Sequence[Any], extra_pads: Sequence[int]) -> Any:
+    """Stack the caches' rows into the first one: KV left-padded by ``extra_pads``, states concatenated."""
+    target = caches[0]
+    for index, layer in enumerate(target.layers):
+        layers = [cache.layers[index] for cache in caches]
+        if isinstance(layer, LinearAttentionCacheLayerMixin):
+            for state in range(layer.number_of_states):
+                if layer.is_conv_states_initialized[state]:
+                    layer.conv_states[state] = torch.cat([each.conv_states[state] for each in layers])
+                if layer.is_recurrent_states_initialized[state]:
+                    layer.recurrent_states[state] = torch.cat([each.recurrent_states[state] for each in layers])
+        if _kv_layer(layer):
+            padded = list(zip(layers, extra_pads, strict=True))
+            layer.keys = torch.cat([F.pad(each.keys, (0, 0, pad, 0)) for each, pad in padded])
+            layer.values = torch.cat([F.pad(each.values, (0, 0, pad, 0)) for each, pad in padded])
+    return target
+
+
+def _cut_left(cache: Any, count: int) -> None:
+    """Drop the first ``count`` (padding) positions of every full-attention layer."""
+    for layer in cache.layers:
+        if _kv_layer(layer):
+            layer.keys = layer.keys[:, :, count:, :]
+            layer.values = layer.values[:, :, count:, :]

@@ -1,0 +1,238 @@
+"""Webhooks end to end on PostgreSQL and SQLite: jobs submitted through the gateway, events
+sent by the dispatcher to a real HTTP receiver on loopback, which checks the Standard
+Webhooks signature with the client's verification helper."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cli.client import ApiError, FadaClient
+from cli.webhooks import WebhookVerificationError, verify_webhook
+from services.keys import configure_webhook
+from services.notify import dispatch_once, sign
+from services.notify.dispatch import DispatchReport
+from shared.db.models import Delivery, DeliveryStatus, Job
+from shared.settings import Settings
+from tests.webhook_receiver import Receiver, running_receiver
+
+from .conftest import AppFactory, ClientFactory, Keys, Serve, make_settings
+from .helpers import assert_problem, file_part, png, succeed_job
+
+THIN_KEYS = {"type", "timestamp", "data"}
+DATA_KEYS = {"job_id", "status", "batch_id", "links"}
+
+
+@pytest.fixture
+def receiver() -> Any:
+    with running_receiver() as r:
+        yield r
+
+
+def _hook_key(sm: sessionmaker[Session], keys: Keys, url: str | None) -> str:
+    with sm.begin() as session:
+        _, secret = configure_webhook(session, keys.submitter.id, url=url)
+    assert secret is not None and secret.startswith("whsec_")
+    return secret
+
+
+def _submit(client: TestClient, keys: Keys, **fields: str) -> str:
+    r = client.post("/v1/jobs", files=file_part(png()), data=fields, headers=keys.submitter.headers)
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def _settings(db_url: str, tmp_path: Path, broker_url: str, **overrides: Any) -> Settings:
+    return make_settings(db_url, tmp_path, broker_url, **{"notify_retry_base_seconds": 0.05, **overrides})
+
+
+def _dispatch_until(sm: sessionmaker[Session], settings: Settings, done: Any,
+                    timeout: float = 20) -> list[DispatchReport]:
+    reports, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reports.append(dispatch_once(sm, settings, owner="test-dispatcher"))
+        if done():
+            return reports
+        time.sleep(0.02)
+    raise AssertionError(f"not done after {timeout} s: {reports}")
+
+
+def test_the_signature_matches_the_standard_webhooks_example() -> None:
+    # the example of the Standard Webhooks specification (and of its reference libraries)
+    assert sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
+                b'{"test": 2432232314}') == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_a_finished_job_is_announced_once_signed_and_thin(make_client: ClientFactory, keys: Keys,
+                                                        sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+                                                        tmp_path: Path, broker_url: str) -> None:
+    secret = _hook_key(sm, keys, receiver.url)
+    client = make_client(public_url="https://fada.example.org")
+    job_id = _submit(client, keys)
+    settings = _settings(db_url, tmp_path, broker_url, public_url="https://fada.example.org")
+    assert dispatch_once(sm, settings, owner="d").created == 0  # queued: nothing to say yet
+    succeed_job(sm, job_id)
+    report = dispatch_once(sm, settings, owner="d")
+    assert report.created == 1 and len(report.delivered) == 1
+    [got] = receiver.wait_for(1)
+    event = verify_webhook(secret, got.headers, got.body)
+    assert set(event) == THIN_KEYS and set(event["data"]) == DATA_KEYS
+    assert event["type"] == "job.succeeded" and event["data"]["job_id"] == job_id
+    base = f"https://fada.example.org/v1/jobs/{job_id}"
+    assert event["data"]["links"] == {"job": base, "result": f"{base}/result", "coco": f"{base}/coco"}
+    assert got.headers["webhook-id"] == report.delivered[0]
+    with pytest.raises(WebhookVerificationError):  # the receiver refuses anything tampered with
+        verify_webhook(secret, got.headers, got.body.replace(b"succeeded", b"failed"))
+    # nothing new: nothing more is sent
+    assert dispatch_once(sm, settings, owner="d") == DispatchReport()
+    assert len(receiver.requests) == 1
+    log = client.get(f"/v1/jobs/{job_id}/deliveries", headers=keys.submitter.headers).json()
+    assert [(d["kind"], d["event"], d["status"], d["url"]) for d in log] == [
+        ("webhook", "job.succeeded", "delivered", receiver.url)]
+    assert [(t["attempt"], t["status_code"], t["error"]) for t in log[0]["tries"]] == [(1, 200, None)]
+    assert client.get(f"/v1/jobs/{job_id}/deliveries", headers=keys.other_submitter.headers).status_code == 404
+    with sm() as session:
+        assert session.get(Job, job_id).notify is False  # type: ignore[union-attr]  (final: no longer scanned)
+
+
+def test_each_status_of_a_hitl_job_is_announced(make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session],
+                                               receiver: Receiver, db_url: str, tmp_path: Path,
+                                               broker_url: str) -> None:
+    secret = _hook_key(sm, keys, receiver.url)
+    client = make_client()
+    job_id = _submit(client, keys, mode="hitl")
+    settings = _settings(db_url, tmp_path, broker_url)
+    succeed_job(sm, job_id, awaiting_review=True)
+    dispatch_once(sm, settings, owner="d")
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=keys.submitter.headers).status_code == 200
+    dispatch_once(sm, settings, owner="d")
+    events = [verify_webhook(secret, r.headers, r.body) for r in receiver.wait_for(2)]
+    assert [(e["type"], e["data"]["status"]) for e in events] == [
+        ("job.awaiting_review", "awaiting_review"), ("job.canceled", "canceled")]
+    assert events[0]["data"]["links"] == {"job": f"/v1/jobs/{job_id}", "result": f"/v1/jobs/{job_id}/result"}
+    assert len({r.headers["webhook-id"] for r in receiver.requests}) == 2
+
+
+def test_failed_tries_are_retried_with_backoff_and_logged(make_client: ClientFactory, keys: Keys,
+                                                         sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+                                                         tmp_path: Path, broker_url: str) -> None:
+    secret = _hook_key(sm, keys, receiver.url)
+    receiver.script = [(500, {}), (503, {"Retry-After": "1"})]
+    client = make_client()
+    job_id = _submit(client, keys)
+    succeed_job(sm, job_id)
+    settings = _settings(db_url, tmp_path, broker_url, notify_retry_base_seconds=0.2)
+    _dispatch_until(sm, settings, lambda: len(receiver.requests) == 3)
+    first, second, third = receiver.requests
+    # the same message every time (one webhook-id), each try signed afresh
+    assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1
+    assert all(verify_webhook(secret, r.headers, r.body)["data"]["job_id"] == job_id for r in receiver.requests)
+    assert second.at - first.at >= 0.2 * 0.9  # the first backoff
+    assert third.at - second.at >= 1.0  # Retry-After outweighs the (shorter) second backoff
+    log = client.get(f"/v1/jobs/{job_id}/deliveries", headers=keys.submitter.headers).json()
+    assert log[0]["status"] == "delivered" and log[0]["attempts"] == 3
+    assert [t["status_code"] for t in log[0]["tries"]] == [500, 503, 200]
+    assert log[0]["tries"][0]["error"].startswith("HTTP 500")
+
+
+def test_a_receiver_that_never_accepts_ends_failed(make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session],
+                                                  db_url: str, tmp_path: Path, broker_url: str) -> None:
+    with running_receiver() as gone:
+        url = gone.url  # the port is closed once the receiver stops: connections are refused
+    _hook_key(sm, keys, url)
+    client = make_client()
+    job_id = _submit(client, keys)
+    succeed_job(sm, job_id)
+    settings = _settings(db_url, tmp_path, broker_url, notify_max_attempts=2, notify_retry_base_seconds=0.01)
+
+    def ended() -> bool:
+        with sm() as session:
+            return session.scalar(select(Delivery.status)) is DeliveryStatus.failed
+
+    _dispatch_until(sm, settings, ended)
+    log = client.get(f"/v1/jobs/{job_id}/deliveries", headers=keys.submitter.headers).json()
+    assert log[0]["status"] == "failed" and log[0]["next_attempt_at"] is None
+    assert [(t["attempt"], t["status_code"]) for t in log[0]["tries"]] == [(1, None), (2, None)]
+    assert "ConnectError" in log[0]["last_error"]
+
+
+def test_a_job_s_own_callback_url_needs_a_signing_secret(make_app: AppFactory, serve: Serve, keys: Keys,
+                                                        sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+                                                        tmp_path: Path, broker_url: str) -> None:
+    fada = FadaClient(serve(make_app()), keys.submitter.secret)  # the Python client, over real HTTP
+    with pytest.raises(ApiError) as refused:
+        fada.submit(png(), callback_url=receiver.url)
+    assert refused.value.status == 422 and refused.value.problem["code"] == "invalid_callback_url"
+    assert "webhook secret" in refused.value.problem["detail"]
+    secret = _hook_key(sm, keys, None)  # a secret, no default URL
+    plain = fada.submit(png())["id"]
+    own = fada.submit(png(), callback_url=receiver.url + "?job=mine")["id"]
+    for job_id in (plain, own):
+        succeed_job(sm, job_id)
+    dispatch_once(sm, _settings(db_url, tmp_path, broker_url), owner="d")
+    [got] = receiver.wait_for(1)
+    assert got.path == "/hooks/fada?job=mine"
+    assert verify_webhook(secret, got.headers, got.body)["data"]["job_id"] == own
+    with sm() as session:
+        assert session.get(Job, plain).notify is False  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("ftp://127.0.0.1/x", "http(s)"), ("http://user:pw@127.0.0.1/x", "credentials"),
+    ("http://10.1.2.3/x", "not in the allowed hosts"), ("/relative", "http(s)"),
+])
+def test_callback_urls_the_service_will_not_call(make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session],
+                                                url: str, why: str) -> None:
+    _hook_key(sm, keys, None)
+    client = make_client(webhook_allowed_hosts=["127.0.0.1", ".hospital.example"])
+    refused = client.post("/v1/batches", files=[("file", ("a.png", png(), "image/png"))], data={"callback_url": url},
+                          headers=keys.submitter.headers)
+    assert why in assert_problem(refused, 422, "invalid_callback_url")["detail"]
+    for allowed in ("http://127.0.0.1:9/x", "https://pacs.hospital.example/hook"):
+        ok = client.post("/v1/jobs", files=file_part(png()), data={"callback_url": allowed},
+                         headers=keys.submitter.headers)
+        assert ok.status_code == 202, ok.text
+    with sm() as session:
+        assert session.scalars(select(Job.webhook_url).order_by(Job.created_at)).all() == [
+            "http://127.0.0.1:9/x", "https://pacs.hospital.example/hook"]
+
+
+def test_two_dispatchers_send_each_event_once(make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session],
+                                             receiver: Receiver, db_url: str, tmp_path: Path,
+                                             broker_url: str) -> None:
+    _hook_key(sm, keys, receiver.url)
+    client = make_client()
+    job_ids = [_submit(client, keys) for _ in range(6)]
+    for job_id in job_ids:
+        succeed_job(sm, job_id)
+    settings = _settings(db_url, tmp_path, broker_url)
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run(owner: str) -> None:
+        start.wait()
+        try:
+            for _ in range(3):
+                dispatch_once(sm, settings, owner=owner)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f"dispatcher-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    sent = sorted(json.loads(r.body)["data"]["job_id"] for r in receiver.wait_for(6))
+    time.sleep(0.2)
+    assert sorted(json.loads(r.body)["data"]["job_id"] for r in receiver.requests) == sorted(job_ids) == sent
+    with sm() as session:
+        assert session.scalars(select(Delivery.status)).all() == [DeliveryStatus.delivered] * 6

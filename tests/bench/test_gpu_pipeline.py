@@ -1,0 +1,143 @@
+"""bench/gpu_pipeline.py on the CPU with the toy model: both paths run, figures are sane.
+
+The GPU figures themselves need a GPU; this keeps the script that produces them working (the
+GPU host gets one try at it) and checks the 4B shape's config and memory model, which need
+none.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from services.models.shapes import SHAPES, image_tokens, load_shape_json, memory_model, shape_config
+from services.models.tiny import build_tokenizer
+from services.pipeline.profile import load_profile
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_pipeline.py"
+LENGTHS = {"interpret": 8, "classify": 4, "detect": 8, "segment": 16}
+
+
+def _load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_pipeline", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return _load_script()
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return build_tokenizer(load_profile())
+
+
+def _lengths_arg(lengths: dict[str, int]) -> str:
+    return ",".join(f"{phase}={n}" for phase, n in lengths.items())
+
+
+def test_tiny_run_measures_both_paths(bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    results = bench.main(["--tiny", "--batch-size", "2", "--images", "2", "--size", "128x96",
+                          "--lengths", _lengths_arg(LENGTHS), "--json", str(out),
+                          "--memory-sweep", "1", "--sweep-lengths", "interpret=1,classify=1,detect=1,segment=2"])
+
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))  # the JSON is the whole report
+    assert results["card"].startswith("cpu") and results["shape"] == "tiny" and results["lengths"] == LENGTHS
+    assert isinstance(results["kernels"]["fla"]["in_use"], bool)
+    for path, images in (("worker", 2), ("reference", 1)):
+        figures = results[path]
+        assert figures["images"] == images
+        # Forced lengths: every answer of every phase has exactly its budget, on both paths.
+        assert figures["tokens"] == {phase: [n] * images for phase, n in LENGTHS.items()}
+        assert figures["s_per_image"] > 0
+        assert figures["images_per_s"] == pytest.approx(1 / figures["s_per_image"], rel=1e-2)
+        assert figures["timer"]["decode_step_ms"] > 0
+        assert figures["peak_memory"] is None  # CPU: no device allocator to ask
+    assert results["reference"]["extrapolated"] is False
+    assert set(results["reference"]["timer"]["decode_steps_by_batch"]) == {"1"}
+    # Two images per round at batch 2: the worker decodes two rows at a time.
+    assert "2" in results["worker"]["timer"]["decode_steps_by_batch"]
+    assert results["worker"]["stopped"] is None and results["worker"]["rounds"] == 1
+    assert results["speedup"] > 0
+    assert results["speedup"] == pytest.approx(
+        results["reference"]["s_per_image"] / results["worker"]["s_per_image"], rel=1e-2)
+    sizes = [row["bytes"] for row in results["computed_memory"]]
+    assert sizes == sorted(sizes) and sizes[0] > results["weight_bytes"]
+    assert results["memory_sweep"]["rows"][0]["batch"] == 1 and results["memory_sweep"]["rows"][0]["seconds"] > 0
+
+
+def test_time_budget_cuts_stages_short_and_extrapolates(bench: ModuleType) -> None:
+    """Past the budget: the first worker round still runs, the rest is skipped, the reference
+    stops at its first token and is extrapolated, and the run still reports."""
+    results = bench.main(["--tiny", "--batch-size", "1", "--images", "2", "--size", "64x64", "--time-budget-s", "0",
+                          "--no-warmup", "--lengths", "interpret=3,classify=2,detect=2,segment=3"])
+    assert results["worker"]["images"] == 1 and results["worker"]["stopped"].startswith("time budget")
+    reference = results["reference"]
+    assert reference["extrapolated"] is True and reference["s_per_image"] > 0
+    assert all(n < 3 for n in reference["tokens"]["interpret"])
+    assert any("extrapolated" in note for note in results["notes"])
+
+
+def test_parse_lengths(bench: ModuleType) -> None:
+    assert bench.parse_lengths(_lengths_arg(bench.FULL_LENGTHS)) == bench.FULL_LENGTHS
+    for bad in ("interpret=8", "interpret=0,classify=1,detect=1,segment=1", "draw=1"):
+        with pytest.raises(Exception, match="length"):
+            bench.parse_lengths(bad)
+    assert bench.peak_lengths(bench.FULL_LENGTHS) == {"interpret": 4, "classify": 4, "detect": 4, "segment": 600}
+
+
+def test_out_of_memory_is_survived_and_other_errors_are_not(bench: ModuleType) -> None:
+    """An OOM in a worker round or a sweep size is recorded, not fatal; anything else is a bug."""
+    import torch
+
+    def oom() -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def bug() -> None:
+        raise ValueError("shape mismatch")
+
+    cpu = torch.device("cpu")
+    assert bench._survives_oom(oom, cpu) is False
+    assert bench._survives_oom(lambda: None, cpu) is True
+    with pytest.raises(ValueError):
+        bench._survives_oom(bug, cpu)
+
+
+def test_4b_shape_config(tokenizer: Any) -> None:
+    """The shape file is the Qwen3.5-4B layout; the tokenizer's ids replace the real Qwen ids."""
+    raw = load_shape_json("qwen3_5-4b")
+    assert raw["image_token_id"] == 248056  # the stored file keeps the real Qwen3.5 ids
+    config = shape_config("qwen3_5-4b", tokenizer)
+    text: Any = config.text_config
+    vision: Any = config.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, text.head_dim, text.vocab_size) == (2560, 32, 256, 248320)
+    assert text.layer_types == ["linear_attention", "linear_attention", "linear_attention", "full_attention"] * 8
+    assert (vision.depth, vision.out_hidden_size) == (24, 2560)
+    vocab = tokenizer.get_vocab()
+    assert config.image_token_id == vocab["<|image_pad|>"] and text.eos_token_id == tokenizer.eos_token_id
+    assert "tiny" in SHAPES and "qwen3_5-4b" in SHAPES
+
+
+def test_4b_memory_model(tokenizer: Any) -> None:
+    """Sizes computed from the config (meta device, no memory): ~4.5 B params, 9 GB of bf16."""
+    memory = memory_model(shape_config("qwen3_5-4b", tokenizer))
+    assert 4.4e9 < memory.params < 4.7e9 and memory.weight_bytes == 2 * memory.params
+    assert (memory.full_layers, memory.linear_layers) == (8, 24)
+    assert memory.kv_bytes_per_token == 8 * 2 * 4 * 256 * 2  # layers x (k, v) x kv heads x head_dim x bf16
+    # fp32 recurrent state 32 heads x 128 x 128, plus a 4-wide bf16 conv state of 8192 channels, per layer
+    assert memory.linear_state_bytes == 24 * (32 * 128 * 128 * 4 + 8192 * 4 * 2)
+    assert memory.worker_bytes(2, prefix_tokens=800, max_tokens=1500) > memory.worker_bytes(1, prefix_tokens=800,
+                                                                                             max_tokens=1500)
+    assert image_tokens(1024, 768) == 768

@@ -1,0 +1,261 @@
+"""Batching across jobs: every item of a batch gets exactly what it gets alone (greedy)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.ingest import DecodedImage, decode_image
+from services.models.loader import LoadedModel
+from services.pipeline import grammars
+from services.pipeline.batching import GenRequest
+from services.pipeline.engine import Engine, ImagePrefix
+from services.pipeline.profile import Profile
+from services.pipeline.runner import BatchItem, Pipeline, ResumeError
+from shared.schemas.results import ResultDocument
+
+RESUME_PHASES = ("detect", "segment")
+# Smaller still than SMALL_BUDGETS (tests/conftest.py): the random model writes every string to
+# its bound, and these budgets shrink the bounds so the whole file stays quick.
+TINY_BUDGETS = {"interpret": 220, "classify": 32, "detect": 60, "keypoints": 100, "segment": 100}
+
+
+def _decoded(width: int, height: int, seed: int) -> DecodedImage:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return decode_image(buffer.getvalue())
+
+
+def _comparable(doc: ResultDocument) -> dict[str, Any]:
+    """The whole document except timings."""
+    data = doc.model_dump()
+    for report in data["phases"].values():
+        report.pop("latency_ms")
+    return data
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(small_profile: Profile) -> Profile:
+    budgets = small_profile.max_new_tokens.model_copy(update=TINY_BUDGETS)
+    return small_profile.model_copy(update={"max_new_tokens": budgets})
+
+
+@pytest.fixture(scope="module")
+def engine(loaded_tiny: LoadedModel, tiny_profile: Profile) -> Engine:
+    return Engine(loaded_tiny, max_side=tiny_profile.image.max_side)
+
+
+@pytest.fixture(scope="module")
+def pipeline(engine: Engine, tiny_profile: Profile, loaded_tiny: LoadedModel) -> Pipeline:
+    # max_batch below the 4 requests of the first wave: rows are refilled as others finish.
+    return Pipeline(engine, tiny_profile, loaded_tiny.provenance, max_batch=3)
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, DecodedImage]:
+    return {
+        "small": _decoded(40, 36, 0),
+        "wide": _decoded(1100, 420, 1),  # longer than max_side (1024): shrunk before encoding
+        "square": _decoded(96, 96, 2),
+        "mid": _decoded(200, 137, 3),
+    }
+
+
+@pytest.fixture(scope="module")
+def waiting(pipeline: Pipeline, images: dict[str, DecodedImage]) -> ResultDocument:
+    """A saved HITL document, as the database returns it."""
+    doc = pipeline.analyze(images["square"], mode="hitl")
+    return ResultDocument.model_validate_json(doc.model_dump_json())
+
+
+@pytest.fixture(scope="module")
+def items(images: dict[str, DecodedImage], waiting: ResultDocument) -> list[BatchItem]:
+    return [
+        BatchItem(images["small"]),
+        BatchItem(images["wide"], mode="hitl"),
+        BatchItem(images["square"], resume_state=waiting, phases=RESUME_PHASES, group="brain"),
+        BatchItem(images["mid"], resume_state=waiting, phases=RESUME_PHASES),  # not this document's image
+    ]
+
+
+@pytest.fixture(scope="module")
+def alone(pipeline: Pipeline, images: dict[str, DecodedImage], waiting: ResultDocument) -> list[ResultDocument]:
+    """What the first three items get one at a time."""
+    return [
+        pipeline.analyze(images["small"]),
+        pipeline.analyze(images["wide"], mode="hitl"),
+        pipeline.resume(images["square"], waiting, phases=RESUME_PHASES, group="brain"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def batch_run(pipeline: Pipeline, items: list[BatchItem], loaded_tiny: LoadedModel
+              ) -> tuple[list[ResultDocument | Exception], int]:
+    """The batch's results and how often the vision tower ran."""
+    calls: list[int] = []
+    handle = loaded_tiny.core.model.visual.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        results = pipeline.run_batch(items)
+    finally:
+        handle.remove()
+    return results, len(calls)
+
+
+def test_every_item_gets_what_it_gets_alone(batch_run: tuple[list[ResultDocument | Exception], int],
+                                             alone: list[ResultDocument]) -> None:
+    results, _ = batch_run
+    assert [getattr(doc, "status", None) for doc in results[:3]] == ["succeeded", "awaiting_review", "succeeded"]
+    for index, (batched, single) in enumerate(zip(results[:3], alone, strict=True)):
+        assert isinstance(batched, ResultDocument), (index, batched)
+        assert {name: report.raw for name, report in batched.phases.items()} == {
+            name: report.raw for name, report in single.phases.items()}, f"item {index}: answers differ"
+        assert _comparable(batched) == _comparable(single), f"item {index}: documents differ"
+    resumed = results[2]
+    assert isinstance(resumed, ResultDocument)
+    assert resumed.phases["detect"].status == "ok" and resumed.phases["segment"].status == "ok"
+
+
+def test_a_bad_item_fails_alone(batch_run: tuple[list[ResultDocument | Exception], int]) -> None:
+    results, _ = batch_run
+    assert isinstance(results[3], ResumeError) and "does not match" in str(results[3])
+    assert all(isinstance(doc, ResultDocument) for doc in results[:3])
+
+
+def test_each_image_is_encoded_once(batch_run: tuple[list[ResultDocument | Exception], int]) -> None:
+    _, vision_calls = batch_run
+    assert vision_calls == 3  # the bad item's image is never encoded
+
+
+def test_a_failing_generation_fails_only_its_phase(pipeline: Pipeline, images: dict[str, DecodedImage],
+                                                   waiting: ResultDocument, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = pipeline.engine.generate_many
+
+    def failing(requests: list[GenRequest], **kwargs: Any) -> Any:
+        if any("Outline" in request.prompt for request in requests):  # the segment prompt
+            raise RuntimeError("boom")
+        return original(requests, **kwargs)
+
+    monkeypatch.setattr(pipeline.engine, "generate_many", failing)
+    square = images["square"]
+    detect, segment = pipeline.run_batch([
+        BatchItem(square, resume_state=waiting, phases=("detect",), group="brain"),
+        BatchItem(square, resume_state=waiting, phases=("segment",), group="brain"),
+    ])
+    assert isinstance(detect, ResultDocument) and detect.phases["detect"].status == "ok"
+    assert isinstance(segment, ResultDocument) and segment.status == "succeeded"
+    assert segment.phases["segment"].status == "error" and segment.phases["segment"].detail == "RuntimeError: boom"
+
+
+def test_the_reference_path_still_runs_phase_by_phase(pipeline: Pipeline, images: dict[str, DecodedImage],
+                                                      waiting: ResultDocument) -> None:
+    """share_prefix=False re-encodes the image per phase and gets the same answers."""
+    reference = Pipeline(pipeline.engine, pipeline.profile, pipeline.provenance, share_prefix=False)
+    shared, separate = (p.resume(images["square"], waiting, phases=("detect",), group="brain")
+                        for p in (pipeline, reference))
+    assert _comparable(shared) == _comparable(separate)
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prefixes(engine: Engine, images: dict[str, DecodedImage]) -> list[ImagePrefix]:
+    return [engine.encode_image(images[name].image) for name in ("small", "square", "mid")]
+
+
+@pytest.fixture
+def decode_batch_sizes(loaded_tiny: LoadedModel) -> Iterator[list[int]]:
+    """Batch size of every one-token (decode) forward of the language model."""
+    sizes: list[int] = []
+
+    def record(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+        embeds = kwargs["inputs_embeds"]
+        if embeds.shape[1] == 1:
+            sizes.append(int(embeds.shape[0]))
+
+    handle = loaded_tiny.core.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        yield sizes
+    finally:
+        handle.remove()
+
+
+def _free(prefix: ImagePrefix, profile: Profile, length: int) -> GenRequest:
+    """No grammar, exactly ``length`` tokens."""
+    return GenRequest(prefix=prefix, prompt=profile.prompts.interpret, grammar=None, max_new_tokens=length,
+                      decoding=profile.decoding, seed=0, min_new_tokens=length)
+
+
+def test_finished_rows_leave_the_batch(engine: Engine, prefixes: list[ImagePrefix], tiny_profile: Profile,
+                                       decode_batch_sizes: list[int]) -> None:
+    requests = [_free(prefix, tiny_profile, length) for prefix, length in zip(prefixes, (3, 9, 6), strict=True)]
+    batched = engine.generate_many(requests, max_batch=8)
+    # A row needs one forward per token but its last: 2 steps with 3 rows, 3 with 2, 3 with 1.
+    assert decode_batch_sizes == [3, 3, 2, 2, 2, 1, 1, 1]
+    assert [len(g.token_ids) for g in batched] == [3, 9, 6]
+    assert not any(g.finished for g in batched)
+    for request, generation in zip(requests, batched, strict=True):
+        single = engine.generate(request.prefix, request.prompt, grammar=None, max_new_tokens=request.max_new_tokens,
+                                 decoding=request.decoding, min_new_tokens=request.min_new_tokens)
+        assert generation.token_ids == single.token_ids
+
+
+def test_min_new_tokens_forces_the_length(engine: Engine, images: dict[str, DecodedImage],
+                                          prefixes: list[ImagePrefix], tiny_profile: Profile) -> None:
+    request = _free(prefixes[0], tiny_profile, 24)
+    shared = engine.generate(request.prefix, request.prompt, grammar=None, max_new_tokens=24,
+                             decoding=tiny_profile.decoding, min_new_tokens=24)
+    reference = engine.generate_single_turn(images["small"].image, request.prompt, grammar=None, max_new_tokens=24,
+                                            min_new_tokens=24)
+    assert len(shared.token_ids) == 24 and not shared.finished
+    assert shared.token_ids == reference.token_ids
+    # Below the budget, stop tokens are allowed again once the minimum is reached.
+    longer = engine.generate(request.prefix, request.prompt, grammar=None, max_new_tokens=40,
+                             decoding=tiny_profile.decoding, min_new_tokens=5)
+    assert 5 <= len(longer.token_ids) <= 40
+
+
+def test_more_requests_than_max_batch(engine: Engine, prefixes: list[ImagePrefix], tiny_profile: Profile,
+                                      decode_batch_sizes: list[int]) -> None:
+    classes = ["Brain", "CSP", "LV"]
+    tokens, limits = tiny_profile.max_new_tokens, tiny_profile.limits
+    phases = [
+        (tiny_profile.prompts.classify.replace("{labels}", ", ".join(tiny_profile.view_labels)),
+         grammars.classify_grammar(tiny_profile.view_labels, tokens.classify), tokens.classify),
+        (tiny_profile.prompts.detect.replace("{classes}", ", ".join(classes)),
+         grammars.items_grammar("detect", classes, limits, tokens.detect), tokens.detect),
+    ]
+    requests = [GenRequest(prefix=prefix, prompt=prompt, grammar=engine.compile(grammar), max_new_tokens=budget,
+                           decoding=tiny_profile.decoding, seed=0)
+                for prefix in prefixes for prompt, grammar, budget in phases]
+    batched = engine.generate_many(requests, max_batch=2)
+    assert max(decode_batch_sizes) == 2
+    for request, generation in zip(requests, batched, strict=True):
+        single = engine.generate(request.prefix, request.prompt, grammar=request.grammar,
+                                 max_new_tokens=request.max_new_tokens, decoding=request.decoding)
+        assert generation.token_ids == single.token_ids and generation.finished == single.finished
+        assert generation.extra["input_ids"] == single.extra["input_ids"]
+
+
+def test_sampled_rows_keep_their_own_seed(engine: Engine, prefixes: list[ImagePrefix],
+                                          tiny_profile: Profile) -> None:
+    sample = tiny_profile.decoding.model_copy(update={"strategy": "sample", "temperature": 1.0, "top_p": 0.9})
+    requests = [GenRequest(prefix=prefix, prompt=tiny_profile.prompts.interpret, grammar=None, max_new_tokens=12,
+                           decoding=sample, seed=seed) for seed, prefix in enumerate(prefixes)]
+    batched = engine.generate_many(requests)
+    for request, generation in zip(requests, batched, strict=True):
+        single = engine.generate(request.prefix, request.prompt, grammar=None, max_new_tokens=12,
+                                 decoding=sample, seed=request.seed)
+        assert generation.token_ids == single.token_ids
+
+
+def test_rejects_an_empty_batch_bound(engine: Engine, prefixes: list[ImagePrefix], tiny_profile: Profile) -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        engine.generate_many([_free(prefixes[0], tiny_profile, 2)], max_batch=0)
+    assert engine.generate_many([]) == []

@@ -15,7 +15,11 @@ In one run it measures
   together: wave 1 interpret + classify of every image, wave 2 detect + segment;
 
 and prints s/image, images/s, the speedup, the time of one decode step, peak GPU memory, the
-card and whether the fast linear-attention kernels are in use. ``--tiny`` runs the same code on
+card and whether the fast linear-attention kernels are in use. The worker's decode loop is
+``--decode`` (``auto``: CUDA graphs over fixed buffers on a GPU, see
+``services/pipeline/slots.py``); a short probe then runs the same rows through
+``--compare-loop`` (default: the dynamic loop) for the decode-step time of both in this run,
+and counts the rows whose greedy tokens agree. ``--tiny`` runs the same code on
 the CPU with the toy model and short answers (part of the test suite). Usage:
 
     python bench/gpu_pipeline.py [--batch-size 8] [--images 16] [--json out.json] [--memory-sweep 1,2,4,8,16]
@@ -41,7 +45,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -55,8 +59,9 @@ from transformers.utils import logging as hf_logging
 from services.models.loader import resolve_device, resolve_dtype
 from services.models.shapes import SHAPES, BuiltModel, build_shape_model, memory_model
 from services.pipeline.batching import GenRequest
-from services.pipeline.engine import Engine, Generation, ImagePrefix, resize_longest_side
+from services.pipeline.engine import DecodeLoop, Engine, Generation, ImagePrefix, resize_longest_side
 from services.pipeline.profile import Decoding, Profile, load_profile
+from services.pipeline.slots import SlotStore, width_for
 
 PHASES = ("interpret", "classify", "detect", "segment")
 WAVES = (("interpret", "classify"), ("detect", "segment"))  # wave 2 needs MAP, which needs wave 1
@@ -176,6 +181,18 @@ class StepTimer:
         if vision is not None:
             self._handles += [vision.register_forward_pre_hook(self._pre_vision, with_kwargs=True),
                               vision.register_forward_hook(self._post, with_kwargs=True)]
+        # The fixed-buffer loops call the language model directly (or replay a graph of it), not
+        # the top module: their steps are timed around SlotStore.step, the whole step.
+        self._slot_step = SlotStore.step
+        timer = self
+
+        def timed_step(store: SlotStore, tokens: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
+            start = timer._now()
+            logits = timer._slot_step(store, tokens, positions)
+            timer.records.append(("decode", len(tokens), start, timer._now()))
+            return logits
+
+        SlotStore.step = timed_step  # type: ignore[method-assign,assignment]
 
     def _now(self) -> Any:
         if self.cuda:
@@ -231,6 +248,7 @@ class StepTimer:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
+        SlotStore.step = self._slot_step  # type: ignore[method-assign]
 
 
 class Deadline(StoppingCriteria):
@@ -378,6 +396,35 @@ def run_worker(bench: Bench, images: Sequence[Image.Image], lengths: dict[str, i
             "peak_memory": _peak(bench.device)}
 
 
+def run_loop_probe(bench: Bench, other: Engine, images: Sequence[Image.Image], *, batch: int,
+                   tokens: int) -> dict[str, Any]:
+    """The same ``batch`` rows (interpret, forced to ``tokens`` tokens) through the worker's
+    decode loop and ``other``'s: the decode-step time of each at that batch, and how many rows
+    got the same greedy tokens (bf16 may flip near-ties of the random model; fp32 should not)."""
+    prefixes = [bench.engine.encode_image(image) for image in images[:batch]]
+    requests = [GenRequest(prefix=prefixes[i % len(prefixes)], prompt=bench.prompts["interpret"], grammar=None,
+                           max_new_tokens=tokens, decoding=bench.decoding, seed=0, min_new_tokens=tokens)
+                for i in range(batch)]
+    loops: dict[str, Any] = {}
+    answers: list[list[list[int]]] = []
+    for engine in (bench.engine, other):
+        engine.generate_many(requests, max_batch=batch)  # warm: buffers, graphs, allocator
+        _sync(bench.device)
+        mark = bench.timer.mark()
+        started = time.perf_counter()
+        generations = engine.generate_many(requests, max_batch=batch)
+        _sync(bench.device)
+        summary = bench.timer.summary(mark)
+        loops[engine.decode_loop] = {
+            "seconds": round(time.perf_counter() - started, 4), "decode_steps": summary["decode_steps"],
+            "decode_step_ms": summary["decode_step_ms_by_batch"].get(str(batch), summary["decode_step_ms"])}
+        answers.append([g.token_ids for g in generations])
+    mine, theirs = (loops[e.decode_loop]["decode_step_ms"] for e in (bench.engine, other))
+    same = sum(a == b for a, b in zip(*answers, strict=True))
+    return {"batch": batch, "tokens": tokens, "loops": loops, "rows_equal": same, "rows": batch,
+            "step_ratio": round(theirs / mine, 3) if mine and theirs else None}
+
+
 def run_sweep(bench: Bench, sizes: Sequence[int], lengths: dict[str, int], *, width: int, height: int,
               deadline: float, estimate_s: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Peak memory of one worker round of ``b`` images at ``max_batch=b`` for each size, largest
@@ -391,6 +438,7 @@ def run_sweep(bench: Bench, sizes: Sequence[int], lengths: dict[str, int], *, wi
             rows.append({"batch": size, "skipped": "time budget"})
             continue
         images = [synthetic_image(width, height, 1000 + i) for i in range(size)]
+        bench.engine.release_slots()  # each size measured with buffers of its own size
         _reset_peak(bench.device)
         started = time.perf_counter()
         if not _survives_oom(lambda: bench.worker_round(images, lengths, size), bench.device):  # noqa: B023
@@ -441,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shape", default=None, help=f"model shape: {', '.join(SHAPES)} or a config.json path "
                         "(default qwen3_5-4b; tiny with --tiny)")
     parser.add_argument("--batch-size", type=int, default=8, help="rows decoded together on the worker path")
+    parser.add_argument("--decode", choices=("auto", "dynamic", "static", "graphs"), default="auto",
+                        help="the worker path's decode loop (auto: graphs on CUDA, dynamic on the CPU)")
+    parser.add_argument("--compare-loop", choices=("none", "dynamic", "static"), default=None,
+                        help="loop the probe compares with (default: dynamic, none when --decode is dynamic)")
+    parser.add_argument("--probe-tokens", type=int, default=48, help="tokens per row in the loop probe")
     parser.add_argument("--images", type=int, default=None, help="images on the worker path (default 2x batch)")
     parser.add_argument("--round-images", type=int, default=None,
                         help="images per worker round, both waves (default: the batch size)")
@@ -527,7 +580,8 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
     # Build: straight onto the device in the target dtype (see services/models/shapes.py).
     profile = load_profile()
     built: BuiltModel = build_shape_model(shape, device=str(device), dtype=dtype, seed=args.seed, profile=profile)
-    engine = Engine(built.loaded, max_side=profile.image.max_side)
+    engine = Engine(built.loaded, max_side=profile.image.max_side, decode_loop=args.decode)
+    results["decode_loop"] = engine.decode_loop
     config = built.loaded.model.config
     memory = memory_model(config, weight_dtype_bytes=torch.finfo(dtype).bits // 8)
     results.update(build_s=round(built.build_s, 2), params=memory.params, vision_params=memory.vision_params,
@@ -558,7 +612,8 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
     suffix = {p: int(engine.suffix_ids(prompts[p]).shape[1]) for p in PHASES}
     results.update(warmup_s=round(time.perf_counter() - started, 2), prefix_tokens=prefix_tokens,
                    suffix_tokens=suffix, computed_memory=computed_memory_table(
-                       memory, prefix_tokens, suffix, lengths, args.memory_sweep or [1, 2, 4, 8, 16, 32]))
+                       memory, prefix_tokens, suffix, lengths, args.memory_sweep or [1, 2, 4, 8, 16, 32],
+                       slots=engine.decode_loop != "dynamic"))
     log(f"warm-up {results['warmup_s']:.1f} s; prefix {prefix_tokens} tokens, phase suffixes {suffix}")
     save()
 
@@ -574,6 +629,10 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
     else:
         results["notes"].append(f"worker path ran out of memory at batch {batch}: try a smaller --batch-size")
     results["worker"] = worker
+    if engine.slots is not None:
+        results["graphs"] = engine.slots.graphs
+        if engine.slots.capture_error:
+            results["notes"].append(f"CUDA graph capture failed, eager static steps: {engine.slots.capture_error}")
     save()
 
     log(f"reference way: {args.reference_images} image(s), 4 single-turn calls each, batch 1")
@@ -586,6 +645,18 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
     if "s_per_image" in worker:
         results["speedup"] = round(reference["s_per_image"] / worker["s_per_image"], 3)
     save()
+
+    compare: DecodeLoop | Literal["none"] = args.compare_loop or (
+        "none" if engine.decode_loop == "dynamic" else "dynamic")
+    if compare != "none" and compare != engine.decode_loop:
+        log(f"loop probe: {engine.decode_loop} against {compare}, batch {batch}, {args.probe_tokens} tokens per row")
+        other = Engine(built.loaded, max_side=profile.image.max_side, decode_loop=compare)
+        probe: dict[str, Any] = {"oom": True}
+        if _survives_oom(lambda: probe.update(run_loop_probe(bench, other, images, batch=batch,
+                                                             tokens=args.probe_tokens)), device):
+            probe.pop("oom")
+        results["loop_probe"] = probe
+        save()
 
     if args.memory_sweep:
         sweep_lengths = args.sweep_lengths or peak_lengths(lengths)
@@ -607,10 +678,12 @@ def peak_lengths(lengths: dict[str, int]) -> dict[str, int]:
 
 
 def computed_memory_table(memory: Any, prefix_tokens: int, suffix: dict[str, int], lengths: dict[str, int],
-                          sizes: Sequence[int]) -> list[dict[str, Any]]:
-    """The memory model's estimate of the worker path per batch size (not a measurement)."""
+                          sizes: Sequence[int], *, slots: bool = False) -> list[dict[str, Any]]:
+    """The memory model's estimate of the worker path per batch size (not a measurement); the
+    fixed-buffer loops hold ``width_for(max_tokens)`` columns per row."""
     max_tokens = prefix_tokens + max(suffix[p] + lengths[p] for p in PHASES)
-    return [{"batch": b, "bytes": memory.worker_bytes(b, prefix_tokens=prefix_tokens, max_tokens=max_tokens)}
+    columns = width_for(max_tokens) if slots else max_tokens
+    return [{"batch": b, "bytes": memory.worker_bytes(b, prefix_tokens=prefix_tokens, max_tokens=columns)}
             for b in sizes]
 
 
@@ -621,7 +694,8 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
                   f"causal-conv1d {kernels['causal_conv1d']['installed'] or 'not installed'} "
                   f"(in use: {kernels['causal_conv1d']['in_use']})", highlight=False)
     table = Table(title=f"{results['shape']} ({results['params'] / 1e6:,.1f} M params, random), "
-                        f"{results['image_size']} images, answers {results['lengths']}, {results['dtype']}")
+                        f"{results['image_size']} images, answers {results['lengths']}, {results['dtype']}, "
+                        f"worker decode loop {results['decode_loop']}")
     for column in ("path", "batch", "images", "s/image", "images/s", "decode step ms (at batch)", "decode steps",
                    "peak memory"):
         table.add_column(column, justify="left" if column == "path" else "right")
@@ -640,6 +714,20 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
     console.print(table)
     if "speedup" in results:
         console.print(f"speedup (reference / worker): {results['speedup']:.2f}x", highlight=False)
+    probe = results.get("loop_probe")
+    if probe and "loops" in probe:
+        loops = Table(title=f"decode loops, same {probe['rows']} rows x {probe['tokens']} tokens "
+                            f"(greedy tokens equal in {probe['rows_equal']} of {probe['rows']} rows)")
+        for column in ("loop", "decode step ms", "decode steps", "s"):
+            loops.add_column(column, justify="left" if column == "loop" else "right")
+        for name, row in probe["loops"].items():
+            loops.add_row(name, str(row["decode_step_ms"]), str(row["decode_steps"]), f"{row['seconds']:.3f}")
+        console.print(loops)
+        if probe["step_ratio"]:
+            console.print(f"decode step, {' / '.join(reversed(list(probe['loops'])))}: {probe['step_ratio']:.2f}x",
+                          highlight=False)
+    elif probe:
+        console.print("loop probe: out of memory", highlight=False)
     console.print(f"model build {results['build_s']:.1f} s, warm-up {results['warmup_s']:.1f} s, "
                   f"total {results['elapsed_s']:.1f} s", highlight=False)
     sweep = results.get("memory_sweep")

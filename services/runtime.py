@@ -37,9 +37,9 @@ def load_runtime(settings: Settings) -> Runtime:
     profile = load_profile(settings.profile)
     loaded = load_model(model_source(settings), profile_name=profile.name, profile_version=profile.version,
                         merge=settings.model_merge, dtype=settings.model_dtype, device=settings.model_device)
-    engine = Engine(loaded, max_side=profile.image.max_side)
-    return Runtime(pipeline=Pipeline(engine, profile, loaded.provenance), profile=profile,
-                   max_pixels=settings.max_pixels)
+    engine = Engine(loaded, max_side=profile.image.max_side, decode_loop=settings.decode_loop)
+    return Runtime(pipeline=Pipeline(engine, profile, loaded.provenance, max_batch=settings.decode_rows),
+                   profile=profile, max_pixels=settings.max_pixels)
 
 
 def analyze_bytes(runtime: Runtime, data: bytes, *, mode: Mode = "autonomous", frame: int = 0) -> ResultDocument:

@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     model_merge: bool = Field(True, description="merge the LoRA adapter into the base weights at load")
     model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     model_device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
+    decode_loop: Literal["auto", "dynamic", "static", "graphs"] = Field(
+        "auto", description="how decode steps run: graphs (fixed buffers, CUDA graph replays) on CUDA, dynamic "
+        "(growing cache) elsewhere; static = fixed buffers without graphs. Same answers either way")
+    decode_rows: int = Field(8, ge=1, le=256, description="most answers decoded together in one step (GPU: 32 or "
+                             "more; each row holds its own KV, see docs/PERFORMANCE.md)")
     profile: str = Field("fada-skd", description="bundled profile name or path to a profile JSON file")
 
     max_pixels: int = Field(40_000_000, ge=1, description="largest accepted image (width x height x frames)")

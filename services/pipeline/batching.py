@@ -2,7 +2,9 @@
 
 Each request is prefilled alone (a private copy of its image prefix continued with its phase
 suffix, batch of one, exactly what a single request does), then its row joins the running
-batch. The batch is one ``DynamicCache``:
+batch. Two ways to hold the running rows, chosen by ``Engine.decode_loop``:
+
+``dynamic`` (the CPU default): one ``DynamicCache`` grown by a column per step:
 
 * full-attention KV are left-padded to a common length and a 2D attention mask zeroes the
   padding. Left padding puts every row's new token in the same (last) cache slot;
@@ -20,6 +22,10 @@ its slice is dropped from every cache tensor and the padding no row needs any mo
 Waiting requests join at every step while fewer than ``max_batch`` rows run (continuous
 batching), so at most ``max_batch`` rows are decoded at once and a long answer does not hold a
 slot that a finished one could use.
+
+``static`` and ``graphs`` (the CUDA default): fixed buffers allocated once, the same tensors
+every step, replayed as CUDA graphs under ``graphs`` (``services.pipeline.slots``). Rows join,
+leave and refill the same way; only where their states live differs.
 
 With greedy decoding every row gets the tokens it would get alone, up to float rounding:
 batched matrix products and the masked attention kernel add in another order (about 1e-6 on
@@ -41,6 +47,7 @@ from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.cache_utils import DummyLayer, DynamicLayer, LinearAttentionCacheLayerMixin
 
 from services.pipeline.profile import Decoding
+from services.pipeline.slots import SlotStore, width_for
 
 if TYPE_CHECKING:
     from services.pipeline.engine import Engine, ImagePrefix
@@ -128,36 +135,50 @@ class _Row:
                        prefill_tokens=self.prefill_tokens, input_ids=self.input_ids)
 
 
-class _Batch:
-    """Running rows, their shared cache and each row's next-token logits."""
+@dataclass
+class _Prefilled:
+    """A request after its prefill: its row, its batch-of-one cache and first-token logits."""
 
-    def __init__(self, rows: list[_Row], cache: Any, pads: list[int], logits: torch.Tensor) -> None:
-        self.rows = rows
-        self.cache = cache
-        self.pads = pads  # left padding of each row's full-attention KV
-        self.logits = logits  # [len(rows), vocab]
+    row: _Row
+    cache: Any
+    logits: torch.Tensor  # [1, vocab]
+
+
+class _DynamicBatch:
+    """Running rows in one ``DynamicCache``: KV left-padded to a common width, grown per step."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.rows: list[_Row] = []
+        self.cache: Any = None
+        self.pads: list[int] = []  # left padding of each row's full-attention KV
+        self.logits: torch.Tensor | None = None  # [len(rows), vocab]
 
     @property
     def width(self) -> int:
         """Padded KV length, the same for every row."""
         return self.pads[0] + self.rows[0].length
 
-    @classmethod
-    def join(cls, parts: Sequence[_Batch]) -> _Batch:
-        """One batch of all the parts' rows (the first part's cache object is reused)."""
-        if len(parts) == 1:
-            return parts[0]
-        width = max(part.width for part in parts)
-        extra = [width - part.width for part in parts]
-        cache = _stack_caches([part.cache for part in parts], extra)
-        return cls(rows=[row for part in parts for row in part.rows], cache=cache,
-                   pads=[pad + more for part, more in zip(parts, extra, strict=True) for pad in part.pads],
-                   logits=torch.cat([part.logits for part in parts]))
+    def admit(self, joining: Sequence[_Prefilled]) -> None:
+        """The joining rows go after the running ones (the first cache object is reused)."""
+        if not joining:
+            return
+        groups = ([(self.cache, self.pads, self.width)] if self.rows else []) + [
+            (part.cache, [0], part.row.length) for part in joining]
+        width = max(group_width for _, _, group_width in groups)
+        extra = [width - group_width for _, _, group_width in groups]
+        caches = [cache for cache, _, _ in groups]
+        self.cache = _stack_caches(caches, extra) if len(caches) > 1 else caches[0]
+        self.pads = [pad + more for (_, pads, _), more in zip(groups, extra, strict=True) for pad in pads]
+        self.rows += [part.row for part in joining]
+        self.logits = torch.cat(([self.logits] if self.logits is not None else []) + [p.logits for p in joining])
 
-    def keep(self, indices: list[int]) -> _Batch | None:
-        """Only these rows stay; None when no row does."""
+    def keep(self, indices: list[int]) -> None:
+        """Only these rows stay."""
         if not indices:
-            return None
+            self.rows, self.cache, self.pads, self.logits = [], None, [], None
+            return
+        assert self.logits is not None
         if len(indices) < len(self.rows):
             self.cache.reorder_cache(torch.tensor(indices, device=self.logits.device))
             self.rows = [self.rows[i] for i in indices]
@@ -167,34 +188,21 @@ class _Batch:
         if cut:  # padding that every remaining row has: attention work for nothing
             _cut_left(self.cache, cut)
             self.pads = [pad - cut for pad in self.pads]
-        return self
 
-    def pick(self, engine: Engine) -> list[int]:
-        """The next token of every row: grammar mask, stop suppression, then its sampler."""
-        scores = self.logits.float()
-        constrained = [i for i, row in enumerate(self.rows) if row.matcher is not None]
-        if constrained:
-            bitmask = xgr.allocate_token_bitmask(len(self.rows), engine.vocab_size)
-            for i in constrained:
-                self.rows[i].matcher.fill_next_token_bitmask(bitmask, i)  # type: ignore[union-attr]
-            xgr.apply_token_bitmask_inplace(scores, bitmask.to(scores.device), indices=constrained)
-        for i, row in enumerate(self.rows):
-            if row.holds_stop:
-                _suppress(scores[i], sorted(engine.stop_ids))
-        greedy = scores.argmax(dim=-1).tolist()
-        return [greedy[i] if row.sampler.greedy else row.sampler.pick(scores[i:i + 1])
-                for i, row in enumerate(self.rows)]
-
-    def step(self, model: Any, tokens: list[int]) -> None:
+    def step(self, tokens: list[int]) -> None:
         """Feed every row its new token; keeps the logits for the next pick."""
+        assert self.logits is not None
         device = self.logits.device
         positions = torch.tensor([row.length + row.rope_delta for row in self.rows], device=device)
-        out = model(input_ids=torch.tensor(tokens, device=device).view(-1, 1), cache=self.cache, use_cache=True,
-                    attention_mask=self._attention_mask(device),
-                    position_ids=positions.view(1, -1, 1).expand(3, -1, -1))
+        out = self.model(input_ids=torch.tensor(tokens, device=device).view(-1, 1), cache=self.cache, use_cache=True,
+                         attention_mask=self._attention_mask(device),
+                         position_ids=positions.view(1, -1, 1).expand(3, -1, -1))
         self.logits = out.logits[:, -1, :]
         for row in self.rows:
             row.length += 1
+
+    def close(self) -> None:
+        self.keep([])
 
     def _attention_mask(self, device: torch.device) -> torch.Tensor | None:
         """[B, width + 1], zero on each row's left padding; None without padding, so an unpadded
@@ -205,55 +213,112 @@ class _Batch:
         return (torch.arange(self.width + 1, device=device)[None, :] >= pads[:, None]).long()
 
 
+class _SlotBatch:
+    """Running rows in the engine's fixed slot buffers (``services.pipeline.slots``)."""
+
+    def __init__(self, engine: Engine, *, capacity: int, width: int) -> None:
+        self.engine, self.capacity, self.width = engine, capacity, width
+        self.store: SlotStore | None = None
+        self.rows: list[_Row] = []
+        self.logits: torch.Tensor | None = None
+
+    def admit(self, joining: Sequence[_Prefilled]) -> None:
+        if not joining:
+            return
+        if self.store is None:  # the first prefilled cache tells the layer kinds and state shapes
+            self.store = self.engine.slot_store(joining[0].cache, capacity=self.capacity, width=self.width)
+        self.store.admit([part.cache for part in joining], [part.row.length for part in joining])
+        self.rows += [part.row for part in joining]
+        self.logits = torch.cat(([self.logits] if self.logits is not None else []) + [p.logits for p in joining])
+
+    def keep(self, indices: list[int]) -> None:
+        assert self.store is not None and self.logits is not None
+        self.store.keep(indices)
+        self.rows = [self.rows[i] for i in indices]
+        self.logits = self.logits[indices] if indices else None
+
+    def step(self, tokens: list[int]) -> None:
+        assert self.store is not None
+        self.logits = self.store.step(tokens, [row.length + row.rope_delta for row in self.rows])
+        for row in self.rows:
+            row.length += 1
+
+    def close(self) -> None:
+        """Free the slots, also after an error, so the next call can reuse the buffers."""
+        if self.store is not None:
+            self.store.clear()
+        self.rows, self.logits = [], None
+
+
+def pick_tokens(engine: Engine, rows: Sequence[_Row], logits: torch.Tensor) -> list[int]:
+    """The next token of every row: grammar mask, stop suppression, then its sampler."""
+    scores = logits.float()
+    constrained = [i for i, row in enumerate(rows) if row.matcher is not None]
+    if constrained:
+        bitmask = xgr.allocate_token_bitmask(len(rows), engine.vocab_size)
+        for i in constrained:
+            rows[i].matcher.fill_next_token_bitmask(bitmask, i)  # type: ignore[union-attr]
+        xgr.apply_token_bitmask_inplace(scores, bitmask.to(scores.device), indices=constrained)
+    for i, row in enumerate(rows):
+        if row.holds_stop:
+            _suppress(scores[i], sorted(engine.stop_ids))
+    greedy = scores.argmax(dim=-1).tolist()
+    return [greedy[i] if row.sampler.greedy else row.sampler.pick(scores[i:i + 1]) for i, row in enumerate(rows)]
+
+
 def decode_many(engine: Engine, requests: Sequence[GenRequest], *, max_batch: int) -> list[Decoded]:
     """Every request's answer, in request order; at most ``max_batch`` rows decode at once."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+    suffixes = [engine.suffix_ids(request.prompt)[0].tolist() for request in requests]
+    batch: _DynamicBatch | _SlotBatch
+    if engine.decode_loop == "dynamic":
+        batch = _DynamicBatch(engine.model)
+    else:
+        longest = max(int(r.prefix.input_ids.shape[1]) + len(s) + r.max_new_tokens
+                      for r, s in zip(requests, suffixes, strict=True))
+        batch = _SlotBatch(engine, capacity=max_batch, width=width_for(longest, engine.slot_margin))
     results: list[Decoded | None] = [None] * len(requests)
     waiting = deque(range(len(requests)))
-    batch: _Batch | None = None
-    while waiting or batch is not None:
-        batch = _refill(engine, batch, requests, waiting, max_batch, results)
-        if batch is None:
-            continue
-        tokens = batch.pick(engine)
-        running: list[int] = []
-        for i, (row, token) in enumerate(zip(batch.rows, tokens, strict=True)):
-            if row.accept(token, engine.stop_ids):
-                results[row.index] = row.result()
-            else:
-                running.append(i)
-        batch = batch.keep(running)
-        if batch is not None:
-            batch.step(engine.model, [tokens[i] for i in running])
+    try:
+        while waiting or batch.rows:
+            batch.admit(_prefill_waiting(engine, requests, suffixes, waiting, max_batch - len(batch.rows), results))
+            if not batch.rows:
+                continue
+            assert batch.logits is not None
+            tokens = pick_tokens(engine, batch.rows, batch.logits)
+            running: list[int] = []
+            for i, (row, token) in enumerate(zip(batch.rows, tokens, strict=True)):
+                if row.accept(token, engine.stop_ids):
+                    results[row.index] = row.result()
+                else:
+                    running.append(i)
+            batch.keep(running)
+            if batch.rows:
+                batch.step([tokens[i] for i in running])
+    finally:
+        batch.close()
     done = [result for result in results if result is not None]
     if len(done) != len(requests):  # every request leaves through accept() or a zero budget
         raise RuntimeError("batched decoding lost a request")
     return done
 
 
-def _refill(engine: Engine, batch: _Batch | None, requests: Sequence[GenRequest], waiting: deque[int],
-            max_batch: int, results: list[Decoded | None]) -> _Batch | None:
+def _prefill_waiting(engine: Engine, requests: Sequence[GenRequest], suffixes: Sequence[list[int]],
+                     waiting: deque[int], room: int, results: list[Decoded | None]) -> list[_Prefilled]:
     """Prefill waiting requests, one at a time, into the free rows."""
-    joining: list[_Batch] = []
-    room = max_batch - (len(batch.rows) if batch is not None else 0)
+    joining: list[_Prefilled] = []
     while waiting and len(joining) < room:
         index = waiting.popleft()
-        single = _prefill(engine, index, requests[index])
-        if requests[index].max_new_tokens <= 0:  # nothing to decode
-            results[index] = single.rows[0].result()
+        request = requests[index]
+        started = time.perf_counter()
+        cache, logits = engine.prefill(request.prefix, torch.tensor([suffixes[index]], dtype=torch.long))
+        single = _Prefilled(_Row(index, request, started=started, suffix=suffixes[index]), cache, logits)
+        if request.max_new_tokens <= 0:  # nothing to decode
+            results[index] = single.row.result()
         else:
             joining.append(single)
-    parts = ([batch] if batch is not None else []) + joining
-    return _Batch.join(parts) if parts else None
-
-
-def _prefill(engine: Engine, index: int, request: GenRequest) -> _Batch:
-    started = time.perf_counter()
-    suffix = engine.suffix_ids(request.prompt)
-    cache, logits = engine.prefill(request.prefix, suffix)
-    row = _Row(index, request, started=started, suffix=suffix[0].tolist())
-    return _Batch([row], cache, [0], logits)
+    return joining
 
 
 def _suppress(scores: torch.Tensor, stop_ids: list[int]) -> None:

@@ -8,6 +8,9 @@ exactly the token sequence a separate single-turn chat would show the model.
 
 ``generate_many`` decodes several such phase requests (of one or many images) together; the
 batching mechanics live in ``services.pipeline.batching``, and ``generate`` is its batch of one.
+The decode loop is ``dynamic`` (a growing ``DynamicCache``), ``static`` (fixed slot buffers,
+``services.pipeline.slots``) or ``graphs`` (those buffers, each step a CUDA graph replay);
+``auto`` picks ``graphs`` on CUDA and ``dynamic`` elsewhere. All give the same greedy answers.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import xgrammar as xgr
@@ -27,6 +30,9 @@ from services.models.loader import LoadedModel
 from services.pipeline.batching import Decoded, GenRequest, decode_many
 from services.pipeline.grammars import PhaseGrammar
 from services.pipeline.profile import Decoding
+from services.pipeline.slots import MARGIN_COLUMNS, SlotStore
+
+DecodeLoop = Literal["auto", "dynamic", "static", "graphs"]
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
@@ -68,13 +74,21 @@ def resize_longest_side(image: Image.Image, max_side: int) -> Image.Image:
 class Engine:
     """Runs phase prompts against one loaded model. Not thread-safe: one call at a time."""
 
-    def __init__(self, loaded: LoadedModel, *, max_side: int = 1024) -> None:
+    def __init__(self, loaded: LoadedModel, *, max_side: int = 1024, decode_loop: DecodeLoop = "auto") -> None:
         self.model = loaded.model
         self.core = loaded.core
         self.processor = loaded.processor
         self.tokenizer = loaded.processor.tokenizer
         self.max_side = max_side
         self.device = next(self.model.parameters()).device
+        if decode_loop == "auto":
+            decode_loop = "graphs" if self.device.type == "cuda" else "dynamic"
+        if decode_loop == "graphs" and self.device.type != "cuda":
+            raise ValueError(f"decode loop 'graphs' needs a CUDA device, the model is on {self.device}")
+        self.decode_loop: DecodeLoop = decode_loop
+        self._slots: SlotStore | None = None
+        self.slot_margin = MARGIN_COLUMNS  # spare KV columns per call (tests shrink it to force moves)
+        self._suffixes: dict[str, torch.Tensor] = {}
         self.vocab_size = int(self.core.config.text_config.vocab_size)
         vocab = self.tokenizer.get_vocab()
         self.stop_ids = {vocab[t] for t in STOP_TOKENS if t in vocab}
@@ -129,9 +143,35 @@ class Engine:
 
     def suffix_ids(self, prompt: str) -> torch.Tensor:
         """[1, n] token ids of the chat after the image: the phase prompt and the answer header."""
-        _, suffix_text = self.split_chat(prompt)
-        ids: torch.Tensor = self.tokenizer(suffix_text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        return ids
+        if prompt not in self._suffixes:  # a handful of phase prompts, asked for every image
+            if len(self._suffixes) >= 1024:
+                self._suffixes.clear()
+            _, suffix_text = self.split_chat(prompt)
+            self._suffixes[prompt] = self.tokenizer(suffix_text, add_special_tokens=False,
+                                                    return_tensors="pt")["input_ids"]
+        return self._suffixes[prompt]
+
+    @property
+    def slots(self) -> SlotStore | None:
+        """The fixed decode buffers, once a static or graphs loop has allocated them."""
+        return self._slots
+
+    def release_slots(self) -> None:
+        """Drop the fixed decode buffers (and graphs); the next call allocates them again."""
+        self._slots = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def slot_store(self, template: Any, *, capacity: int, width: int) -> SlotStore:
+        """The fixed decode buffers, kept between calls; rebuilt (and graphs captured again) only
+        when a call needs more rows or columns than they have."""
+        if self._slots is None or not self._slots.fits(capacity, width):
+            grown = (max(capacity, self._slots.capacity), max(width, self._slots.width)) if self._slots else None
+            self.release_slots()  # free the old buffers before allocating the new ones
+            capacity, width = grown or (capacity, width)
+            self._slots = SlotStore(self.core, template, capacity=capacity, width=width,
+                                    graphs=self.decode_loop == "graphs")
+        return self._slots
 
     @torch.inference_mode()
     def prefill(self, prefix: ImagePrefix, suffix: torch.Tensor) -> tuple[Any, torch.Tensor]:

@@ -78,6 +78,28 @@ def test_tiny_run_measures_both_paths(bench: ModuleType, tmp_path: Path) -> None
     assert results["memory_sweep"]["rows"][0]["batch"] == 1 and results["memory_sweep"]["rows"][0]["seconds"] > 0
 
 
+def test_static_loop_run_probes_the_dynamic_loop(bench: ModuleType) -> None:
+    """The fixed-buffer loop on the worker path (what a GPU runs, minus the graphs), then the
+    probe: the same rows through the dynamic loop, step times of both, the same tokens."""
+    from services.pipeline.slots import SlotStore
+
+    original_step = SlotStore.step
+    results = bench.main(["--tiny", "--batch-size", "3", "--images", "3", "--size", "96x64", "--decode", "static",
+                          "--lengths", _lengths_arg(LENGTHS), "--probe-tokens", "6", "--no-warmup"])
+    assert SlotStore.step is original_step  # the timer's instrumentation is removed
+    assert results["decode_loop"] == "static" and results["graphs"] is False
+    worker = results["worker"]
+    assert worker["tokens"] == {phase: [n] * 3 for phase, n in LENGTHS.items()}
+    assert worker["timer"]["decode_steps_by_batch"].get("3", 0) > 0  # slot steps are timed
+    probe = results["loop_probe"]
+    assert set(probe["loops"]) == {"static", "dynamic"}
+    for loop in probe["loops"].values():
+        assert loop["decode_steps"] == 5 and loop["decode_step_ms"] > 0  # 6 tokens: 5 one-token steps
+    assert probe["rows_equal"] == probe["rows"] == 3  # float32 on the CPU: the loops agree exactly
+    assert probe["step_ratio"] == pytest.approx(
+        probe["loops"]["dynamic"]["decode_step_ms"] / probe["loops"]["static"]["decode_step_ms"], rel=1e-2)
+
+
 def test_time_budget_cuts_stages_short_and_extrapolates(bench: ModuleType) -> None:
     """Past the budget: the first worker round still runs, the rest is skipped, the reference
     stops at its first token and is extrapolated, and the run still reports."""

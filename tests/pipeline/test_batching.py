@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from services.ingest import DecodedImage, decode_image
 from services.models.loader import LoadedModel
-from services.pipeline import grammars
+from services.pipeline import batching, grammars
 from services.pipeline.batching import GenRequest
 from services.pipeline.engine import Engine, ImagePrefix
 from services.pipeline.profile import Profile
@@ -175,9 +177,9 @@ def decode_batch_sizes(loaded_tiny: LoadedModel) -> Iterator[list[int]]:
     sizes: list[int] = []
 
     def record(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
-        embeds = kwargs["inputs_embeds"]
-        if embeds.shape[1] == 1:
-            sizes.append(int(embeds.shape[0]))
+        inputs = kwargs["inputs_embeds"] if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]
+        if inputs.shape[1] == 1:
+            sizes.append(int(inputs.shape[0]))
 
     handle = loaded_tiny.core.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
     try:
@@ -259,3 +261,172 @@ def test_rejects_an_empty_batch_bound(engine: Engine, prefixes: list[ImagePrefix
     with pytest.raises(ValueError, match="max_batch"):
         engine.generate_many([_free(prefixes[0], tiny_profile, 2)], max_batch=0)
     assert engine.generate_many([]) == []
+
+
+# -- the fixed-buffer decode loop (services.pipeline.slots) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def static_engine(loaded_tiny: LoadedModel, tiny_profile: Profile) -> Engine:
+    return Engine(loaded_tiny, max_side=tiny_profile.image.max_side, decode_loop="static")
+
+
+def _mixed_requests(engine: Engine, prefixes: list[ImagePrefix], profile: Profile) -> list[GenRequest]:
+    """Grammar-bound and free answers of three images, of different lengths."""
+    tokens, limits = profile.max_new_tokens, profile.limits
+    classify = (profile.prompts.classify.replace("{labels}", ", ".join(profile.view_labels)),
+                grammars.classify_grammar(profile.view_labels, tokens.classify), tokens.classify)
+    detect = (profile.prompts.detect.replace("{classes}", "Brain, CSP"),
+              grammars.items_grammar("detect", ["Brain", "CSP"], limits, tokens.detect), tokens.detect)
+    requests = [GenRequest(prefix=prefix, prompt=prompt, grammar=engine.compile(grammar), max_new_tokens=budget,
+                           decoding=profile.decoding, seed=0)
+                for prefix in prefixes for prompt, grammar, budget in (classify, detect)]
+    return requests + [_free(prefix, profile, length) for prefix, length in zip(prefixes, (5, 17, 11), strict=True)]
+
+
+def test_static_loop_gives_the_dynamic_answers(engine: Engine, static_engine: Engine, prefixes: list[ImagePrefix],
+                                               tiny_profile: Profile, decode_batch_sizes: list[int]) -> None:
+    requests = _mixed_requests(engine, prefixes, tiny_profile)
+    for max_batch in (1, 3, 8):
+        dynamic = engine.generate_many(requests, max_batch=max_batch)
+        decode_batch_sizes.clear()
+        static = static_engine.generate_many(requests, max_batch=max_batch)
+        assert max(decode_batch_sizes) == min(max_batch, len(requests))  # rows really decoded together
+        for one, other in zip(dynamic, static, strict=True):
+            assert (one.token_ids, one.finished, one.extra) == (other.token_ids, other.finished, other.extra)
+    store = static_engine.slots
+    assert store is not None and store.used == 0  # every slot freed at the end
+
+
+def test_static_step_logits_match_the_dynamic_step(engine: Engine, static_engine: Engine,
+                                                   prefixes: list[ImagePrefix], tiny_profile: Profile,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The logits themselves, not just the argmax: rows of different lengths after a few steps."""
+    requests = [_free(prefix, tiny_profile, 6) for prefix in prefixes]
+    original = batching.pick_tokens
+    seen: dict[str, list[torch.Tensor]] = {"dynamic": [], "static": []}
+    for name, each in (("dynamic", engine), ("static", static_engine)):
+        def recording(eng: Engine, rows: Any, logits: torch.Tensor, picks: list[torch.Tensor] = seen[name]
+                      ) -> list[int]:
+            if len(rows) == len(requests):
+                picks.append(logits.float().clone())
+            return original(eng, rows, logits)
+
+        monkeypatch.setattr(batching, "pick_tokens", recording)
+        each.generate_many(requests, max_batch=3)
+    assert len(seen["dynamic"]) == len(seen["static"]) == 6
+    for one, other in zip(seen["dynamic"], seen["static"], strict=True):
+        torch.testing.assert_close(one, other, rtol=0, atol=1e-4)
+
+
+def test_columns_move_when_the_buffer_is_full(loaded_tiny: LoadedModel, engine: Engine, prefixes: list[ImagePrefix],
+                                             tiny_profile: Profile) -> None:
+    """No spare columns: rows refilled while others run push the write column to the end, and
+    the used columns are moved back; the answers do not change."""
+    tight = Engine(loaded_tiny, max_side=tiny_profile.image.max_side, decode_loop="static")
+    tight.slot_margin = 0
+    requests = [_free(prefix, tiny_profile, length)
+                for prefix, length in zip(prefixes * 3, (40, 9, 31, 12, 44, 7, 25, 38, 3), strict=True)]
+    static = tight.generate_many(requests, max_batch=2)
+    assert tight.slots is not None and tight.slots.moves > 0
+    dynamic = engine.generate_many(requests, max_batch=2)
+    assert [g.token_ids for g in static] == [g.token_ids for g in dynamic]
+
+
+def test_the_buffers_are_kept_and_grown_only_when_needed(loaded_tiny: LoadedModel, prefixes: list[ImagePrefix],
+                                                         tiny_profile: Profile) -> None:
+    static_engine = Engine(loaded_tiny, max_side=tiny_profile.image.max_side, decode_loop="static")
+    static_engine.generate_many([_free(prefixes[0], tiny_profile, 4)], max_batch=4)
+    store = static_engine.slots
+    static_engine.generate_many([_free(prefix, tiny_profile, 4) for prefix in prefixes], max_batch=2)
+    assert static_engine.slots is store  # fewer rows, same width: the same buffers
+    static_engine.generate_many([_free(prefix, tiny_profile, 4) for prefix in prefixes * 3], max_batch=6)
+    grown = static_engine.slots
+    assert grown is not store and grown is not None and grown.capacity == 6
+
+
+def test_a_failed_step_frees_the_slots(static_engine: Engine, prefixes: list[ImagePrefix], tiny_profile: Profile,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    requests = [_free(prefix, tiny_profile, 5) for prefix in prefixes]
+    expected = static_engine.generate_many(requests, max_batch=3)
+    store = static_engine.slots
+    assert store is not None
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "step", lambda *_: (_ for _ in ()).throw(RuntimeError("device lost")))
+        with pytest.raises(RuntimeError, match="device lost"):
+            static_engine.generate_many(requests, max_batch=3)
+    assert store.used == 0
+    again = static_engine.generate_many(requests, max_batch=3)
+    assert static_engine.slots is store
+    assert [g.token_ids for g in again] == [g.token_ids for g in expected]
+
+
+def test_a_batch_on_the_static_loop_equals_the_single_runs(static_engine: Engine, tiny_profile: Profile,
+                                                           loaded_tiny: LoadedModel, items: list[BatchItem],
+                                                           alone: list[ResultDocument]) -> None:
+    """Whole documents: the static loop's batch against the dynamic loop's one-at-a-time runs."""
+    pipeline = Pipeline(static_engine, tiny_profile, loaded_tiny.provenance, max_batch=3)
+    results = pipeline.run_batch(items[:3])
+    for index, (batched, single) in enumerate(zip(results, alone, strict=True)):
+        assert isinstance(batched, ResultDocument), (index, batched)
+        assert _comparable(batched) == _comparable(single), f"item {index}: documents differ"
+
+
+class _NoHostReads(TorchDispatchMode):
+    """Fails on any op that reads a tensor value on the host (``.item()``, ``int()`` or ``bool()``
+    of a tensor, ``nonzero``): on CUDA each is a synchronisation, which a graph capture refuses.
+    (``.tolist()`` of a CPU tensor reads its memory without an op: not seen here.)"""
+
+    READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default, torch.ops.aten.nonzero.default,
+             torch.ops.aten.equal.default, torch.ops.aten.is_nonzero.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in self.READS:
+            raise AssertionError(f"the decode step reads a tensor on the host: {func}")
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_static_step_never_reads_tensors_on_the_host(static_engine: Engine, prefixes: list[ImagePrefix],
+                                                         tiny_profile: Profile,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a CUDA graph capture needs, checked on the CPU: the whole step, every step."""
+    static_engine.generate_many([_free(prefixes[0], tiny_profile, 2)], max_batch=3)
+    store = static_engine.slots
+    assert store is not None
+    original = store.step
+    watched: list[int] = []
+
+    def step(tokens: Any, positions: Any) -> torch.Tensor:
+        with _NoHostReads() as mode:
+            logits = original(tokens, positions)
+        watched.append(mode.ops)
+        return logits
+
+    monkeypatch.setattr(store, "step", step)
+    requests = _mixed_requests(static_engine, prefixes, tiny_profile)
+    static_engine.generate_many(requests, max_batch=3)
+    assert len(watched) > 10 and min(watched) > 100  # the mode saw every step's ops
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (bench/gpu_pipeline.py checks them)")
+def test_graph_loop_gives_the_static_answers(loaded_tiny: LoadedModel, tiny_profile: Profile,
+                                            prefixes: list[ImagePrefix], static_engine: Engine) -> None:
+    graphs = Engine(loaded_tiny, max_side=tiny_profile.image.max_side, decode_loop="graphs")
+    requests = _mixed_requests(graphs, prefixes, tiny_profile)
+    replayed = graphs.generate_many(requests, max_batch=5)
+    assert graphs.slots is not None and graphs.slots.graphs and graphs.slots.capture_error is None
+    eager = static_engine.generate_many(requests, max_batch=5)
+    assert [g.token_ids for g in replayed] == [g.token_ids for g in eager]
+
+
+def test_graphs_need_cuda(loaded_tiny: LoadedModel) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")  # the graph path is checked on a GPU by bench/gpu_pipeline.py
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Engine(loaded_tiny, decode_loop="graphs")
+    assert Engine(loaded_tiny).decode_loop == "dynamic"  # auto on the CPU

@@ -161,3 +161,19 @@ def test_real_obstetric_dicom_end_to_end(runtime: Runtime) -> None:
     assert all(r.status in ("ok", "skipped") for r in doc.phases.values())
     assert all(r.detail for r in doc.phases.values() if r.status == "skipped")
     _assert_geometry_inside(doc)
+
+
+def test_settings_choose_the_decode_loop_and_rows(runtime: Runtime, tiny_model_dir: Path,
+                                                 small_profile_path: Path) -> None:
+    """FADA_DECODE_LOOP / FADA_DECODE_ROWS reach the engine; the fixed-buffer loop's document is
+    the default (dynamic, on the CPU) one's."""
+    static = load_runtime(Settings(model_dir=tiny_model_dir, profile=str(small_profile_path), decode_loop="static",
+                                   decode_rows=3))
+    assert (static.pipeline.engine.decode_loop, static.pipeline.max_batch) == ("static", 3)
+    assert (runtime.pipeline.engine.decode_loop, runtime.pipeline.max_batch) == ("dynamic", 8)
+    data = Path(get_testdata_file("examples_palette.dcm")).read_bytes()
+    docs = [analyze_bytes(each, data).model_dump() for each in (runtime, static)]
+    for doc in docs:
+        for report in doc["phases"].values():
+            report.pop("latency_ms")
+    assert docs[0] == docs[1]

@@ -14,7 +14,8 @@ In one run it measures
   waves over a round of images, ``Engine.generate_many`` with ``--batch-size`` rows decoding
   together: wave 1 interpret + classify of every image, wave 2 detect + segment;
 
-and prints s/image, images/s, the speedup, the time of one decode step, peak GPU memory, the
+and prints s/image, images/s, the speedup, one image's latency alone on the worker path, the
+time of one decode step, peak GPU memory, the
 card and whether the fast linear-attention kernels are in use. The worker's decode loop is
 ``--decode`` (``auto``: CUDA graphs over fixed buffers on a GPU, see
 ``services/pipeline/slots.py``); a short probe then runs the same rows through
@@ -396,6 +397,14 @@ def run_worker(bench: Bench, images: Sequence[Image.Image], lengths: dict[str, i
             "peak_memory": _peak(bench.device)}
 
 
+def run_single(bench: Bench, image: Image.Image, lengths: dict[str, int], *, batch: int) -> dict[str, Any]:
+    """One image alone on the worker path (an idle worker, one job): its latency, all phases."""
+    mark = bench.timer.mark()
+    started = time.perf_counter()
+    bench.worker_round([image], lengths, batch)
+    return {"seconds": round(time.perf_counter() - started, 4), "timer": bench.timer.summary(mark)}
+
+
 def run_loop_probe(bench: Bench, other: Engine, images: Sequence[Image.Image], *, batch: int,
                    tokens: int) -> dict[str, Any]:
     """The same ``batch`` rows (interpret, forced to ``tokens`` tokens) through the worker's
@@ -646,6 +655,16 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
         results["speedup"] = round(reference["s_per_image"] / worker["s_per_image"], 3)
     save()
 
+    # One image alone: a worker with a single job. Its wave 1 decodes at most 2 rows, its wave 2 too.
+    steps = max(lengths["interpret"], lengths["classify"]) + max(lengths["detect"], lengths["segment"])
+    step_s = ((worker.get("timer") or {}).get("decode_step_ms") or ref_step_ms) / 1000
+    if time.perf_counter() + steps * step_s * 1.5 < deadline:
+        log(f"single image alone on the worker path ({steps} decode steps)")
+        results["single_image"] = run_single(bench, images[0], lengths, batch=batch)
+    else:
+        results["notes"].append("single-image latency skipped: time budget")
+    save()
+
     compare: DecodeLoop | Literal["none"] = args.compare_loop or (
         "none" if engine.decode_loop == "dynamic" else "dynamic")
     if compare != "none" and compare != engine.decode_loop:
@@ -714,6 +733,9 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
     console.print(table)
     if "speedup" in results:
         console.print(f"speedup (reference / worker): {results['speedup']:.2f}x", highlight=False)
+    if "single_image" in results:
+        console.print(f"one image alone on the worker path: {results['single_image']['seconds']:.3f} s",
+                      highlight=False)
     probe = results.get("loop_probe")
     if probe and "loops" in probe:
         loops = Table(title=f"decode loops, same {probe['rows']} rows x {probe['tokens']} tokens "

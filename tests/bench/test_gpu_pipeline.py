@@ -71,6 +71,8 @@ def test_tiny_run_measures_both_paths(bench: ModuleType, tmp_path: Path) -> None
     assert "2" in results["worker"]["timer"]["decode_steps_by_batch"]
     assert results["worker"]["stopped"] is None and results["worker"]["rounds"] == 1
     assert results["speedup"] > 0
+    single = results["single_image"]  # one image alone: both waves, at most two rows each
+    assert single["seconds"] > 0 and set(single["timer"]["decode_steps_by_batch"]) <= {"1", "2"}
     assert results["speedup"] == pytest.approx(
         results["reference"]["s_per_image"] / results["worker"]["s_per_image"], rel=1e-2)
     sizes = [row["bytes"] for row in results["computed_memory"]]

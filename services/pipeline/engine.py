@@ -28,6 +28,7 @@ from transformers import DynamicCache
 
 from services.models.loader import LoadedModel
 from services.pipeline.batching import Decoded, GenRequest, decode_many
+from services.pipeline.caches import stack_caches
 from services.pipeline.grammars import PhaseGrammar
 from services.pipeline.profile import Decoding
 from services.pipeline.slots import MARGIN_COLUMNS, SlotStore
@@ -88,6 +89,7 @@ class Engine:
         self.decode_loop: DecodeLoop = decode_loop
         self._slots: SlotStore | None = None
         self.slot_margin = MARGIN_COLUMNS  # spare KV columns per call (tests shrink it to force moves)
+        self.prefill_rows = 16  # most requests prefilled in one forward (each holds a copy of its prefix)
         self._suffixes: dict[str, torch.Tensor] = {}
         self.vocab_size = int(self.core.config.text_config.vocab_size)
         vocab = self.tokenizer.get_vocab()
@@ -181,6 +183,31 @@ class Engine:
         self.core.model.rope_deltas = prefix.rope_deltas
         out = self.model(input_ids=suffix.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
         return cache, out.logits[:, -1, :]
+
+    @torch.inference_mode()
+    def prefill_many(self, prefixes: Sequence[ImagePrefix],
+                     suffixes: torch.Tensor) -> tuple[Any, list[int], torch.Tensor]:
+        """``suffixes[i]`` ([rows, n], one length) after ``prefixes[i]``, in one forward: one cache
+        of those rows, the prefixes left-padded to a common length, the pads, and each row's
+        next-token logits [rows, vocab]. One row is ``prefill`` itself."""
+        if len(prefixes) == 1:
+            cache, logits = self.prefill(prefixes[0], suffixes)
+            return cache, [0], logits
+        lengths = [int(prefix.input_ids.shape[1]) for prefix in prefixes]
+        pads = [max(lengths) - length for length in lengths]
+        # stack_caches replaces the first cache's tensors: a copy, so the image prefix stays as it is.
+        cache = stack_caches([copy.deepcopy(prefixes[0].cache), *(prefix.cache for prefix in prefixes[1:])], pads)
+        # Positions as a single prefill computes them: after the prefix, shifted by its own rope delta.
+        starts = torch.tensor([length + int(prefix.rope_deltas.reshape(-1)[0])
+                               for length, prefix in zip(lengths, prefixes, strict=True)], device=self.device)
+        positions = starts[:, None] + torch.arange(suffixes.shape[1], device=self.device)[None, :]
+        mask = None
+        if any(pads):
+            columns = torch.arange(max(lengths) + suffixes.shape[1], device=self.device)
+            mask = (columns[None, :] >= torch.tensor(pads, device=self.device)[:, None]).long()
+        out = self.model(input_ids=suffixes.to(self.device), cache=cache, use_cache=True, attention_mask=mask,
+                         position_ids=positions[None].expand(3, -1, -1), logits_to_keep=1)
+        return cache, pads, out.logits[:, -1, :]
 
     def generate(self, prefix: ImagePrefix, prompt: str, *, grammar: xgr.CompiledGrammar | None,
                  max_new_tokens: int, decoding: Decoding, seed: int = 0, min_new_tokens: int = 0) -> Generation:

@@ -168,29 +168,30 @@ class SlotStore:
 
     # -- rows in and out ------------------------------------------------------------------
 
-    def admit(self, caches: Sequence[Any], lengths: Sequence[int]) -> None:
-        """Place prefilled batch-of-one caches (``lengths`` tokens each) in the next free slots."""
-        if self.used + len(caches) > self.capacity:
+    def admit(self, cache: Any, pads: Sequence[int], lengths: Sequence[int]) -> None:
+        """Place the rows of a prefilled cache (row i: ``pads[i]`` columns of left padding, then
+        ``lengths[i]`` tokens) in the next free slots."""
+        if self.used + len(lengths) > self.capacity:
             raise RuntimeError("more rows than slots")
         self._make_room(max(lengths, default=0))
-        for cache, length in zip(caches, lengths, strict=True):
-            self._place(self.used, cache, length)
+        for row, (pad, length) in enumerate(zip(pads, lengths, strict=True)):
+            self._place(self.used, cache, row, pad, length)
             self.used += 1
 
-    def _place(self, slot: int, cache: Any, length: int) -> None:
+    def _place(self, slot: int, cache: Any, row: int, pad: int, length: int) -> None:
         start = self.pos - length
         for index, (keys, values) in self.kv.items():
             layer = cache.layers[index]
-            if layer.keys.shape[2] != length:
-                raise RuntimeError(f"layer {index} holds {layer.keys.shape[2]} tokens, not {length}")
-            keys[slot, :, start:self.pos].copy_(layer.keys[0])
-            values[slot, :, start:self.pos].copy_(layer.values[0])
+            if layer.keys.shape[2] != pad + length:
+                raise RuntimeError(f"layer {index} holds {layer.keys.shape[2]} columns, not {pad} + {length}")
+            keys[slot, :, start:self.pos].copy_(layer.keys[row, :, pad:])
+            values[slot, :, start:self.pos].copy_(layer.values[row, :, pad:])
         for index, states in self.linear.items():
             layer = cache.layers[index]
             for s, tensor in states.conv.items():
-                tensor[slot].copy_(layer.conv_states[s][0])
+                tensor[slot].copy_(layer.conv_states[s][row])
             for s, tensor in states.recurrent.items():
-                tensor[slot].copy_(layer.recurrent_states[s][0])
+                tensor[slot].copy_(layer.recurrent_states[s][row])
         self.starts[slot] = start
         self.start_of[slot] = start
 

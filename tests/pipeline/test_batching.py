@@ -257,6 +257,64 @@ def test_sampled_rows_keep_their_own_seed(engine: Engine, prefixes: list[ImagePr
         assert generation.token_ids == single.token_ids
 
 
+@pytest.fixture
+def prefill_batch_sizes(loaded_tiny: LoadedModel) -> Iterator[list[int]]:
+    """Rows of every multi-token (prefill) forward of the language model after the image prefixes."""
+    sizes: list[int] = []
+
+    def record(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+        inputs = kwargs["inputs_embeds"] if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]
+        if inputs.shape[1] > 1:
+            sizes.append(int(inputs.shape[0]))
+
+    handle = loaded_tiny.core.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        yield sizes
+    finally:
+        handle.remove()
+
+
+def test_prefill_many_equals_one_prefill_per_row(engine: Engine, prefixes: list[ImagePrefix],
+                                                 tiny_profile: Profile) -> None:
+    """Three images of different prefix lengths after one phase prompt: left-padded into one
+    forward, each row's next-token logits and cache equal to its own prefill; the prefixes
+    themselves are left untouched (every later phase starts from them)."""
+    suffix = engine.suffix_ids(tiny_profile.prompts.interpret)
+    lengths = [int(prefix.input_ids.shape[1]) for prefix in prefixes]
+    assert len(set(lengths)) == 3
+    before = [[layer.keys.clone() for layer in prefix.cache.layers if getattr(layer, "keys", None) is not None]
+              for prefix in prefixes]
+    cache, pads, logits = engine.prefill_many(prefixes, suffix.expand(len(prefixes), -1))
+    assert pads == [max(lengths) - n for n in lengths] and logits.shape[0] == 3
+    for row, prefix in enumerate(prefixes):
+        alone_cache, alone_logits = engine.prefill(prefix, suffix)
+        torch.testing.assert_close(logits[row:row + 1], alone_logits, rtol=0, atol=1e-4)
+        for batched, single in zip(cache.layers, alone_cache.layers, strict=True):
+            if getattr(single, "keys", None) is not None:
+                torch.testing.assert_close(batched.keys[row:row + 1, :, pads[row]:], single.keys, rtol=0, atol=1e-4)
+            else:
+                torch.testing.assert_close(batched.recurrent_states[0][row:row + 1], single.recurrent_states[0],
+                                           rtol=0, atol=1e-4)
+    for prefix, kept in zip(prefixes, before, strict=True):
+        now = [layer.keys for layer in prefix.cache.layers if getattr(layer, "keys", None) is not None]
+        assert all(torch.equal(a, b) for a, b in zip(now, kept, strict=True))
+
+
+def test_requests_of_one_prompt_are_prefilled_together(engine: Engine, prefixes: list[ImagePrefix],
+                                                       tiny_profile: Profile, prefill_batch_sizes: list[int],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    requests = [_free(prefix, tiny_profile, 3) for prefix in prefixes * 2]  # six rows, one prompt
+    expected = [engine.generate(r.prefix, r.prompt, grammar=None, max_new_tokens=3, decoding=r.decoding,
+                                min_new_tokens=3).token_ids for r in requests]
+    prefill_batch_sizes.clear()
+    assert [g.token_ids for g in engine.generate_many(requests, max_batch=8)] == expected
+    assert prefill_batch_sizes == [6]
+    monkeypatch.setattr(engine, "prefill_rows", 4)  # a bound on the rows of one prefill
+    prefill_batch_sizes.clear()
+    assert [g.token_ids for g in engine.generate_many(requests, max_batch=8)] == expected
+    assert prefill_batch_sizes == [4, 2]
+
+
 def test_rejects_an_empty_batch_bound(engine: Engine, prefixes: list[ImagePrefix], tiny_profile: Profile) -> None:
     with pytest.raises(ValueError, match="max_batch"):
         engine.generate_many([_free(prefixes[0], tiny_profile, 2)], max_batch=0)

@@ -1,0 +1,55 @@
+"""Row-wise operations on transformers caches of qwen3_5 (full-attention KV, linear-attention
+states): stacking the rows of several caches with left padding, and cutting padding off.
+
+Full-attention layers hold per-token keys and values ``[batch, heads, tokens, dim]``; rows of
+different lengths are left-padded to one length and an attention mask hides the padding.
+Linear-attention layers hold fixed-size conv and recurrent states per row, which are simply
+concatenated: they never see padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DummyLayer, DynamicLayer, LinearAttentionCacheLayerMixin
+
+
+def kv_layer(layer: Any) -> bool:
+    """Whether the cache layer holds per-token keys and values (full attention)."""
+    if isinstance(layer, DynamicLayer):
+        if layer.is_sliding:  # a window would drop real tokens before padding: not supported
+            raise NotImplementedError("batched decoding does not support sliding-window cache layers")
+        return bool(layer.is_initialized)
+    if not isinstance(layer, (LinearAttentionCacheLayerMixin, DummyLayer)):
+        raise NotImplementedError(f"batched decoding does not support {type(layer).__name__} cache layers")
+    return False
+
+
+def stack_caches(caches: Sequence[Any], extra_pads: Sequence[int]) -> Any:
+    """Stack the caches' rows into the first one (its tensors are replaced, not written):
+    KV left-padded by ``extra_pads``, states concatenated."""
+    target = caches[0]
+    for index, layer in enumerate(target.layers):
+        layers = [cache.layers[index] for cache in caches]
+        if isinstance(layer, LinearAttentionCacheLayerMixin):
+            for state in range(layer.number_of_states):
+                if layer.is_conv_states_initialized[state]:
+                    layer.conv_states[state] = torch.cat([each.conv_states[state] for each in layers])
+                if layer.is_recurrent_states_initialized[state]:
+                    layer.recurrent_states[state] = torch.cat([each.recurrent_states[state] for each in layers])
+        if kv_layer(layer):
+            padded = list(zip(layers, extra_pads, strict=True))
+            layer.keys = torch.cat([F.pad(each.keys, (0, 0, pad, 0)) for each, pad in padded])
+            layer.values = torch.cat([F.pad(each.values, (0, 0, pad, 0)) for each, pad in padded])
+    return target
+
+
+def cut_left(cache: Any, count: int) -> None:
+    """Drop the first ``count`` (padding) positions of every full-attention layer."""
+    for layer in cache.layers:
+        if kv_layer(layer):
+            layer.keys = layer.keys[:, :, count:, :]
+            layer.values = layer.values[:, :, count:, :]

@@ -318,10 +318,12 @@ class Bench:
                           prefill_tokens=int(inputs["input_ids"].shape[1]))
 
     def worker_round(self, images: Sequence[Image.Image], lengths: dict[str, int], batch: int) -> list[Generation]:
-        """One round of the worker's path: every image encoded once, then two waves through
+        """One round of the worker's path: every image encoded once (several per call), then two waves through
         ``Engine.generate_many``; the longest phase of a wave goes first so its rows start
         early and the short ones fill the slots they leave."""
-        prefixes: list[ImagePrefix] = [self.engine.encode_image(image) for image in images]
+        step = self.engine.encode_rows  # as the worker's runner does: several images per call
+        prefixes: list[ImagePrefix] = [prefix for i in range(0, len(images), step)
+                                       for prefix in self.engine.encode_images(images[i:i + step])]
         results: list[Generation] = []
         for wave in WAVES:
             order = sorted(wave, key=lambda phase: -lengths[phase])

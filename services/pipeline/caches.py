@@ -1,5 +1,6 @@
 """Row-wise operations on transformers caches of qwen3_5 (full-attention KV, linear-attention
-states): stacking the rows of several caches with left padding, and cutting padding off.
+states): stacking the rows of several caches with left padding, cutting padding off, and
+taking one row out as a cache of its own.
 
 Full-attention layers hold per-token keys and values ``[batch, heads, tokens, dim]``; rows of
 different lengths are left-padded to one length and an attention mask hides the padding.
@@ -9,6 +10,7 @@ concatenated: they never see padding.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,3 +55,24 @@ def cut_left(cache: Any, count: int) -> None:
         if kv_layer(layer):
             layer.keys = layer.keys[:, :, count:, :]
             layer.values = layer.values[:, :, count:, :]
+
+
+def row_of(cache: Any, row: int, pad: int) -> Any:
+    """Row ``row`` of a batch cache as a cache of its own: its first ``pad`` (padding) columns
+    cut off, its tensors copied so the batch's can be freed."""
+    single = copy.copy(cache)
+    single.layers = []
+    for layer in cache.layers:
+        part = copy.copy(layer)
+        if isinstance(layer, LinearAttentionCacheLayerMixin):
+            part.conv_states = {s: None if t is None else t[row:row + 1].clone() for s, t in layer.conv_states.items()}
+            part.recurrent_states = {s: None if t is None else t[row:row + 1].clone()
+                                     for s, t in layer.recurrent_states.items()}
+            for flags in ("is_conv_states_initialized", "is_recurrent_states_initialized", "has_previous_state",
+                          "conv_kernel_size"):
+                setattr(part, flags, dict(getattr(layer, flags)))
+        if kv_layer(layer):
+            part.keys = layer.keys[row:row + 1, :, pad:].clone()
+            part.values = layer.values[row:row + 1, :, pad:].clone()
+        single.layers.append(part)
+    return single

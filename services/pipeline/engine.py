@@ -28,7 +28,7 @@ from transformers import DynamicCache
 
 from services.models.loader import LoadedModel
 from services.pipeline.batching import Decoded, GenRequest, decode_many
-from services.pipeline.caches import stack_caches
+from services.pipeline.caches import row_of, stack_caches
 from services.pipeline.grammars import PhaseGrammar
 from services.pipeline.profile import Decoding
 from services.pipeline.slots import MARGIN_COLUMNS, SlotStore
@@ -90,6 +90,7 @@ class Engine:
         self._slots: SlotStore | None = None
         self.slot_margin = MARGIN_COLUMNS  # spare KV columns per call (tests shrink it to force moves)
         self.prefill_rows = 16  # most requests prefilled in one forward (each holds a copy of its prefix)
+        self.encode_rows = 8  # most images encoded in one call (vision activations grow with it)
         self._suffixes: dict[str, torch.Tensor] = {}
         self.vocab_size = int(self.core.config.text_config.vocab_size)
         vocab = self.tokenizer.get_vocab()
@@ -133,6 +134,33 @@ class Engine:
         rope_deltas = self.core.model.rope_deltas.clone()
         return ImagePrefix(input_ids=inputs["input_ids"], cache=cache, rope_deltas=rope_deltas,
                            model_size=seen.size, encode_ms=(time.perf_counter() - started) * 1000)
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> list[ImagePrefix]:
+        """Several images' prefixes from one vision-tower call and one forward, the prompts
+        left-padded to the longest (padding before the prefix leaves the linear-attention
+        states at zero and is masked for full attention); each equals its own ``encode_image``
+        up to float rounding. One image is ``encode_image`` itself."""
+        if len(images) == 1:
+            return [self.encode_image(images[0])]
+        started = time.perf_counter()
+        seen = [resize_longest_side(image.convert("RGB"), self.max_side) for image in images]
+        prefix_text, _ = self.split_chat("")
+        inputs = self.processor(text=[prefix_text] * len(seen), images=seen, return_tensors="pt", padding=True,
+                                padding_side="left").to(self.device)
+        cache = DynamicCache(config=self.core.config)
+        self.core.model.rope_deltas = None
+        self.model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+            pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
+            mm_token_type_ids=inputs["mm_token_type_ids"], cache=cache, use_cache=True, logits_to_keep=1,
+        )
+        deltas = self.core.model.rope_deltas  # per row, relative to the row's own (unpadded) tokens
+        pads = (inputs["attention_mask"] == 0).sum(dim=1).tolist()
+        encode_ms = (time.perf_counter() - started) * 1000 / len(seen)  # the call's time, shared
+        return [ImagePrefix(input_ids=inputs["input_ids"][row:row + 1, pad:], cache=row_of(cache, row, pad),
+                            rope_deltas=deltas[row:row + 1].clone(), model_size=image.size, encode_ms=encode_ms)
+                for row, (pad, image) in enumerate(zip(pads, seen, strict=True))]
 
     # -- decoding -------------------------------------------------------------------------
 

@@ -283,6 +283,7 @@ class Pipeline:
             for call in calls:
                 self._record(call, self._single_turn(call))
             return
+        prefixes.load([call.job for call in calls])
         ready = [(call, prefix) for call in calls if (prefix := prefixes.get(call.job)) is not None]
         requests = [GenRequest(prefix=prefix, prompt=call.prompt, grammar=call.grammar, max_new_tokens=call.budget,
                                decoding=self.profile.decoding, seed=_seed(call.job.item.decoded.sha256, call.phase))
@@ -330,6 +331,23 @@ class _Prefixes:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._by_sha: dict[str, ImagePrefix | Exception] = {}
+
+    def load(self, jobs: Sequence[_Job]) -> None:
+        """Encode the images these jobs need, several per call (``engine.encode_rows``); a call
+        that fails is redone image by image, so a bad image fails only its own jobs."""
+        todo = {job.item.decoded.sha256: job.item.decoded.image for job in jobs
+                if job.item.decoded.sha256 not in self._by_sha}
+        shas = list(todo)
+        step = max(1, self.engine.encode_rows)
+        for chunk in (shas[i:i + step] for i in range(0, len(shas), step)):
+            try:
+                self._by_sha.update(zip(chunk, self.engine.encode_images([todo[sha] for sha in chunk]), strict=True))
+            except Exception:
+                for sha in chunk:
+                    try:
+                        self._by_sha[sha] = self.engine.encode_image(todo[sha])
+                    except Exception as exc:
+                        self._by_sha[sha] = exc
 
     def get(self, job: _Job) -> ImagePrefix | None:
         decoded = job.item.decoded

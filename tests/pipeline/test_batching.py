@@ -96,20 +96,26 @@ def alone(pipeline: Pipeline, images: dict[str, DecodedImage], waiting: ResultDo
     ]
 
 
+def _images_per_call(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], calls: list[int]) -> None:
+    grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+    calls.append(int(grid.shape[0]))
+
+
 @pytest.fixture(scope="module")
 def batch_run(pipeline: Pipeline, items: list[BatchItem], loaded_tiny: LoadedModel
-              ) -> tuple[list[ResultDocument | Exception], int]:
-    """The batch's results and how often the vision tower ran."""
+              ) -> tuple[list[ResultDocument | Exception], list[int]]:
+    """The batch's results and the images of each vision-tower call."""
     calls: list[int] = []
-    handle = loaded_tiny.core.model.visual.register_forward_hook(lambda *_: calls.append(1))
+    handle = loaded_tiny.core.model.visual.register_forward_pre_hook(
+        lambda module, args, kwargs: _images_per_call(module, args, kwargs, calls), with_kwargs=True)
     try:
         results = pipeline.run_batch(items)
     finally:
         handle.remove()
-    return results, len(calls)
+    return results, calls
 
 
-def test_every_item_gets_what_it_gets_alone(batch_run: tuple[list[ResultDocument | Exception], int],
+def test_every_item_gets_what_it_gets_alone(batch_run: tuple[list[ResultDocument | Exception], list[int]],
                                              alone: list[ResultDocument]) -> None:
     results, _ = batch_run
     assert [getattr(doc, "status", None) for doc in results[:3]] == ["succeeded", "awaiting_review", "succeeded"]
@@ -123,15 +129,42 @@ def test_every_item_gets_what_it_gets_alone(batch_run: tuple[list[ResultDocument
     assert resumed.phases["detect"].status == "ok" and resumed.phases["segment"].status == "ok"
 
 
-def test_a_bad_item_fails_alone(batch_run: tuple[list[ResultDocument | Exception], int]) -> None:
+def test_a_bad_item_fails_alone(batch_run: tuple[list[ResultDocument | Exception], list[int]]) -> None:
     results, _ = batch_run
     assert isinstance(results[3], ResumeError) and "does not match" in str(results[3])
     assert all(isinstance(doc, ResultDocument) for doc in results[:3])
 
 
-def test_each_image_is_encoded_once(batch_run: tuple[list[ResultDocument | Exception], int]) -> None:
+def test_each_image_is_encoded_once(batch_run: tuple[list[ResultDocument | Exception], list[int]]) -> None:
     _, vision_calls = batch_run
-    assert vision_calls == 3  # the bad item's image is never encoded
+    # Wave 1: the two fresh images in one call; wave 2: the resumed one. The bad item's image
+    # is never encoded.
+    assert vision_calls == [2, 1]
+
+
+def test_a_failed_batch_encode_is_redone_image_by_image(pipeline: Pipeline, images: dict[str, DecodedImage],
+                                                        alone: list[ResultDocument],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One image that cannot be encoded fails its own job only, not the others of its call."""
+    engine = pipeline.engine
+    encode_image = engine.encode_image
+    broken = images["square"].image
+
+    def failing_one(image: Image.Image) -> ImagePrefix:
+        if image is broken:
+            raise RuntimeError("vision tower failed")
+        return encode_image(image)
+
+    def failing_many(many: list[Image.Image]) -> list[ImagePrefix]:
+        if any(image is broken for image in many):
+            raise RuntimeError("vision tower failed")
+        raise AssertionError("only the call with the broken image is expected here")
+
+    monkeypatch.setattr(engine, "encode_image", failing_one)
+    monkeypatch.setattr(engine, "encode_images", failing_many)
+    small, square = pipeline.run_batch([BatchItem(images["small"]), BatchItem(images["square"])])
+    assert isinstance(small, ResultDocument) and _comparable(small) == _comparable(alone[0])
+    assert isinstance(square, RuntimeError) and "vision tower failed" in str(square)
 
 
 def test_a_failing_generation_fails_only_its_phase(pipeline: Pipeline, images: dict[str, DecodedImage],
@@ -298,6 +331,33 @@ def test_prefill_many_equals_one_prefill_per_row(engine: Engine, prefixes: list[
     for prefix, kept in zip(prefixes, before, strict=True):
         now = [layer.keys for layer in prefix.cache.layers if getattr(layer, "keys", None) is not None]
         assert all(torch.equal(a, b) for a, b in zip(now, kept, strict=True))
+
+
+def test_encode_images_equals_one_encode_per_image(engine: Engine, images: dict[str, DecodedImage],
+                                                   prefixes: list[ImagePrefix], tiny_profile: Profile,
+                                                   loaded_tiny: LoadedModel) -> None:
+    """Three images of different sizes in one vision-tower call and one left-padded forward:
+    each prefix (ids, rope delta, every cache tensor, what a phase then computes from it)
+    equals the image's own encoding."""
+    calls: list[int] = []
+    handle = loaded_tiny.core.model.visual.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        together = engine.encode_images([images[name].image for name in ("small", "square", "mid")])
+    finally:
+        handle.remove()
+    assert calls == [1]
+    suffix = engine.suffix_ids(tiny_profile.prompts.interpret)
+    for batched, single in zip(together, prefixes, strict=True):
+        assert torch.equal(batched.input_ids, single.input_ids) and batched.model_size == single.model_size
+        assert torch.equal(batched.rope_deltas, single.rope_deltas)
+        for ours, theirs in zip(batched.cache.layers, single.cache.layers, strict=True):
+            pairs = ([(ours.keys, theirs.keys), (ours.values, theirs.values)] if hasattr(theirs, "keys") else
+                     [(ours.conv_states[0], theirs.conv_states[0]),
+                      (ours.recurrent_states[0], theirs.recurrent_states[0])])
+            for a, b in pairs:
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+        torch.testing.assert_close(engine.prefill(batched, suffix)[1], engine.prefill(single, suffix)[1],
+                                   rtol=0, atol=1e-4)
 
 
 def test_requests_of_one_prompt_are_prefilled_together(engine: Engine, prefixes: list[ImagePrefix],

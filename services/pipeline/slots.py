@@ -20,7 +20,7 @@ capacity) is captured once as a CUDA graph and replayed; rows in the bucket past
 ones compute garbage that nobody reads (on a GPU a decode step costs about the same for 1 or 8
 rows: it reads the weights once either way).
 
-Rows stay packed in slots ``0..n-1``: a row that leaves is replaced by the last one. When the
+Rows stay packed in slots ``0..n-1``: when rows leave, the others move down in order. When the
 write column reaches the end, or a joining row's prompt is longer than the columns before it,
 the used columns are moved (one copy of the KV, every ``width - span`` steps at most).
 """

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import ApiKey, Delivery, DeliveryAttempt, DeliveryKind, DeliveryStatus, Job
@@ -72,33 +72,36 @@ def dispatch_once(sm: sessionmaker[Session], settings: Settings, *, owner: str,
 
 
 def claim_due(session: Session, *, owner: str, lease: timedelta, now: datetime | None = None) -> list[DueDelivery]:
-    """Pending deliveries whose time has come and whose lease (if any) has run out."""
+    """Pending deliveries whose time has come and whose lease (if any) has run out, oldest due
+    first: locked (SKIP LOCKED on PostgreSQL), leased in one UPDATE that re-checks the state
+    (RETURNING says which rows were really taken), with their keys' secrets in one read."""
     now = now or utcnow()
+    free = and_(Delivery.status == DeliveryStatus.pending,
+                or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at < now))
     candidates = session.scalars(
         select(Delivery.id)
-        .where(Delivery.status == DeliveryStatus.pending, Delivery.next_attempt_at <= now,
-               or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at < now))
+        .where(free, Delivery.next_attempt_at <= now)
         .order_by(Delivery.next_attempt_at)
         .limit(CLAIM_LIMIT)
         .with_for_update(skip_locked=True)
     ).all()
-    claimed: list[DueDelivery] = []
-    for delivery_id in candidates:
-        row = session.execute(
-            update(Delivery)
-            .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.pending,
-                   or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at < now))
-            .values(lease_owner=owner, lease_expires_at=now + lease)
-            .returning(Delivery.job_id, Delivery.kind, Delivery.url, Delivery.payload, Delivery.attempts),
-            execution_options={"synchronize_session": False},
-        ).first()
-        if row is None:
-            continue
-        secret = session.scalar(select(ApiKey.webhook_secret).join(Job, Job.api_key_id == ApiKey.id)
-                                .where(Job.id == row.job_id))
-        claimed.append(DueDelivery(delivery_id, row.job_id, DeliveryKind(row.kind), row.url, row.payload,
-                                   row.attempts, secret))
-    return claimed
+    if not candidates:
+        return []
+    rows = session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(candidates), free)
+        .values(lease_owner=owner, lease_expires_at=now + lease)
+        .returning(Delivery.id, Delivery.job_id, Delivery.kind, Delivery.url, Delivery.payload, Delivery.attempts),
+        execution_options={"synchronize_session": False},
+    ).all()
+    if not rows:
+        return []
+    secrets = dict(session.execute(
+        select(Job.id, ApiKey.webhook_secret).join(ApiKey, Job.api_key_id == ApiKey.id)
+        .where(Job.id.in_({row.job_id for row in rows}))).all())
+    taken = {row.id: DueDelivery(row.id, row.job_id, DeliveryKind(row.kind), row.url, row.payload, row.attempts,
+                                 secrets.get(row.job_id)) for row in rows}
+    return [taken[delivery_id] for delivery_id in candidates if delivery_id in taken]  # RETURNING has no order
 
 
 def record_attempt(session: Session, delivery: DueDelivery, attempt: Attempt, *, owner: str, settings: Settings,

@@ -176,7 +176,7 @@ class _DynamicBatch:
         self.cache = stack_caches(caches, extra) if len(caches) > 1 else caches[0]
         self.pads = [pad + more for (_, pads, _), more in zip(groups, extra, strict=True) for pad in pads]
         self.rows += [row for part in joining for row in part.rows]
-        self.logits = torch.cat(([self.logits] if self.logits is not None else []) + [p.logits for p in joining])
+        self.logits = _with_logits(self.logits, joining)
 
     def keep(self, indices: list[int]) -> None:
         """Only these rows stay."""
@@ -235,7 +235,7 @@ class _SlotBatch:
         for part in joining:
             self.store.admit(part.cache, part.pads, [row.length for row in part.rows])
             self.rows += part.rows
-        self.logits = torch.cat(([self.logits] if self.logits is not None else []) + [p.logits for p in joining])
+        self.logits = _with_logits(self.logits, joining)
 
     def keep(self, indices: list[int]) -> None:
         assert self.store is not None and self.logits is not None
@@ -254,6 +254,11 @@ class _SlotBatch:
         if self.store is not None:
             self.store.clear()
         self.rows, self.logits = [], None
+
+
+def _with_logits(logits: torch.Tensor | None, joining: Sequence[_Prefilled]) -> torch.Tensor:
+    """The running rows' logits followed by the joining rows' first-token logits."""
+    return torch.cat(([logits] if logits is not None else []) + [part.logits for part in joining])
 
 
 def pick_tokens(engine: Engine, rows: Sequence[_Row], logits: torch.Tensor) -> list[int]:

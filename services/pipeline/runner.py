@@ -326,7 +326,7 @@ class Pipeline:
 
 class _Prefixes:
     """Image prefixes of one batch: each image (by content hash) encoded at most once, when
-    a phase first needs it; a failed encoding is the failure of every job of that image."""
+    a wave first needs it (``load``); a failed encoding is the failure of every job of that image."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -334,7 +334,7 @@ class _Prefixes:
 
     def load(self, jobs: Sequence[_Job]) -> None:
         """Encode the images these jobs need, several per call (``engine.encode_rows``); a call
-        that fails is redone image by image, so a bad image fails only its own jobs."""
+        of several that fails is redone image by image, so a bad image fails only its own jobs."""
         todo = {job.item.decoded.sha256: job.item.decoded.image for job in jobs
                 if job.item.decoded.sha256 not in self._by_sha}
         shas = list(todo)
@@ -342,21 +342,19 @@ class _Prefixes:
         for chunk in (shas[i:i + step] for i in range(0, len(shas), step)):
             try:
                 self._by_sha.update(zip(chunk, self.engine.encode_images([todo[sha] for sha in chunk]), strict=True))
-            except Exception:
+            except Exception as exc:
+                if len(chunk) == 1:  # encode_images of one image is encode_image: no second try
+                    self._by_sha[chunk[0]] = exc
+                    continue
                 for sha in chunk:
                     try:
                         self._by_sha[sha] = self.engine.encode_image(todo[sha])
-                    except Exception as exc:
-                        self._by_sha[sha] = exc
+                    except Exception as own:
+                        self._by_sha[sha] = own
 
     def get(self, job: _Job) -> ImagePrefix | None:
-        decoded = job.item.decoded
-        if decoded.sha256 not in self._by_sha:
-            try:
-                self._by_sha[decoded.sha256] = self.engine.encode_image(decoded.image)
-            except Exception as exc:
-                self._by_sha[decoded.sha256] = exc
-        prefix = self._by_sha[decoded.sha256]
+        """The job's prefix after ``load``; None, with the job failed, when it could not be encoded."""
+        prefix = self._by_sha[job.item.decoded.sha256]
         if isinstance(prefix, Exception):
             job.error = prefix
             return None

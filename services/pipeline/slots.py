@@ -28,7 +28,7 @@ the used columns are moved (one copy of the KV, every ``width - span`` steps at 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,12 +203,8 @@ class SlotStore:
         self.used = len(indices)
 
     def _move(self, old: int, new: int) -> None:
-        for keys, values in self.kv.values():
-            keys[new].copy_(keys[old])
-            values[new].copy_(values[old])
-        for states in self.linear.values():
-            for tensor in (*states.conv.values(), *states.recurrent.values()):
-                tensor[new].copy_(tensor[old])
+        for tensor in self._row_tensors():
+            tensor[new].copy_(tensor[old])
         self.starts[new] = self.start_of[old]
         self.start_of[new] = self.start_of[old]
 
@@ -312,10 +308,15 @@ class SlotStore:
         self._graphs = dict(sorted(self._graphs.items()))
 
     def _zero(self) -> None:
-        for keys, values in self.kv.values():
-            keys.zero_()
-            values.zero_()
-        for states in self.linear.values():
-            for tensor in (*states.conv.values(), *states.recurrent.values()):
-                tensor.zero_()
+        for tensor in self._row_tensors():
+            tensor.zero_()
         self.column.zero_()
+
+    def _row_tensors(self) -> Iterator[torch.Tensor]:
+        """Every per-row state tensor: full-attention keys and values, linear-attention states."""
+        for keys, values in self.kv.values():
+            yield keys
+            yield values
+        for states in self.linear.values():
+            yield from states.conv.values()
+            yield from states.recurrent.values()

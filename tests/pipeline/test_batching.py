@@ -204,21 +204,27 @@ def prefixes(engine: Engine, images: dict[str, DecodedImage]) -> list[ImagePrefi
     return [engine.encode_image(images[name].image) for name in ("small", "square", "mid")]
 
 
-@pytest.fixture
-def decode_batch_sizes(loaded_tiny: LoadedModel) -> Iterator[list[int]]:
-    """Batch size of every one-token (decode) forward of the language model."""
+def _forward_rows(loaded: LoadedModel, *, decode: bool) -> Iterator[list[int]]:
+    """Rows of every forward of the language model: one-token (decode) forwards, or
+    multi-token (prefill) ones."""
     sizes: list[int] = []
 
     def record(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
         inputs = kwargs["inputs_embeds"] if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]
-        if inputs.shape[1] == 1:
+        if (inputs.shape[1] == 1) == decode:
             sizes.append(int(inputs.shape[0]))
 
-    handle = loaded_tiny.core.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
+    handle = loaded.core.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         yield sizes
     finally:
         handle.remove()
+
+
+@pytest.fixture
+def decode_batch_sizes(loaded_tiny: LoadedModel) -> Iterator[list[int]]:
+    """Batch size of every one-token (decode) forward of the language model."""
+    yield from _forward_rows(loaded_tiny, decode=True)
 
 
 def _free(prefix: ImagePrefix, profile: Profile, length: int) -> GenRequest:
@@ -293,18 +299,7 @@ def test_sampled_rows_keep_their_own_seed(engine: Engine, prefixes: list[ImagePr
 @pytest.fixture
 def prefill_batch_sizes(loaded_tiny: LoadedModel) -> Iterator[list[int]]:
     """Rows of every multi-token (prefill) forward of the language model after the image prefixes."""
-    sizes: list[int] = []
-
-    def record(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
-        inputs = kwargs["inputs_embeds"] if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]
-        if inputs.shape[1] > 1:
-            sizes.append(int(inputs.shape[0]))
-
-    handle = loaded_tiny.core.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        yield sizes
-    finally:
-        handle.remove()
+    yield from _forward_rows(loaded_tiny, decode=False)
 
 
 def test_prefill_many_equals_one_prefill_per_row(engine: Engine, prefixes: list[ImagePrefix],

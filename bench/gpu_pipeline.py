@@ -134,6 +134,8 @@ def _uses_package(func: Any, package: str) -> bool | None:
 
     transformers picks the implementation once, when ``modeling_qwen3_5`` is imported: the
     wrapper keeps it in its closure as ``implementation``. None when that cannot be read."""
+    if not hasattr(func, "__wrapped__"):
+        return False  # the PyTorch function itself (see use_torch_kernels)
     try:
         implementation = inspect.getclosurevars(func).nonlocals.get("implementation")
     except TypeError:
@@ -153,6 +155,21 @@ def kernel_status() -> dict[str, Any]:
         "causal_conv1d": {"installed": _version("causal-conv1d"),
                           "in_use": _uses_package(qwen.causal_conv1d_update, "causal_conv1d")},
     }
+
+
+# The names qwen3_5's linear-attention layers look up in their module at each call.
+KERNEL_FUNCTIONS = ("torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule",
+                    "causal_conv1d_fn", "causal_conv1d_update")
+
+
+def use_torch_kernels() -> None:
+    """Point those names back at transformers' own PyTorch functions, whatever is installed:
+    ``--kernels torch``, and the fallback when a fast kernel fails on the GPU host (a Triton
+    build that does not compile there must not cost the run)."""
+    from transformers.models.qwen3_5 import modeling_qwen3_5 as qwen
+
+    for name in KERNEL_FUNCTIONS:
+        setattr(qwen, name, inspect.unwrap(getattr(qwen, name)))
 
 
 def card_name(device: torch.device) -> str:
@@ -526,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here (updated per stage)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the worker path's warm-up round (quick CPU checks; timings include first calls)")
+    parser.add_argument("--kernels", choices=("auto", "torch"), default="auto",
+                        help="linear-attention kernels: auto (fla / causal-conv1d when installed, PyTorch's "
+                        "if they fail in the warm-up) or torch (PyTorch's only)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -543,6 +563,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     width, height = (int(v) for v in args.size.lower().split("x"))
     if min(args.batch_size, args.images or 1, args.round_images or 1, args.reference_images) < 1:
         raise SystemExit("--batch-size, --images, --round-images and --reference-images must be positive")
+    if args.kernels == "torch":
+        use_torch_kernels()
     device_name = "cpu" if args.tiny and args.device == "auto" else resolve_device(args.device)
     device = torch.device(device_name)
     dtype = resolve_dtype(args.dtype, device_name)
@@ -610,13 +632,39 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
     # Warm-up: both paths once with short answers, at the batch size the worker path uses
     # (CUDA context, cuBLAS handles, Triton autotuning of the fla kernels, allocator pools).
     # The short reference call always runs: its decode-step time sizes the reference's budget.
+    def warm_up() -> float:
+        # Short answers, but fixed buffers as wide as the measured rounds need: a worker that
+        # has run keeps its buffers, so no measured round pays for growing them (and for
+        # capturing the graphs again).
+        margin = engine.slot_margin
+        engine.slot_margin = margin + max(lengths.values())
+        try:
+            if not args.no_warmup and not _survives_oom(
+                    lambda: bench.worker_round(images[:min(batch, len(images))], dict.fromkeys(PHASES, 2), batch),
+                    device):
+                results["notes"].append(f"warm-up ran out of memory at batch {batch}")
+        finally:
+            engine.slot_margin = margin
+        warm_mark = timer.mark()
+        bench.reference_call(images[0], "interpret", 4, deadline=float("inf"))
+        return float(timer.summary(warm_mark)["decode_step_ms"] or 0.0)
+
     started = time.perf_counter()
-    if not args.no_warmup and not _survives_oom(
-            lambda: bench.worker_round(images[:min(batch, len(images))], dict.fromkeys(PHASES, 2), batch), device):
-        results["notes"].append(f"warm-up ran out of memory at batch {batch}")
-    warm_mark = timer.mark()
-    bench.reference_call(images[0], "interpret", 4, deadline=float("inf"))
-    ref_step_ms = timer.summary(warm_mark)["decode_step_ms"] or 0.0
+    try:
+        ref_step_ms = warm_up()
+    except Exception as exc:
+        # The first call of the fast kernels compiles them: a failure there is the kernels',
+        # and the run goes on with PyTorch's (slower, noted) rather than ending.
+        if _is_oom(exc) or not any(k["in_use"] for k in results["kernels"].values()):
+            raise
+        log(f"fast kernels failed in the warm-up ({exc!r}); going on with PyTorch's")
+        results["kernel_error"] = traceback.format_exc()[-2000:]
+        results["notes"].append(f"fast kernels failed in the warm-up, PyTorch's used instead: {exc!r}"[:300])
+        use_torch_kernels()
+        results["kernels"] = kernel_status()
+        engine.release_slots()  # graphs captured around the failed kernels
+        _free(device)
+        ref_step_ms = warm_up()
     prefix_text, _ = engine.split_chat("")
     seen = resize_longest_side(images[0], engine.max_side)
     prefix_tokens = len(engine.processor(text=[prefix_text], images=[seen])["input_ids"][0])
@@ -632,6 +680,7 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
     reference_budget = min(args.reference_max_s,
                            args.reference_images * sum(lengths.values()) * ref_step_ms / 1000 * 1.2 + 5)
     log(f"worker path: {n_images} images, batch {batch}, rounds of {round_images}")
+    warm_slots = engine.slots
     worker: dict[str, Any] = {"oom": True}
     if _survives_oom(lambda: worker.update(run_worker(
             bench, images[:n_images], lengths, batch=batch, round_images=round_images,
@@ -641,6 +690,7 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
         results["notes"].append(f"worker path ran out of memory at batch {batch}: try a smaller --batch-size")
     results["worker"] = worker
     if engine.slots is not None:
+        worker["slots_rebuilt"] = engine.slots is not warm_slots  # grown inside a measured round
         results["graphs"] = engine.slots.graphs
         if engine.slots.capture_error:
             results["notes"].append(f"CUDA graph capture failed, eager static steps: {engine.slots.capture_error}")

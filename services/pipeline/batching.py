@@ -270,9 +270,9 @@ def pick_tokens(engine: Engine, rows: Sequence[_Row], logits: torch.Tensor) -> l
         for i in constrained:
             rows[i].matcher.fill_next_token_bitmask(bitmask, i)  # type: ignore[union-attr]
         xgr.apply_token_bitmask_inplace(scores, bitmask.to(scores.device), indices=constrained)
-    for i, row in enumerate(rows):
-        if row.holds_stop:
-            _suppress(scores[i], sorted(engine.stop_ids))
+    holding = [i for i, row in enumerate(rows) if row.holds_stop]
+    if holding:
+        suppress_stops(scores, holding, sorted(engine.stop_ids))
     greedy = scores.argmax(dim=-1).tolist()
     return [greedy[i] if row.sampler.greedy else row.sampler.pick(scores[i:i + 1]) for i, row in enumerate(rows)]
 
@@ -342,9 +342,13 @@ def _prefill_waiting(engine: Engine, requests: Sequence[GenRequest], suffixes: S
     return joining
 
 
-def _suppress(scores: torch.Tensor, stop_ids: list[int]) -> None:
-    """No stop token in this row of scores, unless nothing else is allowed (a grammar that must end)."""
-    kept = scores[stop_ids].clone()
-    scores[stop_ids] = float("-inf")
-    if bool(torch.isneginf(scores).all()):
-        scores[stop_ids] = kept
+def suppress_stops(scores: torch.Tensor, rows: list[int], stop_ids: list[int]) -> None:
+    """No stop token in these rows of ``scores`` [batch, vocab], except in a row where nothing
+    else is allowed (a grammar that must end). Tensor ops only, all rows at once: a check per
+    row on the host would be a GPU synchronisation per row and step."""
+    index = torch.tensor(rows, device=scores.device)[:, None]
+    stops = torch.tensor(stop_ids, device=scores.device)[None, :]
+    kept = scores[index, stops]
+    scores[index, stops] = float("-inf")
+    stuck = torch.isneginf(scores[index[:, 0]]).all(dim=-1, keepdim=True)
+    scores[index, stops] = torch.where(stuck, kept, float("-inf"))

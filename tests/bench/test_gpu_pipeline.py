@@ -7,7 +7,9 @@ none.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -102,6 +104,16 @@ def test_static_loop_run_probes_the_dynamic_loop(bench: ModuleType) -> None:
         probe["loops"]["dynamic"]["decode_step_ms"] / probe["loops"]["static"]["decode_step_ms"], rel=1e-2)
 
 
+def test_warm_up_sizes_the_buffers_for_the_measured_rounds(bench: ModuleType) -> None:
+    """Steady state: the warm-up's short answers leave buffers wide enough for the full answers,
+    so no measured round grows them (on a GPU that would capture every graph again)."""
+    lengths = {**LENGTHS, "segment": 300}  # past the buffers' spare columns (256)
+    results = bench.main(["--tiny", "--decode", "static", "--batch-size", "2", "--images", "4", "--size", "64x64",
+                          "--lengths", _lengths_arg(lengths), "--compare-loop", "none"])
+    assert results["worker"]["rounds"] == 2 and results["worker"]["slots_rebuilt"] is False
+    assert "loop_probe" not in results
+
+
 def test_time_budget_cuts_stages_short_and_extrapolates(bench: ModuleType) -> None:
     """Past the budget: the first worker round still runs, the rest is skipped, the reference
     stops at its first token and is extrapolated, and the run still reports."""
@@ -112,6 +124,55 @@ def test_time_budget_cuts_stages_short_and_extrapolates(bench: ModuleType) -> No
     assert reference["extrapolated"] is True and reference["s_per_image"] > 0
     assert all(n < 3 for n in reference["tokens"]["interpret"])
     assert any("extrapolated" in note for note in results["notes"])
+
+
+def _failing_fla(torch_function: Any) -> Any:
+    """A wrapper as transformers builds one around an installed fla kernel, whose kernel fails
+    as a Triton build that does not compile on the host would."""
+    def implementation(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("triton: PassManager::run failed")
+    implementation.__module__ = "fla.ops.gated_delta_rule.chunk"
+
+    @functools.wraps(torch_function)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        return implementation(*args, **kwargs)
+    return wrapped
+
+
+def test_failing_fast_kernels_fall_back_to_pytorch(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU host gets one try: a fast kernel that fails in the warm-up is replaced by
+    PyTorch's, noted, and the run still measures both paths."""
+    from transformers.models.qwen3_5 import modeling_qwen3_5 as qwen
+
+    for name in bench.KERNEL_FUNCTIONS:  # restored after the test, whatever the bench rebinds
+        monkeypatch.setattr(qwen, name, getattr(qwen, name))
+    torch_chunk = inspect.unwrap(qwen.torch_chunk_gated_delta_rule)
+    monkeypatch.setattr(qwen, "torch_chunk_gated_delta_rule", _failing_fla(torch_chunk))
+    assert bench.kernel_status()["fla"]["in_use"] is True
+
+    results = bench.main(["--tiny", "--batch-size", "2", "--images", "2", "--size", "64x64",
+                          "--lengths", _lengths_arg(LENGTHS)])
+    assert results["kernels"]["fla"]["in_use"] is False and qwen.torch_chunk_gated_delta_rule is torch_chunk
+    assert "PassManager" in results["kernel_error"]
+    assert any("PyTorch's used instead" in note for note in results["notes"])
+    assert results["worker"]["tokens"] == {phase: [n] * 2 for phase, n in LENGTHS.items()}
+    assert results["reference"]["s_per_image"] > 0
+
+
+def test_other_warm_up_errors_end_the_run(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a fast kernel in use a warm-up failure is a bug, not the kernels': it is raised
+    (and written into the JSON), not papered over."""
+    from transformers.models.qwen3_5 import modeling_qwen3_5 as qwen
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("shape mismatch")
+
+    for name in bench.KERNEL_FUNCTIONS:  # --kernels torch rebinds them: restored after
+        monkeypatch.setattr(qwen, name, getattr(qwen, name))
+    monkeypatch.setattr(bench.Bench, "reference_call", broken)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        bench.main(["--tiny", "--batch-size", "1", "--images", "1", "--size", "64x64", "--no-warmup",
+                    "--kernels", "torch", "--lengths", _lengths_arg(LENGTHS)])
 
 
 def test_parse_lengths(bench: ModuleType) -> None:

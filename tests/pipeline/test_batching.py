@@ -526,6 +526,22 @@ def test_the_static_step_never_reads_tensors_on_the_host(static_engine: Engine, 
     assert len(watched) > 10 and min(watched) > 100  # the mode saw every step's ops
 
 
+def test_stop_suppression_covers_the_holding_rows_without_host_reads() -> None:
+    """Stops are masked in the rows that must go on, in one pass; a row whose grammar allows
+    nothing but a stop keeps them. No host read: on a GPU each would stall every step."""
+    scores = torch.zeros(4, 10)
+    scores[2, :] = float("-inf")
+    scores[2, [3, 7]] = torch.tensor([1.5, 0.5])  # only the stops are allowed in row 2
+    before = scores.clone()
+    with _NoHostReads():
+        batching.suppress_stops(scores, [0, 2, 3], [3, 7])
+    assert torch.isneginf(scores[[0, 3]][:, [3, 7]]).all()
+    assert scores[2].tolist() == before[2].tolist()  # stuck row: its stops kept
+    assert scores[1].tolist() == before[1].tolist()  # not holding: untouched
+    others = [c for c in range(10) if c not in (3, 7)]
+    assert scores[:, others].tolist() == before[:, others].tolist()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (bench/gpu_pipeline.py checks them)")
 def test_graph_loop_gives_the_static_answers(loaded_tiny: LoadedModel, tiny_profile: Profile,
                                             prefixes: list[ImagePrefix], static_engine: Engine) -> None:

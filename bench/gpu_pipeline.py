@@ -593,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["error"] = traceback.format_exc()[-3000:]
         save()
         raise
+    results["targets"] = targets(results)
     save()
     print_report(console, results)
     return results
@@ -741,6 +742,32 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
     timer.close()
 
 
+TARGET_S_PER_IMAGE = 0.5  # issue 6, steady state on one H100/H200, 4B shape
+TARGET_SINGLE_S = 10.0
+CARD_24GB_USABLE = 22.5 * GIB  # what an A10 or L4 shows to CUDA; an RTX 4090 shows about 24 GiB
+CUDA_CONTEXT = GIB // 2  # outside the allocator's counts
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    """The run's figures against the issue's targets, and which measured batch sizes fit a
+    24 GB card (reserved peak + CUDA context under 22.5 GiB). None where a figure is missing."""
+    worker, single = results.get("worker", {}), results.get("single_image", {})
+    s_per_image, seconds = worker.get("s_per_image"), single.get("seconds")
+    fits: dict[str, bool] = {}
+    rows = [{"batch": results["batch_size"], "peak_memory": worker.get("peak_memory")},
+            *(results.get("memory_sweep") or {}).get("rows", [])]
+    for row in rows:
+        if row.get("oom"):
+            fits[str(row["batch"])] = False
+        elif row.get("peak_memory"):
+            fits[str(row["batch"])] = row["peak_memory"]["reserved"] + CUDA_CONTEXT <= CARD_24GB_USABLE
+    return {"s_per_image": {"target": TARGET_S_PER_IMAGE, "measured": s_per_image,
+                            "met": None if s_per_image is None else s_per_image <= TARGET_S_PER_IMAGE},
+            "single_image_s": {"target": TARGET_SINGLE_S, "measured": seconds,
+                               "met": None if seconds is None else seconds <= TARGET_SINGLE_S},
+            "fits_24gb_by_batch": dict(sorted(fits.items(), key=lambda item: int(item[0])))}
+
+
 def peak_lengths(lengths: dict[str, int]) -> dict[str, int]:
     """Short answers except the longest phase: the peak (every row of that phase at full length
     at once) is kept, at a fraction of the time."""
@@ -817,6 +844,15 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
             if row else "-"
         mem.add_row(str(b), _size(computed[b]) if b in computed else "-", shown)
     console.print(mem)
+    goals = results["targets"]
+    for key, what in (("s_per_image", "worker s/image"), ("single_image_s", "one image alone, s")):
+        goal = goals[key]
+        verdict = "not measured" if goal["met"] is None else "met" if goal["met"] else "NOT met"
+        console.print(f"target {what} <= {goal['target']}: {verdict} ({goal['measured']})", highlight=False)
+    if goals["fits_24gb_by_batch"]:
+        console.print("fits a 24 GB card (measured reserved peak + 0.5 GiB context <= 22.5 GiB), by batch: "
+                      + ", ".join(f"{b}: {'yes' if ok else 'no'}" for b, ok in goals["fits_24gb_by_batch"].items()),
+                      highlight=False)
     for note in results["notes"]:
         console.print(f"note: {note}", highlight=False)
 

@@ -80,6 +80,10 @@ def test_tiny_run_measures_both_paths(bench: ModuleType, tmp_path: Path) -> None
     sizes = [row["bytes"] for row in results["computed_memory"]]
     assert sizes == sorted(sizes) and sizes[0] > results["weight_bytes"]
     assert results["memory_sweep"]["rows"][0]["batch"] == 1 and results["memory_sweep"]["rows"][0]["seconds"] > 0
+    goals = results["targets"]
+    assert goals["s_per_image"]["measured"] == results["worker"]["s_per_image"]
+    assert goals["single_image_s"]["measured"] == single["seconds"]
+    assert goals["fits_24gb_by_batch"] == {}  # the CPU has no device peaks to judge
 
 
 def test_static_loop_run_probes_the_dynamic_loop(bench: ModuleType) -> None:
@@ -173,6 +177,26 @@ def test_other_warm_up_errors_end_the_run(bench: ModuleType, monkeypatch: pytest
     with pytest.raises(ValueError, match="shape mismatch"):
         bench.main(["--tiny", "--batch-size", "1", "--images", "1", "--size", "64x64", "--no-warmup",
                     "--kernels", "torch", "--lengths", _lengths_arg(LENGTHS)])
+
+
+def test_targets_judge_the_figures(bench: ModuleType) -> None:
+    """The verdicts a GPU run prints: s/image and one image's latency against the issue's
+    targets, and which batch sizes' reserved peaks (plus the CUDA context) fit a 24 GB card."""
+    gib = 1024**3
+
+    def peak(reserved: float) -> dict[str, int]:
+        return {"allocated": int(reserved * gib) - gib, "reserved": int(reserved * gib)}
+
+    results = {"batch_size": 32, "worker": {"s_per_image": 0.41, "peak_memory": peak(14)},
+               "single_image": {"seconds": 12.5},
+               "memory_sweep": {"rows": [{"batch": 8, "peak_memory": peak(11)}, {"batch": 16, "peak_memory": peak(22)},
+                                         {"batch": 48, "peak_memory": peak(22.01)}, {"batch": 64, "oom": True},
+                                         {"batch": 96, "skipped": "time budget"}]}}
+    goals = bench.targets(results)
+    assert goals["s_per_image"] == {"target": 0.5, "measured": 0.41, "met": True}
+    assert goals["single_image_s"] == {"target": 10.0, "measured": 12.5, "met": False}
+    assert goals["fits_24gb_by_batch"] == {"8": True, "16": True, "32": True, "48": False, "64": False}
+    assert bench.targets({"batch_size": 8})["s_per_image"]["met"] is None  # nothing measured: no verdict
 
 
 def test_parse_lengths(bench: ModuleType) -> None:

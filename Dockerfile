@@ -2,7 +2,7 @@
 # `fada migrate`. See docker-compose.yml and the README's "Production with Docker Compose".
 #
 #   docker build -t fada-serve .                                   # CUDA 12.x torch (GPU hosts)
-#   docker build -t fada-serve:cpu \
+#   docker build -t fada-serve:cpu --build-arg GPU_KERNELS=0 \
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .   # CPU-only torch
 FROM python:3.11-slim
 
@@ -40,6 +40,14 @@ COPY services /src/services
 COPY shared /src/shared
 COPY cli /src/cli
 RUN pip install --no-deps --force-reinstall /src && rm -rf /src
+
+# The fast linear-attention kernels on GPU images: flash-linear-attention, half of the `gpu`
+# extra, is Triton code (Triton comes with the CUDA torch) that transformers binds when it
+# imports the model, in place of a PyTorch loop (docs/PERFORMANCE.md). Not on CPU images: its
+# kernels are not for CPU tensors. causal-conv1d, the other half, compiles CUDA code with nvcc,
+# which this slim image lacks; the PyTorch convolution stands in.
+ARG GPU_KERNELS=1
+RUN if [ "${GPU_KERNELS}" = "1" ]; then pip install "flash-linear-attention>=0.6.0,<0.7"; fi
 
 # The Alembic scripts are not part of the installed package: `fada migrate` finds them
 # through FADA_MIGRATIONS_DIR.

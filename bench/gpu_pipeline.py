@@ -30,9 +30,6 @@ the CPU with the toy model and short answers (part of the test suite). Usage:
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import importlib.util
-import inspect
 import json
 import os
 import platform
@@ -57,12 +54,14 @@ from rich.table import Table
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.utils import logging as hf_logging
 
+from services.models.kernels import kernel_status, use_torch_kernels
 from services.models.loader import resolve_device, resolve_dtype
 from services.models.shapes import SHAPES, BuiltModel, build_shape_model, memory_model
 from services.pipeline.batching import GenRequest
 from services.pipeline.engine import DecodeLoop, Engine, Generation, ImagePrefix, resize_longest_side
 from services.pipeline.profile import Decoding, Profile, load_profile
 from services.pipeline.slots import SlotStore, width_for
+from services.pipeline.warmup import largest_request
 
 PHASES = ("interpret", "classify", "detect", "segment")
 WAVES = (("interpret", "classify"), ("detect", "segment"))  # wave 2 needs MAP, which needs wave 1
@@ -120,56 +119,6 @@ def phase_prompts(profile: Profile) -> dict[str, str]:
 
 
 # -- environment ------------------------------------------------------------------------------
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _uses_package(func: Any, package: str) -> bool | None:
-    """Whether transformers bound ``func`` (a hub-kernel wrapper) to ``package``'s kernel.
-
-    transformers picks the implementation once, when ``modeling_qwen3_5`` is imported: the
-    wrapper keeps it in its closure as ``implementation``. None when that cannot be read."""
-    if not hasattr(func, "__wrapped__"):
-        return False  # the PyTorch function itself (see use_torch_kernels)
-    try:
-        implementation = inspect.getclosurevars(func).nonlocals.get("implementation")
-    except TypeError:
-        return None
-    if implementation is None:
-        return None
-    return str(getattr(implementation, "__module__", "")).split(".")[0] == package
-
-
-def kernel_status() -> dict[str, Any]:
-    """Installed versions of the fast kernels and whether qwen3_5's layers actually call them."""
-    from transformers.models.qwen3_5 import modeling_qwen3_5 as qwen
-
-    return {
-        "fla": {"installed": _version("flash-linear-attention") or _version("fla-core"),
-                "in_use": _uses_package(qwen.torch_chunk_gated_delta_rule, "fla")},
-        "causal_conv1d": {"installed": _version("causal-conv1d"),
-                          "in_use": _uses_package(qwen.causal_conv1d_update, "causal_conv1d")},
-    }
-
-
-# The names qwen3_5's linear-attention layers look up in their module at each call.
-KERNEL_FUNCTIONS = ("torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule",
-                    "causal_conv1d_fn", "causal_conv1d_update")
-
-
-def use_torch_kernels() -> None:
-    """Point those names back at transformers' own PyTorch functions, whatever is installed:
-    ``--kernels torch``, and the fallback when a fast kernel fails on the GPU host (a Triton
-    build that does not compile there must not cost the run)."""
-    from transformers.models.qwen3_5 import modeling_qwen3_5 as qwen
-
-    for name in KERNEL_FUNCTIONS:
-        setattr(qwen, name, inspect.unwrap(getattr(qwen, name)))
 
 
 def card_name(device: torch.device) -> str:
@@ -334,7 +283,8 @@ class Bench:
                           finished=False, latency_ms=(time.perf_counter() - started) * 1000,
                           prefill_tokens=int(inputs["input_ids"].shape[1]))
 
-    def worker_round(self, images: Sequence[Image.Image], lengths: dict[str, int], batch: int) -> list[Generation]:
+    def worker_round(self, images: Sequence[Image.Image], lengths: dict[str, int], batch: int, *,
+                     reserve_tokens: int = 0) -> list[Generation]:
         """One round of the worker's path: every image encoded once (several per call), then two waves through
         ``Engine.generate_many``; the longest phase of a wave goes first so its rows start
         early and the short ones fill the slots they leave."""
@@ -348,7 +298,7 @@ class Bench:
                                    max_new_tokens=lengths[phase], decoding=self.decoding, seed=0,
                                    min_new_tokens=lengths[phase])
                         for phase in order for prefix in prefixes]
-            generations = self.engine.generate_many(requests, max_batch=batch)
+            generations = self.engine.generate_many(requests, max_batch=batch, reserve_tokens=reserve_tokens)
             for generation, phase in zip(generations, [p for p in order for _ in prefixes], strict=True):
                 generation.extra["phase"] = phase
             results += generations
@@ -454,11 +404,13 @@ def run_loop_probe(bench: Bench, other: Engine, images: Sequence[Image.Image], *
 
 
 def run_sweep(bench: Bench, sizes: Sequence[int], lengths: dict[str, int], *, width: int, height: int,
-              deadline: float, estimate_s: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
+              deadline: float, estimate_s: float, log: Callable[[str], None],
+              reserve_tokens: int = 0) -> list[dict[str, Any]]:
     """Peak memory of one worker round of ``b`` images at ``max_batch=b`` for each size, largest
-    first (the sizes that matter for sizing a card come first when time runs short). A size
-    that runs out of memory is recorded and the smaller ones still run; a size whose round
-    would pass the deadline (``estimate_s`` before any has run) is skipped."""
+    first (the sizes that matter for sizing a card come first when time runs short), with
+    fixed decode buffers for requests of ``reserve_tokens`` (the service's: its largest
+    request). A size that runs out of memory is recorded and the smaller ones still run; a
+    size whose round would pass the deadline (``estimate_s`` before any has run) is skipped."""
     rows: list[dict[str, Any]] = []
     last_s = estimate_s
     for size in sorted(sizes, reverse=True):
@@ -469,7 +421,8 @@ def run_sweep(bench: Bench, sizes: Sequence[int], lengths: dict[str, int], *, wi
         bench.engine.release_slots()  # each size measured with buffers of its own size
         _reset_peak(bench.device)
         started = time.perf_counter()
-        if not _survives_oom(lambda: bench.worker_round(images, lengths, size), bench.device):  # noqa: B023
+        if not _survives_oom(lambda: bench.worker_round(images, lengths, size,  # noqa: B023
+                                                        reserve_tokens=reserve_tokens), bench.device):
             rows.append({"batch": size, "oom": True})
             log(f"  sweep batch {size}: out of memory")
             continue
@@ -633,19 +586,20 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
     # Warm-up: both paths once with short answers, at the batch size the worker path uses
     # (CUDA context, cuBLAS handles, Triton autotuning of the fla kernels, allocator pools).
     # The short reference call always runs: its decode-step time sizes the reference's budget.
+    prefix_text, _ = engine.split_chat("")
+    seen = resize_longest_side(images[0], engine.max_side)
+    prefix_tokens = len(engine.processor(text=[prefix_text], images=[seen])["input_ids"][0])
+    suffix = {p: int(engine.suffix_ids(prompts[p]).shape[1]) for p in PHASES}
+    # Short answers, but fixed buffers as wide as the measured rounds need: a worker that has
+    # run keeps its buffers, so no measured round pays for growing them (and for capturing the
+    # graphs again).
+    reserve = prefix_tokens + max(suffix.values()) + max(lengths.values())
+
     def warm_up() -> float:
-        # Short answers, but fixed buffers as wide as the measured rounds need: a worker that
-        # has run keeps its buffers, so no measured round pays for growing them (and for
-        # capturing the graphs again).
-        margin = engine.slot_margin
-        engine.slot_margin = margin + max(lengths.values())
-        try:
-            if not args.no_warmup and not _survives_oom(
-                    lambda: bench.worker_round(images[:min(batch, len(images))], dict.fromkeys(PHASES, 2), batch),
-                    device):
-                results["notes"].append(f"warm-up ran out of memory at batch {batch}")
-        finally:
-            engine.slot_margin = margin
+        if not args.no_warmup and not _survives_oom(
+                lambda: bench.worker_round(images[:min(batch, len(images))], dict.fromkeys(PHASES, 2), batch,
+                                           reserve_tokens=reserve), device):
+            results["notes"].append(f"warm-up ran out of memory at batch {batch}")
         warm_mark = timer.mark()
         bench.reference_call(images[0], "interpret", 4, deadline=float("inf"))
         return float(timer.summary(warm_mark)["decode_step_ms"] or 0.0)
@@ -666,14 +620,13 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
         engine.release_slots()  # graphs captured around the failed kernels
         _free(device)
         ref_step_ms = warm_up()
-    prefix_text, _ = engine.split_chat("")
-    seen = resize_longest_side(images[0], engine.max_side)
-    prefix_tokens = len(engine.processor(text=[prefix_text], images=[seen])["input_ids"][0])
-    suffix = {p: int(engine.suffix_ids(prompts[p]).shape[1]) for p in PHASES}
+    # The service sizes its decode buffers for its largest request (largest image, longest
+    # prompt, largest answer budget of the profile); the sweep and the table size them so.
+    service_tokens = largest_request(engine, profile)
     results.update(warmup_s=round(time.perf_counter() - started, 2), prefix_tokens=prefix_tokens,
-                   suffix_tokens=suffix, computed_memory=computed_memory_table(
-                       memory, prefix_tokens, suffix, lengths, args.memory_sweep or [1, 2, 4, 8, 16, 32],
-                       slots=engine.decode_loop != "dynamic"))
+                   suffix_tokens=suffix, service_request_tokens=service_tokens, computed_memory=computed_memory_table(
+                       memory, prefix_tokens, args.memory_sweep or [1, 2, 4, 8, 16, 32],
+                       slots=engine.decode_loop != "dynamic", max_tokens=service_tokens))
     log(f"warm-up {results['warmup_s']:.1f} s; prefix {prefix_tokens} tokens, phase suffixes {suffix}")
     save()
 
@@ -736,9 +689,9 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
         # A round's decode steps grow with the sum of its answer lengths: scale the main round.
         round_s = max(worker.get("round_s") or [0.0])
         estimate = round_s * sum(sweep_lengths.values()) / sum(lengths.values())
-        results["memory_sweep"] = {"lengths": sweep_lengths, "rows": run_sweep(
+        results["memory_sweep"] = {"lengths": sweep_lengths, "reserve_tokens": service_tokens, "rows": run_sweep(
             bench, args.memory_sweep, sweep_lengths, width=width, height=height, deadline=deadline,
-            estimate_s=estimate, log=log)}
+            estimate_s=estimate, log=log, reserve_tokens=service_tokens)}
     timer.close()
 
 
@@ -749,14 +702,13 @@ CUDA_CONTEXT = GIB // 2  # outside the allocator's counts
 
 
 def targets(results: dict[str, Any]) -> dict[str, Any]:
-    """The run's figures against the issue's targets, and which measured batch sizes fit a
-    24 GB card (reserved peak + CUDA context under 22.5 GiB). None where a figure is missing."""
+    """The run's figures against the issue's targets, and which batch sizes of the memory sweep
+    (the service's buffer sizes) fit a 24 GB card: reserved peak + CUDA context under 22.5 GiB.
+    None where a figure is missing."""
     worker, single = results.get("worker", {}), results.get("single_image", {})
     s_per_image, seconds = worker.get("s_per_image"), single.get("seconds")
     fits: dict[str, bool] = {}
-    rows = [{"batch": results["batch_size"], "peak_memory": worker.get("peak_memory")},
-            *(results.get("memory_sweep") or {}).get("rows", [])]
-    for row in rows:
+    for row in (results.get("memory_sweep") or {}).get("rows", []):
         if row.get("oom"):
             fits[str(row["batch"])] = False
         elif row.get("peak_memory"):
@@ -775,11 +727,11 @@ def peak_lengths(lengths: dict[str, int]) -> dict[str, int]:
     return {phase: (n if phase == longest else min(n, 4)) for phase, n in lengths.items()}
 
 
-def computed_memory_table(memory: Any, prefix_tokens: int, suffix: dict[str, int], lengths: dict[str, int],
-                          sizes: Sequence[int], *, slots: bool = False) -> list[dict[str, Any]]:
-    """The memory model's estimate of the worker path per batch size (not a measurement); the
-    fixed-buffer loops hold ``width_for(max_tokens)`` columns per row."""
-    max_tokens = prefix_tokens + max(suffix[p] + lengths[p] for p in PHASES)
+def computed_memory_table(memory: Any, prefix_tokens: int, sizes: Sequence[int], *, slots: bool,
+                          max_tokens: int) -> list[dict[str, Any]]:
+    """The memory model's estimate of the worker per batch size (not a measurement): the image
+    prefixes of a round, and one row per image holding up to ``max_tokens`` (the fixed-buffer
+    loops: ``width_for(max_tokens)`` columns per row, whatever the answers' lengths)."""
     columns = width_for(max_tokens) if slots else max_tokens
     return [{"batch": b, "bytes": memory.worker_bytes(b, prefix_tokens=prefix_tokens, max_tokens=columns)}
             for b in sizes]
@@ -833,7 +785,10 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
                   f"total {results['elapsed_s']:.1f} s", highlight=False)
     sweep = results.get("memory_sweep")
     computed = {row["batch"]: row["bytes"] for row in results["computed_memory"]}
-    mem = Table(title="worker path memory by batch size (computed: weights + caches, no activations)")
+    sweep_note = f", sweep lengths {sweep['lengths']}" if sweep else ""
+    mem = Table(title="worker memory by batch size, decode buffers for the service's largest request "
+                      f"({results['service_request_tokens']} tokens{sweep_note}; computed: weights + caches, "
+                      "no activations)")
     mem.add_column("batch", justify="right")
     mem.add_column("computed", justify="right")
     mem.add_column("measured peak", justify="right")

@@ -14,6 +14,7 @@ from services.models.loader import ModelNotFound, ModelSource, load_model, sourc
 from services.pipeline.engine import Engine
 from services.pipeline.profile import Profile, load_profile
 from services.pipeline.runner import Mode, Pipeline
+from services.pipeline.warmup import WarmUpReport, should_warm_up, warm_up
 from shared.schemas.results import ResultDocument
 from shared.settings import Settings
 
@@ -23,6 +24,7 @@ class Runtime:
     pipeline: Pipeline
     profile: Profile
     max_pixels: int
+    warmup: WarmUpReport | None = None
 
 
 def model_source(settings: Settings) -> ModelSource:
@@ -38,8 +40,10 @@ def load_runtime(settings: Settings) -> Runtime:
     loaded = load_model(model_source(settings), profile_name=profile.name, profile_version=profile.version,
                         merge=settings.model_merge, dtype=settings.model_dtype, device=settings.model_device)
     engine = Engine(loaded, max_side=profile.image.max_side, decode_loop=settings.decode_loop)
+    report = warm_up(engine, profile, rows=settings.decode_rows) if should_warm_up(settings.warmup, engine.device) \
+        else None
     return Runtime(pipeline=Pipeline(engine, profile, loaded.provenance, max_batch=settings.decode_rows),
-                   profile=profile, max_pixels=settings.max_pixels)
+                   profile=profile, max_pixels=settings.max_pixels, warmup=report)
 
 
 def analyze_bytes(runtime: Runtime, data: bytes, *, mode: Mode = "autonomous", frame: int = 0) -> ResultDocument:

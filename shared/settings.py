@@ -27,8 +27,12 @@ class Settings(BaseSettings):
     decode_loop: Literal["auto", "dynamic", "static", "graphs"] = Field(
         "auto", description="how decode steps run: graphs (fixed buffers, CUDA graph replays) on CUDA, dynamic "
         "(growing cache) elsewhere; static = fixed buffers without graphs. Same answers either way")
-    decode_rows: int = Field(8, ge=1, le=256, description="most answers decoded together in one step (GPU: 32 or "
-                             "more; each row holds its own KV, see docs/PERFORMANCE.md)")
+    decode_rows: int = Field(8, ge=1, le=256, description="most answers decoded together in one step (GPU: 16-32 "
+                             "on a 24 GB card; each row holds its own KV, see docs/PERFORMANCE.md)")
+    warmup: Literal["auto", "on", "off"] = Field(
+        "auto", description="one short batch when a worker starts, before its first job: compiles the kernels, "
+        "captures the CUDA graphs, sizes the decode buffers for the largest job, and replaces fast "
+        "linear-attention kernels that fail on this host by PyTorch's; auto = on CUDA")
     profile: str = Field("fada-skd", description="bundled profile name or path to a profile JSON file")
 
     max_pixels: int = Field(40_000_000, ge=1, description="largest accepted image (width x height x frames)")

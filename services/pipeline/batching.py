@@ -277,8 +277,12 @@ def pick_tokens(engine: Engine, rows: Sequence[_Row], logits: torch.Tensor) -> l
     return [greedy[i] if row.sampler.greedy else row.sampler.pick(scores[i:i + 1]) for i, row in enumerate(rows)]
 
 
-def decode_many(engine: Engine, requests: Sequence[GenRequest], *, max_batch: int) -> list[Decoded]:
-    """Every request's answer, in request order; at most ``max_batch`` rows decode at once."""
+def decode_many(engine: Engine, requests: Sequence[GenRequest], *, max_batch: int,
+                reserve_tokens: int = 0) -> list[Decoded]:
+    """Every request's answer, in request order; at most ``max_batch`` rows decode at once.
+
+    ``reserve_tokens``: fixed buffers (static and graphs loops) wide enough for requests of this
+    many tokens too, prompt and answer, so that later calls with such requests reuse them."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be at least 1, not {max_batch}")
     suffixes = [engine.suffix_ids(request.prompt)[0].tolist() for request in requests]
@@ -286,8 +290,8 @@ def decode_many(engine: Engine, requests: Sequence[GenRequest], *, max_batch: in
     if engine.decode_loop == "dynamic":
         batch = _DynamicBatch(engine.model)
     else:
-        longest = max(int(r.prefix.input_ids.shape[1]) + len(s) + r.max_new_tokens
-                      for r, s in zip(requests, suffixes, strict=True))
+        longest = max([reserve_tokens] + [int(r.prefix.input_ids.shape[1]) + len(s) + r.max_new_tokens
+                                          for r, s in zip(requests, suffixes, strict=True)])
         batch = _SlotBatch(engine, capacity=max_batch, width=width_for(longest, engine.slot_margin))
     results: list[Decoded | None] = [None] * len(requests)
     waiting = deque(range(len(requests)))

@@ -245,10 +245,13 @@ class Engine:
         return self.generate_many([request], max_batch=1)[0]
 
     @torch.inference_mode()
-    def generate_many(self, requests: Sequence[GenRequest], *, max_batch: int = 8) -> list[Generation]:
+    def generate_many(self, requests: Sequence[GenRequest], *, max_batch: int = 8,
+                      reserve_tokens: int = 0) -> list[Generation]:
         """Every request's answer, in order, decoding up to ``max_batch`` of them together
-        (see ``services.pipeline.batching``); greedy answers equal ``generate``'s."""
-        return [self._generation(done) for done in decode_many(self, requests, max_batch=max_batch)]
+        (see ``services.pipeline.batching``); greedy answers equal ``generate``'s.
+        ``reserve_tokens`` sizes the fixed decode buffers for longer requests than these."""
+        return [self._generation(done)
+                for done in decode_many(self, requests, max_batch=max_batch, reserve_tokens=reserve_tokens)]
 
     def _generation(self, done: Decoded) -> Generation:
         return Generation(text=self.tokenizer.decode(done.token_ids, skip_special_tokens=True),

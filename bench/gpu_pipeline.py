@@ -590,10 +590,12 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
     seen = resize_longest_side(images[0], engine.max_side)
     prefix_tokens = len(engine.processor(text=[prefix_text], images=[seen])["input_ids"][0])
     suffix = {p: int(engine.suffix_ids(prompts[p]).shape[1]) for p in PHASES}
-    # Short answers, but fixed buffers as wide as the measured rounds need: a worker that has
-    # run keeps its buffers, so no measured round pays for growing them (and for capturing the
-    # graphs again).
-    reserve = prefix_tokens + max(suffix.values()) + max(lengths.values())
+    # Short answers, but fixed buffers as the service sizes them, for its largest request
+    # (largest image, longest prompt, largest answer budget of the profile), and at least as
+    # wide as the measured rounds need: a worker keeps its buffers from its warm-up on, so no
+    # measured round pays for growing them (and for capturing the graphs again).
+    service_tokens = largest_request(engine, profile)
+    reserve = max(service_tokens, prefix_tokens + max(suffix.values()) + max(lengths.values()))
 
     def warm_up() -> float:
         if not args.no_warmup and not _survives_oom(
@@ -620,9 +622,6 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
         engine.release_slots()  # graphs captured around the failed kernels
         _free(device)
         ref_step_ms = warm_up()
-    # The service sizes its decode buffers for its largest request (largest image, longest
-    # prompt, largest answer budget of the profile); the sweep and the table size them so.
-    service_tokens = largest_request(engine, profile)
     results.update(warmup_s=round(time.perf_counter() - started, 2), prefix_tokens=prefix_tokens,
                    suffix_tokens=suffix, service_request_tokens=service_tokens, computed_memory=computed_memory_table(
                        memory, prefix_tokens, args.memory_sweep or [1, 2, 4, 8, 16, 32],
@@ -702,13 +701,14 @@ CUDA_CONTEXT = GIB // 2  # outside the allocator's counts
 
 
 def targets(results: dict[str, Any]) -> dict[str, Any]:
-    """The run's figures against the issue's targets, and which batch sizes of the memory sweep
-    (the service's buffer sizes) fit a 24 GB card: reserved peak + CUDA context under 22.5 GiB.
-    None where a figure is missing."""
+    """The run's figures against the issue's targets, and which measured batch sizes (the
+    worker path's and the sweep's, both with the service's buffers) fit a 24 GB card: reserved
+    peak + CUDA context under 22.5 GiB. None where a figure is missing."""
     worker, single = results.get("worker", {}), results.get("single_image", {})
     s_per_image, seconds = worker.get("s_per_image"), single.get("seconds")
     fits: dict[str, bool] = {}
-    for row in (results.get("memory_sweep") or {}).get("rows", []):
+    for row in [{"batch": results["batch_size"], "peak_memory": worker.get("peak_memory")},
+                *(results.get("memory_sweep") or {}).get("rows", [])]:
         if row.get("oom"):
             fits[str(row["batch"])] = False
         elif row.get("peak_memory"):

@@ -23,6 +23,12 @@ rows: it reads the weights once either way).
 Rows stay packed in slots ``0..n-1``: when rows leave, the others move down in order. When the
 write column reaches the end, or a joining row's prompt is longer than the columns before it,
 the used columns are moved (one copy of the KV, every ``width - span`` steps at most).
+
+The width is set by the largest request a call may make (answer budgets, not answers), so most
+of it is empty most of the time. A step attends only over the narrowest of a few column spans
+("extents": 1024, 2048, ..., width) that holds its write column, and the used columns are
+moved left whenever that lets the steps use a narrower extent: the attention reads the rows'
+live span, not the buffers' width. Each (bucket, extent) pair has its own graph.
 """
 
 from __future__ import annotations
@@ -45,11 +51,23 @@ from transformers.cache_utils import (
 log = logging.getLogger(__name__)
 
 MARGIN_COLUMNS = 256  # spare columns beyond the longest request: fewer moves of the KV
+FIRST_EXTENT = 1024  # the narrowest column span a step attends over (see extents)
 
 
 def width_for(longest: int, margin: int = MARGIN_COLUMNS) -> int:
     """KV columns for requests of at most ``longest`` tokens (prompt and answer), with a margin."""
     return 64 * -(-(longest + margin) // 64)
+
+
+def extents(width: int, first: int | None = None) -> list[int]:
+    """Column spans a step is built for: ``first`` (default ``FIRST_EXTENT``), doubled while
+    below ``width``, and ``width``."""
+    span = FIRST_EXTENT if first is None else first
+    spans = []
+    while span < width:
+        spans.append(span)
+        span *= 2
+    return [*spans, width]
 
 
 def buckets(capacity: int) -> list[int]:
@@ -121,6 +139,8 @@ class SlotStore:
         self.tokens = torch.zeros(capacity, 1, **long)
         self.positions = torch.zeros(3, capacity, 1, **long)
         self.columns = torch.arange(width, **long)
+        self.extents = extents(width)
+        self.sizes = buckets(capacity)
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.linear: dict[int, _Linear] = {}
         self.kinds: list[str] = []
@@ -130,8 +150,8 @@ class SlotStore:
         self.used = 0  # rows in slots 0..used-1
         self.start_of = [0] * capacity  # host copy of ``starts``
         self.moves = 0  # times the used columns were moved (see _make_room)
-        self._caches: dict[int, Cache] = {}
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._caches: dict[tuple[int, int], Cache] = {}
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.graphs = graphs
         self.capture_error: str | None = None
         if graphs:
@@ -211,18 +231,24 @@ class SlotStore:
     def clear(self) -> None:
         self.used = 0
 
+    def _extent(self, columns: int) -> int:
+        """The narrowest extent holding ``columns`` columns."""
+        return next(extent for extent in self.extents if extent >= columns)
+
     def _make_room(self, needed: int) -> None:
-        """Columns so that rows of ``needed`` tokens fit before ``pos`` and one more can be written."""
-        if needed <= self.pos < self.width:
-            return
+        """Columns so that rows of ``needed`` tokens fit before ``pos`` and one more can be
+        written; the used columns also move left when that narrows the steps' extent."""
         first = min(self.start_of[: self.used], default=self.pos)
         target = max(needed, self.pos - first)  # the used columns moved to start at 0 (or later)
+        if needed <= self.pos < self.width and self._extent(target + 1) >= self._extent(self.pos + 1):
+            return
         if target >= self.width:
             raise RuntimeError(f"a request needs more than {self.width} cached tokens")
         shift = target - self.pos
+        end = max(self.pos, target)  # the columns that hold the rows' tokens, before and after
         for keys, values in self.kv.values():  # columns outside a row's span are masked: wrapping is fine
-            keys[: self.used].copy_(torch.roll(keys[: self.used], shift, dims=2))
-            values[: self.used].copy_(torch.roll(values[: self.used], shift, dims=2))
+            keys[: self.used, :, :end].copy_(torch.roll(keys[: self.used, :, :end], shift, dims=2))
+            values[: self.used, :, :end].copy_(torch.roll(values[: self.used, :, :end], shift, dims=2))
         self.start_of[: self.used] = [start + shift for start in self.start_of[: self.used]]
         self.starts[: self.used] += shift
         self.pos = target
@@ -239,41 +265,43 @@ class SlotStore:
         self.tokens[:rows, 0].copy_(torch.tensor(tokens, dtype=torch.long))
         self.positions[:, :rows, 0].copy_(torch.tensor(positions, dtype=torch.long).expand(3, -1))
         self.column.fill_(self.pos)
+        extent = self._extent(self.pos + 1)
         if self.graphs:
-            size = next(b for b in self._graphs if b >= rows)  # captured smallest first
-            graph, out = self._graphs[size]
+            graph, out = self._graphs[(next(b for b in self.sizes if b >= rows), extent)]
             graph.replay()
             logits = out[:rows].clone()
         else:
-            logits = self._forward(rows)
+            logits = self._forward(rows, extent)
         self.pos += 1
         return logits
 
-    def _forward(self, rows: int) -> torch.Tensor:
-        """One decode step of slots 0..rows-1; only fixed tensors in, no host synchronisation."""
-        starts = self.starts[:rows, None]
-        attend = ((self.columns >= starts) & (self.columns <= self.column)) | (self.columns == self.column)
+    def _forward(self, rows: int, extent: int) -> torch.Tensor:
+        """One decode step of slots 0..rows-1 over KV columns 0..extent-1; only fixed tensors
+        in, no host synchronisation."""
+        starts, columns = self.starts[:rows, None], self.columns[:extent]
+        attend = ((columns >= starts) & (columns <= self.column)) | (columns == self.column)
         out = self.text_model(
             input_ids=self.tokens[:rows], position_ids=self.positions[:, :rows],
             attention_mask={"full_attention": attend[:, None, None, :], "linear_attention": None},
-            cache=self._cache(rows), use_cache=True)
+            cache=self._cache(rows, extent), use_cache=True)
         logits: torch.Tensor = self.lm_head(out.last_hidden_state[:, -1, :])
         return logits
 
-    def _cache(self, rows: int) -> Cache:
-        """A transformers cache over slots 0..rows-1 (views: updates land in the shared tensors)."""
-        if rows not in self._caches:
+    def _cache(self, rows: int, extent: int) -> Cache:
+        """A transformers cache over slots 0..rows-1 and KV columns 0..extent-1 (views: updates
+        land in the shared tensors)."""
+        if (rows, extent) not in self._caches:
             layers: list[Any] = []
             for index, kind in enumerate(self.kinds):
                 if kind == "kv":
                     keys, values = self.kv[index]
-                    layers.append(_SlotKV(keys[:rows], values[:rows], self.column))
+                    layers.append(_SlotKV(keys[:rows, :, :extent], values[:rows, :, :extent], self.column))
                 elif kind == "linear":
                     layers.append(self._linear_view(self.linear[index], rows))
                 else:
                     layers.append(DummyLayer())
-            self._caches[rows] = Cache(layers=layers)
-        return self._caches[rows]
+            self._caches[(rows, extent)] = Cache(layers=layers)
+        return self._caches[(rows, extent)]
 
     @staticmethod
     def _linear_view(states: _Linear, rows: int) -> LinearAttentionLayer:
@@ -291,21 +319,21 @@ class SlotStore:
         return layer
 
     def _capture(self) -> None:
-        """One CUDA graph per bucket, captured while every slot is empty (the warm-up runs write
-        garbage into the states, zeroed after by the caller)."""
+        """One CUDA graph per bucket and extent, captured while every slot is empty (the
+        warm-up runs write garbage into the states, zeroed after by the caller)."""
         pool = torch.cuda.graph_pool_handle()
-        for size in sorted(buckets(self.capacity), reverse=True):  # largest first: the pool fits all
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._forward(size)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                out = self._forward(size)
-            self._graphs[size] = (graph, out)
-        self._graphs = dict(sorted(self._graphs.items()))
+        for size in reversed(self.sizes):  # largest first: the pool fits all
+            for extent in reversed(self.extents):
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(2):
+                        self._forward(size, extent)
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    out = self._forward(size, extent)
+                self._graphs[(size, extent)] = (graph, out)
 
     def _zero(self) -> None:
         for tensor in self._row_tensors():

@@ -447,6 +447,51 @@ def test_columns_move_when_the_buffer_is_full(loaded_tiny: LoadedModel, engine: 
     assert [g.token_ids for g in static] == [g.token_ids for g in dynamic]
 
 
+def test_steps_attend_over_the_live_columns_only(loaded_tiny: LoadedModel, engine: Engine,
+                                                 prefixes: list[ImagePrefix], tiny_profile: Profile,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Buffers much wider than the rows (as the service's budgets make them): each step attends
+    over the narrowest extent that holds its write column, the used columns move left when that
+    narrows the steps, and neither changes an answer or a logit."""
+    from services.pipeline import slots
+
+    monkeypatch.setattr(slots, "FIRST_EXTENT", 32)
+    wide = Engine(loaded_tiny, max_side=tiny_profile.image.max_side, decode_loop="static")
+    requests = [_free(prefix, tiny_profile, length)
+                for prefix, length in zip(prefixes * 3, (140, 9, 301, 12, 44, 7, 25, 238, 3), strict=True)]
+    wide.generate_many(requests[:1], max_batch=2, reserve_tokens=2000)  # 2304 columns: extents 32..2048, 2304
+    store = wide.slots
+    assert store is not None and store.extents == [32, 64, 128, 256, 512, 1024, 2048, 2304]
+    spans: list[int] = []
+    forward = store._forward
+
+    def recording(rows: int, extent: int) -> torch.Tensor:
+        spans.append(extent)
+        return forward(rows, extent)
+
+    monkeypatch.setattr(store, "_forward", recording)
+    moves = store.moves
+    logits_seen: dict[str, list[torch.Tensor]] = {"dynamic": [], "static": []}
+    original = batching.pick_tokens
+    answers = {}
+    for name, each in (("dynamic", engine), ("static", wide)):
+        def keep_logits(eng: Engine, rows: Any, logits: torch.Tensor, seen: list[torch.Tensor] = logits_seen[name]
+                        ) -> list[int]:
+            seen.append(logits.float().clone())
+            return original(eng, rows, logits)
+
+        monkeypatch.setattr(batching, "pick_tokens", keep_logits)
+        answers[name] = [g.token_ids for g in each.generate_many(requests, max_batch=2)]
+    assert answers["static"] == answers["dynamic"]
+    for one, other in zip(logits_seen["dynamic"], logits_seen["static"], strict=True):
+        torch.testing.assert_close(one, other, rtol=0, atol=1e-4)
+    longest = max(int(r.prefix.input_ids.shape[1]) + int(wide.suffix_ids(r.prompt).shape[1]) + r.max_new_tokens
+                  for r in requests)
+    # The live span (at most the longest row), rounded up to an extent: never the whole width.
+    assert wide.slots is store and max(spans) <= 2 * longest < store.width, sorted(set(spans))
+    assert len(set(spans)) > 1 and store.moves > moves  # several extents; moved left to narrow them
+
+
 def test_the_buffers_are_kept_and_grown_only_when_needed(loaded_tiny: LoadedModel, prefixes: list[ImagePrefix],
                                                          tiny_profile: Profile) -> None:
     static_engine = Engine(loaded_tiny, max_side=tiny_profile.image.max_side, decode_loop="static")

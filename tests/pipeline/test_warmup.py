@@ -124,4 +124,5 @@ def test_runtime_warms_up_when_asked(tiny_model_dir: Path, small_profile_path: P
     assert runtime.warmup is not None and runtime.warmup.rows == 2
     store = runtime.pipeline.engine.slots
     assert store is not None and store.width >= runtime.warmup.reserve_tokens
-    assert load_runtime(Settings(model_dir=tiny_model_dir, profile=str(small_profile_path))).warmup is None
+    off = load_runtime(Settings(model_dir=tiny_model_dir, profile=str(small_profile_path), warmup="off"))
+    assert off.warmup is None and off.pipeline.engine.slots is None

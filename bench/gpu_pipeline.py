@@ -54,7 +54,7 @@ from rich.table import Table
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.utils import logging as hf_logging
 
-from services.models.kernels import kernel_status, use_torch_kernels
+from services.models.kernels import kernel_status, retry_with_torch_kernels, use_torch_kernels
 from services.models.loader import resolve_device, resolve_dtype
 from services.models.shapes import SHAPES, BuiltModel, build_shape_model, memory_model
 from services.pipeline.batching import GenRequest
@@ -586,9 +586,7 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
     # Warm-up: both paths once with short answers, at the batch size the worker path uses
     # (CUDA context, cuBLAS handles, Triton autotuning of the fla kernels, allocator pools).
     # The short reference call always runs: its decode-step time sizes the reference's budget.
-    prefix_text, _ = engine.split_chat("")
-    seen = resize_longest_side(images[0], engine.max_side)
-    prefix_tokens = len(engine.processor(text=[prefix_text], images=[seen])["input_ids"][0])
+    prefix_tokens = engine.prefix_tokens(images[0])
     suffix = {p: int(engine.suffix_ids(prompts[p]).shape[1]) for p in PHASES}
     # Short answers, but fixed buffers as the service sizes them, for its largest request
     # (largest image, longest prompt, largest answer budget of the profile), and at least as
@@ -607,21 +605,15 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
         return float(timer.summary(warm_mark)["decode_step_ms"] or 0.0)
 
     started = time.perf_counter()
-    try:
-        ref_step_ms = warm_up()
-    except Exception as exc:
-        # The first call of the fast kernels compiles them: a failure there is the kernels',
-        # and the run goes on with PyTorch's (slower, noted) rather than ending.
-        if _is_oom(exc) or not any(k["in_use"] for k in results["kernels"].values()):
-            raise
-        log(f"fast kernels failed in the warm-up ({exc!r}); going on with PyTorch's")
-        results["kernel_error"] = traceback.format_exc()[-2000:]
-        results["notes"].append(f"fast kernels failed in the warm-up, PyTorch's used instead: {exc!r}"[:300])
-        use_torch_kernels()
+    # The first call of the fast kernels compiles them: a failure there is the kernels', and
+    # the run goes on with PyTorch's (slower, noted) rather than ending.
+    ref_step_ms, kernel_error = retry_with_torch_kernels(warm_up, reset=engine.release_slots)
+    if kernel_error is not None:
+        last_line = kernel_error.strip().splitlines()[-1]
+        log(f"fast kernels failed in the warm-up ({last_line}); going on with PyTorch's")
+        results["kernel_error"] = kernel_error
+        results["notes"].append(f"fast kernels failed in the warm-up, PyTorch's used instead: {last_line}"[:300])
         results["kernels"] = kernel_status()
-        engine.release_slots()  # graphs captured around the failed kernels
-        _free(device)
-        ref_step_ms = warm_up()
     results.update(warmup_s=round(time.perf_counter() - started, 2), prefix_tokens=prefix_tokens,
                    suffix_tokens=suffix, service_request_tokens=service_tokens, computed_memory=computed_memory_table(
                        memory, prefix_tokens, args.memory_sweep or [1, 2, 4, 8, 16, 32],

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
-from typing import Any
+import logging
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # name in modeling_qwen3_5 -> the package whose kernel transformers binds to it
 KERNEL_FUNCTIONS = {
@@ -72,3 +80,21 @@ def use_torch_kernels() -> None:
     module = _module()
     for name in KERNEL_FUNCTIONS:
         setattr(module, name, inspect.unwrap(getattr(module, name)))
+
+
+def retry_with_torch_kernels(work: Callable[[], T], *, reset: Callable[[], None]) -> tuple[T, str | None]:
+    """``work()``; if it fails while fast kernels are in use, and not for lack of memory, switch
+    to PyTorch's, ``reset()`` (e.g. drop graphs captured around the failed kernels) and run it
+    again. Returns its result and the first failure's traceback (None if there was none); any
+    other failure, or a second one, is raised."""
+    try:
+        return work(), None
+    except Exception as exc:
+        out_of_memory = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+        if out_of_memory or not fast_kernels_in_use():
+            raise
+        error = traceback.format_exc()[-2000:]
+        log.error("fast linear-attention kernels failed; using PyTorch's instead (correct, much slower): %r", exc)
+    use_torch_kernels()
+    reset()
+    return work(), error

@@ -118,6 +118,12 @@ class Engine:
 
     # -- prefix ---------------------------------------------------------------------------
 
+    def prefix_tokens(self, image: Image.Image) -> int:
+        """Tokens of ``image``'s prefix (chat header and image tokens), without running the model."""
+        seen = resize_longest_side(image.convert("RGB"), self.max_side)
+        prefix_text, _ = self.split_chat("")
+        return len(self.processor(text=[prefix_text], images=[seen])["input_ids"][0])
+
     @torch.inference_mode()
     def encode_image(self, image: Image.Image) -> ImagePrefix:
         started = time.perf_counter()

@@ -59,11 +59,10 @@ def width_for(longest: int, margin: int = MARGIN_COLUMNS) -> int:
     return 64 * -(-(longest + margin) // 64)
 
 
-def extents(width: int, first: int | None = None) -> list[int]:
-    """Column spans a step is built for: ``first`` (default ``FIRST_EXTENT``), doubled while
-    below ``width``, and ``width``."""
-    span = FIRST_EXTENT if first is None else first
-    spans = []
+def extents(width: int) -> list[int]:
+    """Column spans a step is built for: ``FIRST_EXTENT``, doubled while below ``width``, and
+    ``width``."""
+    span, spans = FIRST_EXTENT, []
     while span < width:
         spans.append(span)
         span *= 2

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from PIL import Image
 
-from services.models.kernels import fast_kernels_in_use, kernel_status, use_torch_kernels
+from services.models.kernels import kernel_status, retry_with_torch_kernels
 from services.pipeline import grammars
 from services.pipeline.batching import GenRequest
 from services.pipeline.engine import Engine
@@ -54,14 +53,15 @@ def longest_prompt(profile: Profile) -> str:
     return max(filled, key=len)
 
 
-def largest_request(engine: Engine, profile: Profile) -> int:
+def largest_request(engine: Engine, profile: Profile, *, prefix_tokens: int | None = None) -> int:
     """Tokens of the longest request a job can make: the prefix of the largest image (a square
-    at ``max_side``), the longest phase prompt, the largest answer budget. The fixed decode
-    buffers are sized by budgets, not by the answers' actual lengths."""
-    side = profile.image.max_side
-    prefix_text, _ = engine.split_chat("")
-    prefix = len(engine.processor(text=[prefix_text], images=[Image.new("RGB", (side, side))])["input_ids"][0])
-    return (prefix + int(engine.suffix_ids(longest_prompt(profile)).shape[1])
+    at ``max_side``; ``prefix_tokens`` when already known), the longest phase prompt, the
+    largest answer budget. The fixed decode buffers are sized by budgets, not by the answers'
+    actual lengths."""
+    if prefix_tokens is None:
+        side = profile.image.max_side
+        prefix_tokens = engine.prefix_tokens(Image.new("RGB", (side, side)))
+    return (prefix_tokens + int(engine.suffix_ids(longest_prompt(profile)).shape[1])
             + max(profile.max_new_tokens.model_dump().values()))
 
 
@@ -71,18 +71,8 @@ def warm_up(engine: Engine, profile: Profile, *, rows: int) -> WarmUpReport:
     fast kernels in use (other than running out of memory) switches them to PyTorch's and runs
     the batch again; any other failure, or a second one, is raised: the worker cannot serve."""
     started = time.perf_counter()
-    kernel_error: str | None = None
-    try:
-        reserve = _run(engine, profile, rows)
-    except Exception as exc:
-        if isinstance(exc, torch.OutOfMemoryError) or not fast_kernels_in_use():
-            raise
-        kernel_error = traceback.format_exc(limit=3)
-        log.error("fast linear-attention kernels failed in the warm-up; using PyTorch's instead "
-                  "(correct, much slower): %r", exc)
-        use_torch_kernels()
-        engine.release_slots()  # buffers and graphs built around the failed kernels
-        reserve = _run(engine, profile, rows)
+    reserve, kernel_error = retry_with_torch_kernels(lambda: _run(engine, profile, rows),
+                                                     reset=engine.release_slots)
     report = WarmUpReport(seconds=round(time.perf_counter() - started, 3), rows=rows, reserve_tokens=reserve,
                           kernels=kernel_status(), kernel_error=kernel_error)
     log.info("warm-up: %d rows in %.1f s, decode buffers for requests of %d tokens, kernels %s",
@@ -94,11 +84,11 @@ def _run(engine: Engine, profile: Profile, rows: int) -> int:
     side = profile.image.max_side
     image = Image.new("RGB", (side, side), (96, 96, 96))  # the largest image: the longest prefix
     prefix = engine.encode_images([image, image])[0]  # the batched encode, as a wave runs it
-    prompt = longest_prompt(profile)
-    reserve = largest_request(engine, profile)
+    reserve = largest_request(engine, profile, prefix_tokens=int(prefix.input_ids.shape[1]))
     classify = engine.compile(grammars.classify_grammar(profile.view_labels, profile.max_new_tokens.classify))
     # One grammar-bound row (compiles the logit mask), the others free, every one forced to
     # its length so the decode steps run at ``rows`` rows.
+    prompt = longest_prompt(profile)
     classify_prompt = profile.prompts.classify.replace("{labels}", ", ".join(profile.view_labels))
     requests = [GenRequest(prefix=prefix, prompt=prompt if i else classify_prompt,
                            grammar=None if i else classify, max_new_tokens=ANSWER_TOKENS,

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from services.ingest import DecodedImage, decode_image
+from services.ingest import DecodedImage
 from services.models.loader import LoadedModel, load_model, source_from_dir
 from services.pipeline import batching, grammars
 from services.pipeline.batching import GenRequest
@@ -21,18 +19,12 @@ from services.pipeline.engine import Engine, ImagePrefix
 from services.pipeline.profile import Profile
 from services.pipeline.runner import BatchItem, Pipeline, ResumeError
 from shared.schemas.results import ResultDocument
+from tests.pipeline.images import noise
 
 RESUME_PHASES = ("detect", "segment")
 # Smaller still than SMALL_BUDGETS (tests/conftest.py): the random model writes every string to
 # its bound, and these budgets shrink the bounds so the whole file stays quick.
 TINY_BUDGETS = {"interpret": 220, "classify": 32, "detect": 60, "keypoints": 100, "segment": 100}
-
-
-def _decoded(width: int, height: int, seed: int) -> DecodedImage:
-    rng = np.random.default_rng(seed)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, format="PNG")
-    return decode_image(buffer.getvalue())
 
 
 def _comparable(doc: ResultDocument) -> dict[str, Any]:
@@ -63,10 +55,10 @@ def pipeline(engine: Engine, tiny_profile: Profile, loaded_tiny: LoadedModel) ->
 @pytest.fixture(scope="module")
 def images() -> dict[str, DecodedImage]:
     return {
-        "small": _decoded(40, 36, 0),
-        "wide": _decoded(1100, 420, 1),  # longer than max_side (1024): shrunk before encoding
-        "square": _decoded(96, 96, 2),
-        "mid": _decoded(200, 137, 3),
+        "small": noise(40, 36, 0),
+        "wide": noise(1100, 420, 1),  # longer than max_side (1024): shrunk before encoding
+        "square": noise(96, 96, 2),
+        "mid": noise(200, 137, 3),
     }
 
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from services.ingest import DecodedImage, decode_image
+from services.models import kernels
 from services.models.kernels import kernel_status
 from services.models.loader import LoadedModel, load_model, source_from_dir
-from services.pipeline import warmup
 from services.pipeline.engine import Engine
 from services.pipeline.profile import Profile
 from services.pipeline.runner import BatchItem, Pipeline
@@ -23,13 +20,7 @@ from services.runtime import load_runtime
 from shared.schemas.results import ResultDocument
 from shared.settings import Settings
 from tests.fake_kernels import break_fla
-
-
-def _decoded(width: int, height: int, seed: int) -> DecodedImage:
-    rng = np.random.default_rng(seed)
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, format="PNG")
-    return decode_image(buffer.getvalue())
+from tests.pipeline.images import noise
 
 
 def test_warm_up_sizes_the_buffers_for_the_largest_job(loaded_tiny: LoadedModel, small_profile: Profile) -> None:
@@ -46,7 +37,7 @@ def test_warm_up_sizes_the_buffers_for_the_largest_job(loaded_tiny: LoadedModel,
     assert store.width >= report.reserve_tokens and report.kernel_error is None and report.rows == 3
 
     pipeline = Pipeline(engine, small_profile, loaded_tiny.provenance, max_batch=3)
-    for image in (_decoded(side, side, 0), _decoded(300, 200, 1)):
+    for image in (noise(side, side, 0), noise(300, 200, 1)):
         doc = pipeline.analyze(image)
         assert isinstance(doc, ResultDocument) and doc.phases["interpret"].status == "ok"
         assert engine.slots is store
@@ -63,7 +54,7 @@ def test_warm_up_captures_the_graphs_once(tiny_model_dir: Path, small_profile: P
     assert store is not None and store.graphs and store.capture_error is None and report.kernel_error is None
     pipeline = Pipeline(engine, small_profile, loaded.provenance, max_batch=4)
     side = small_profile.image.max_side
-    docs = pipeline.run_batch([BatchItem(_decoded(side, side, 0)), BatchItem(_decoded(300, 200, 1))])
+    docs = pipeline.run_batch([BatchItem(noise(side, side, 0)), BatchItem(noise(300, 200, 1))])
     assert all(isinstance(doc, ResultDocument) for doc in docs) and engine.slots is store
 
 
@@ -78,7 +69,7 @@ def test_warm_up_replaces_a_failing_fast_kernel(loaded_tiny: LoadedModel, small_
     from transformers.models.qwen3_5 import modeling_qwen3_5 as qwen
 
     assert qwen.torch_chunk_gated_delta_rule is torch_chunk  # every loaded model now calls PyTorch's
-    doc = Pipeline(engine, small_profile, loaded_tiny.provenance, max_batch=2).analyze(_decoded(64, 48, 2))
+    doc = Pipeline(engine, small_profile, loaded_tiny.provenance, max_batch=2).analyze(noise(64, 48, 2))
     assert isinstance(doc, ResultDocument) and doc.phases["interpret"].status == "ok"
 
 
@@ -91,7 +82,7 @@ def test_other_warm_up_failures_stop_the_worker(loaded_tiny: LoadedModel, small_
         raise ValueError("shape mismatch")
 
     monkeypatch.setattr(engine, "generate_many", broken)
-    monkeypatch.setattr(warmup, "fast_kernels_in_use", lambda: False)  # as on a host without fla
+    monkeypatch.setattr(kernels, "fast_kernels_in_use", lambda: False)  # as on a host without fla
     with pytest.raises(ValueError, match="shape mismatch"):
         warm_up(engine, small_profile, rows=2)
 

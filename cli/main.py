@@ -85,20 +85,47 @@ def keys_webhook(
     secret when it is new: give it to the receiver, it is not shown again."""
     from services.keys import UnknownKey, configure_webhook
     from services.notify import InvalidTarget
+    from services.notify.sealing import SecretUnavailable, secret_box
     from shared.settings import Settings
 
+    settings = Settings()
     try:
         with _session() as session, session.begin():
             changed, secret = configure_webhook(session, key, url=url, clear=clear, rotate=rotate_secret,
-                                                allowed_hosts=Settings().webhook_allowed_hosts)
+                                                box=secret_box(settings, create=True),
+                                                allowed_hosts=settings.webhook_allowed_hosts)
             target = changed.webhook_url or "(none: only jobs with their own callback_url)"
             prefix = changed.key_prefix
-    except (UnknownKey, InvalidTarget) as exc:
+    except (UnknownKey, InvalidTarget, SecretUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"webhook URL of key {prefix}: {target}", err=True)
     if secret:
         typer.echo(secret)
+
+
+@keys_app.command("secrets-key")
+def keys_secrets_key() -> None:
+    """Print a new key for FADA_SECRETS_KEY (it seals webhook signing secrets in the database)."""
+    from services.notify.sealing import new_key
+
+    typer.echo(new_key())
+
+
+@keys_app.command("seal-secrets")
+def keys_seal_secrets() -> None:
+    """Seal every stored webhook secret with the first key of FADA_SECRETS_KEY (or the key
+    file): those stored before sealing existed, and those sealed with a key being retired."""
+    from services.notify.sealing import SecretUnavailable, seal_all, secret_box
+    from shared.settings import Settings
+
+    try:
+        with _session() as session, session.begin():
+            count = seal_all(session, secret_box(Settings(), create=True))
+    except SecretUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"sealed {count} webhook secret(s) with the current key")
 
 
 @keys_app.command("revoke")

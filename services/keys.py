@@ -11,6 +11,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from services.notify.sealing import SecretBox
 from services.notify.signing import new_secret
 from services.notify.targets import check_webhook_url
 from shared.db.models import ApiKey, Role
@@ -64,12 +65,13 @@ def revoke_key(session: Session, id_or_prefix: str) -> ApiKey:
     return key
 
 
-def configure_webhook(session: Session, id_or_prefix: str, *, url: str | None, clear: bool = False,
+def configure_webhook(session: Session, id_or_prefix: str, *, url: str | None, box: SecretBox, clear: bool = False,
                       rotate: bool = False, allowed_hosts: Sequence[str] = ()) -> tuple[ApiKey, str | None]:
     """Set (or with ``clear`` remove) the key's default webhook URL; make sure it has a signing
-    secret (a new one with ``rotate``). Returns the key and the secret when it is new (shown
-    once to the administrator, who hands it to the receiver). Jobs keep the URL they were
-    submitted with; deliveries are signed with the key's secret as it is when sent."""
+    secret (a new one with ``rotate``), stored sealed by ``box``. Returns the key and the secret
+    when it is new (shown once to the administrator, who hands it to the receiver). Jobs keep
+    the URL they were submitted with; deliveries are signed with the key's secret as it is when
+    sent."""
     key = find_key(session, id_or_prefix)
     if clear:
         key.webhook_url = None
@@ -77,7 +79,8 @@ def configure_webhook(session: Session, id_or_prefix: str, *, url: str | None, c
         key.webhook_url = check_webhook_url(url, allowed_hosts)
     fresh = None
     if rotate or (not key.webhook_secret and not clear):
-        fresh = key.webhook_secret = new_secret()
+        fresh = new_secret()
+        key.webhook_secret = box.seal(fresh)
     return key, fresh
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -80,9 +82,27 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: list[str] = Field(
         default_factory=list, description='hosts webhooks may go to (JSON list; ".example.org" allows its '
         "subdomains); empty allows any. Set it wherever callers choose their own callback URLs")
+    secrets_key: SecretStr | None = Field(
+        None, description="Fernet keys sealing webhook signing secrets in the database, comma-separated, the "
+        "newest first (`fada keys secrets-key` makes one); unset: a key file under data_dir, made on first "
+        "use. Every process (gateway, workers, CLI) needs the same keys")
     pacs_stow_url: str = Field("", description="STOW-RS URL of a PACS (…/dicom-web/studies) that receives every "
                                "DICOM job's result as an SR; empty: none")
     pacs_authorization: SecretStr | None = Field(None, description="Authorization header value for the PACS")
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _fernet_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked here so a mistyped key stops the process at start, not each delivery later.
+        for part in (value.get_secret_value().split(",") if value else []):
+            try:
+                ok = len(base64.urlsafe_b64decode(part.strip().encode())) == 32
+            except (binascii.Error, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError("each key must be 32 url-safe base64-encoded bytes "
+                                 "(`fada keys secrets-key` makes one)")
+        return value
 
     @model_validator(mode="after")
     def _defaults_under_data_dir(self) -> Settings:

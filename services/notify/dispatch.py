@@ -24,6 +24,7 @@ from shared.db.types import utcnow
 from shared.settings import Settings
 
 from .outbox import collect_events
+from .sealing import SecretBox, SecretUnavailable, secret_box
 from .send import Attempt, DueDelivery, send
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,15 @@ def dispatch_once(sm: sessionmaker[Session], settings: Settings, *, owner: str,
     if not due:
         return report
     authorization = settings.pacs_authorization.get_secret_value() if settings.pacs_authorization else None
+    try:
+        box = secret_box(settings)
+    except SecretUnavailable as exc:  # a damaged key file: each webhook try records why it failed
+        box = SecretBox((), str(exc))
     own_client = client is None
     http = client or httpx.Client(timeout=settings.notify_timeout_seconds, follow_redirects=False)
     try:
         with ThreadPoolExecutor(max_workers=min(SENDERS, len(due))) as pool:
-            attempts = list(pool.map(lambda d: send(d, http, sm, pacs_authorization=authorization), due))
+            attempts = list(pool.map(lambda d: send(d, http, sm, pacs_authorization=authorization, secrets=box), due))
     finally:
         if own_client:
             http.close()

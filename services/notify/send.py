@@ -18,6 +18,7 @@ from services.jobs import get_result
 from shared.db.models import DeliveryKind
 from shared.schemas.results import ResultDocument
 
+from .sealing import SecretBox, SecretUnavailable
 from .signing import webhook_headers
 
 
@@ -29,7 +30,7 @@ class DueDelivery:
     url: str
     payload: dict[str, Any]
     attempts: int  # tries before this one
-    secret: str | None  # the job's key's webhook secret
+    secret: str | None  # the job's key's webhook secret as stored (sealed)
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,11 @@ class Attempt:
 
 
 def send(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Session], *,
-         pacs_authorization: str | None) -> Attempt:
+         pacs_authorization: str | None, secrets: SecretBox) -> Attempt:
     started = time.perf_counter()
     try:
         if delivery.kind is DeliveryKind.webhook:
-            response = _post_webhook(delivery, client)
+            response = _post_webhook(delivery, client, secrets)
         else:
             response = _store_sr(delivery, client, sm, pacs_authorization)
     except (httpx.HTTPError, _Unsendable) as exc:
@@ -61,11 +62,15 @@ class _Unsendable(Exception):
     an operator fixes it, so it counts as a failed try."""
 
 
-def _post_webhook(delivery: DueDelivery, client: httpx.Client) -> httpx.Response:
+def _post_webhook(delivery: DueDelivery, client: httpx.Client, secrets: SecretBox) -> httpx.Response:
     if not delivery.secret:
         raise _Unsendable("the job's API key has no webhook secret (fada keys webhook)")
+    try:
+        secret = secrets.open(delivery.secret)
+    except SecretUnavailable as exc:
+        raise _Unsendable(str(exc)) from None
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
-    headers = webhook_headers(delivery.secret, delivery.id, int(time.time()), body)
+    headers = webhook_headers(secret, delivery.id, int(time.time()), body)
     return client.post(delivery.url, content=body, headers=headers)
 
 

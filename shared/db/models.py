@@ -125,10 +125,10 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
     # Webhooks (``fada keys webhook``): where this key's job events go by default, and the
-    # Standard Webhooks signing secret. The secret is kept as is because the service must
-    # sign with it; it authenticates the service to the receiver, not callers to the service.
+    # Standard Webhooks signing secret. The service must sign with the secret, so it cannot be
+    # hashed; it is stored sealed (services/notify/sealing.py).
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
-    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    webhook_secret: Mapped[str | None] = mapped_column(String(512))
 
 
 class Batch(Base):

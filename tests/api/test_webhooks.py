@@ -20,7 +20,8 @@ from cli.webhooks import WebhookVerificationError, verify_webhook
 from services.keys import configure_webhook
 from services.notify import dispatch_once, sign
 from services.notify.dispatch import DispatchReport
-from shared.db.models import Delivery, DeliveryStatus, Job
+from services.notify.sealing import secret_box
+from shared.db.models import ApiKey, Delivery, DeliveryStatus, Job
 from shared.settings import Settings
 from tests.webhook_receiver import Receiver, running_receiver
 
@@ -37,9 +38,12 @@ def receiver() -> Any:
         yield r
 
 
-def _hook_key(sm: sessionmaker[Session], keys: Keys, url: str | None) -> str:
+def _hook_key(sm: sessionmaker[Session], keys: Keys, url: str | None, data_dir: Path) -> str:
+    """The submitter key's webhook, its secret sealed by the key file under ``data_dir`` (the
+    dispatcher's settings below use the same directory)."""
     with sm.begin() as session:
-        _, secret = configure_webhook(session, keys.submitter.id, url=url)
+        _, secret = configure_webhook(session, keys.submitter.id, url=url,
+                                      box=secret_box(Settings(data_dir=data_dir), create=True))
     assert secret is not None and secret.startswith("whsec_")
     return secret
 
@@ -74,7 +78,7 @@ def test_the_signature_matches_the_standard_webhooks_example() -> None:
 def test_a_finished_job_is_announced_once_signed_and_thin(make_client: ClientFactory, keys: Keys,
                                                         sm: sessionmaker[Session], receiver: Receiver, db_url: str,
                                                         tmp_path: Path, broker_url: str) -> None:
-    secret = _hook_key(sm, keys, receiver.url)
+    secret = _hook_key(sm, keys, receiver.url, tmp_path)
     client = make_client(public_url="https://fada.example.org")
     job_id = _submit(client, keys)
     settings = _settings(db_url, tmp_path, broker_url, public_url="https://fada.example.org")
@@ -106,7 +110,7 @@ def test_a_finished_job_is_announced_once_signed_and_thin(make_client: ClientFac
 def test_each_status_of_a_hitl_job_is_announced(make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session],
                                                receiver: Receiver, db_url: str, tmp_path: Path,
                                                broker_url: str) -> None:
-    secret = _hook_key(sm, keys, receiver.url)
+    secret = _hook_key(sm, keys, receiver.url, tmp_path)
     client = make_client()
     job_id = _submit(client, keys, mode="hitl")
     settings = _settings(db_url, tmp_path, broker_url)
@@ -124,7 +128,7 @@ def test_each_status_of_a_hitl_job_is_announced(make_client: ClientFactory, keys
 def test_failed_tries_are_retried_with_backoff_and_logged(make_client: ClientFactory, keys: Keys,
                                                          sm: sessionmaker[Session], receiver: Receiver, db_url: str,
                                                          tmp_path: Path, broker_url: str) -> None:
-    secret = _hook_key(sm, keys, receiver.url)
+    secret = _hook_key(sm, keys, receiver.url, tmp_path)
     receiver.script = [(500, {}), (503, {"Retry-After": "1"})]
     client = make_client()
     job_id = _submit(client, keys)
@@ -143,11 +147,33 @@ def test_failed_tries_are_retried_with_backoff_and_logged(make_client: ClientFac
     assert log[0]["tries"][0]["error"].startswith("HTTP 500")
 
 
+def test_a_dispatcher_without_the_sealing_key_logs_why_and_sends_once_it_has_it(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+        tmp_path: Path, broker_url: str) -> None:
+    secret = _hook_key(sm, keys, receiver.url, tmp_path / "admin")  # sealed by a key file elsewhere
+    with sm() as session:
+        stored = session.scalars(select(ApiKey.webhook_secret)
+                                 .where(ApiKey.id == keys.submitter.id)).one()
+    assert stored is not None and secret not in stored
+    client = make_client()
+    job_id = _submit(client, keys)
+    succeed_job(sm, job_id)
+    keyless = _settings(db_url, tmp_path / "worker", broker_url, notify_retry_base_seconds=0.01)
+    report = dispatch_once(sm, keyless, owner="d")
+    assert report.retrying and not receiver.requests
+    [delivery] = client.get(f"/v1/jobs/{job_id}/deliveries", headers=keys.submitter.headers).json()
+    assert delivery["status"] == "pending" and "has no key" in delivery["tries"][0]["error"]
+    key = (tmp_path / "admin" / "secrets.key").read_text().strip()
+    _dispatch_until(sm, _settings(db_url, tmp_path / "worker", broker_url, secrets_key=key),
+                    lambda: len(receiver.requests) == 1)
+    assert verify_webhook(secret, receiver.requests[0].headers, receiver.requests[0].body)["data"]["job_id"] == job_id
+
+
 def test_a_receiver_that_never_accepts_ends_failed(make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session],
                                                   db_url: str, tmp_path: Path, broker_url: str) -> None:
     with running_receiver() as gone:
         url = gone.url  # the port is closed once the receiver stops: connections are refused
-    _hook_key(sm, keys, url)
+    _hook_key(sm, keys, url, tmp_path)
     client = make_client()
     job_id = _submit(client, keys)
     succeed_job(sm, job_id)
@@ -172,7 +198,7 @@ def test_a_job_s_own_callback_url_needs_a_signing_secret(make_app: AppFactory, s
         fada.submit(png(), callback_url=receiver.url)
     assert refused.value.status == 422 and refused.value.problem["code"] == "invalid_callback_url"
     assert "webhook secret" in refused.value.problem["detail"]
-    secret = _hook_key(sm, keys, None)  # a secret, no default URL
+    secret = _hook_key(sm, keys, None, tmp_path)  # a secret, no default URL
     plain = fada.submit(png())["id"]
     own = fada.submit(png(), callback_url=receiver.url + "?job=mine")["id"]
     for job_id in (plain, own):
@@ -190,8 +216,8 @@ def test_a_job_s_own_callback_url_needs_a_signing_secret(make_app: AppFactory, s
     ("http://10.1.2.3/x", "not in the allowed hosts"), ("/relative", "http(s)"),
 ])
 def test_callback_urls_the_service_will_not_call(make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session],
-                                                url: str, why: str) -> None:
-    _hook_key(sm, keys, None)
+                                                url: str, why: str, tmp_path: Path) -> None:
+    _hook_key(sm, keys, None, tmp_path)
     client = make_client(webhook_allowed_hosts=["127.0.0.1", ".hospital.example"])
     refused = client.post("/v1/batches", files=[("file", ("a.png", png(), "image/png"))], data={"callback_url": url},
                           headers=keys.submitter.headers)
@@ -208,7 +234,7 @@ def test_callback_urls_the_service_will_not_call(make_client: ClientFactory, key
 def test_two_dispatchers_send_each_event_once(make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session],
                                              receiver: Receiver, db_url: str, tmp_path: Path,
                                              broker_url: str) -> None:
-    _hook_key(sm, keys, receiver.url)
+    _hook_key(sm, keys, receiver.url, tmp_path)
     client = make_client()
     job_ids = [_submit(client, keys) for _ in range(6)]
     for job_id in job_ids:

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 from cli.main import app
 from services.keys import allows, authenticate, hash_secret
+from services.notify.sealing import secret_box
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import ApiKey, Role
-from tests.fixtures_db import throwaway_postgres_database
+from shared.settings import Settings
 
 runner = CliRunner()
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    if request.param == "postgresql":
-        with throwaway_postgres_database() as url:
-            yield url
-    else:
-        yield f"sqlite:///{tmp_path / 'fada.db'}"
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("FADA_DATA_DIR", str(tmp_path))  # the webhook secrets' key file goes here
+    monkeypatch.delenv("FADA_SECRETS_KEY", raising=False)
 
 
 def _cli(url: str, *args: str):  # type: ignore[no-untyped-def]
@@ -75,7 +71,9 @@ def test_a_key_s_webhook_through_the_cli(database_url: str) -> None:
     _cli(database_url, "keys", "webhook", prefix, "--clear")
     with sessions() as session:
         key = session.scalars(select(ApiKey)).one()
-        assert (key.webhook_url, key.webhook_secret) == (None, rotated)
+        assert key.webhook_url is None and key.webhook_secret is not None
+        assert rotated not in key.webhook_secret, "stored sealed"
+        assert secret_box(Settings()).open(key.webhook_secret) == rotated
     refused = runner.invoke(app, ["keys", "webhook", prefix, "--url", "gopher://x"],
                             env={"FADA_DATABASE_URL": database_url})
     assert refused.exit_code == 2 and "http(s)" in refused.output

@@ -21,6 +21,7 @@ from api.app import create_app
 from cli.webhooks import verify_webhook
 from services.jobs import resume_hitl
 from services.keys import configure_webhook, create_key
+from services.notify.sealing import secret_box
 from services.queue import enqueue_job
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.migrate import upgrade
@@ -137,7 +138,8 @@ def receiver() -> Iterator[Receiver]:
 def test_png_jpeg_dicom_end_to_end(service: Service, receiver: Receiver) -> None:
     engine = make_engine(service.settings.database_url)
     with make_sessionmaker(engine).begin() as s:
-        _, secret = configure_webhook(s, service.key[:12], url=receiver.url)
+        _, secret = configure_webhook(s, service.key[:12], url=receiver.url,
+                                      box=secret_box(service.settings, create=True))
     engine.dispose()
     assert secret is not None
     service.start_worker()

@@ -61,7 +61,8 @@ def dispatch_once(sm: sessionmaker[Session], settings: Settings, *, owner: str,
     http = client or httpx.Client(timeout=settings.notify_timeout_seconds, follow_redirects=False)
     try:
         with ThreadPoolExecutor(max_workers=min(SENDERS, len(due))) as pool:
-            attempts = list(pool.map(lambda d: send(d, http, sm, pacs_authorization=authorization, secrets=box), due))
+            attempts = list(pool.map(lambda d: send(d, http, sm, pacs_authorization=authorization, secrets=box,
+                                                   allowed_hosts=settings.webhook_allowed_hosts), due))
     finally:
         if own_client:
             http.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -20,6 +21,7 @@ from shared.schemas.results import ResultDocument
 
 from .sealing import SecretBox, SecretUnavailable
 from .signing import webhook_headers
+from .targets import InvalidTarget, check_resolved
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,11 @@ class Attempt:
 
 
 def send(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Session], *,
-         pacs_authorization: str | None, secrets: SecretBox) -> Attempt:
+         pacs_authorization: str | None, secrets: SecretBox, allowed_hosts: Sequence[str]) -> Attempt:
     started = time.perf_counter()
     try:
         if delivery.kind is DeliveryKind.webhook:
-            response = _post_webhook(delivery, client, secrets)
+            response = _post_webhook(delivery, client, secrets, allowed_hosts)
         else:
             response = _store_sr(delivery, client, sm, pacs_authorization)
     except (httpx.HTTPError, _Unsendable) as exc:
@@ -62,7 +64,12 @@ class _Unsendable(Exception):
     an operator fixes it, so it counts as a failed try."""
 
 
-def _post_webhook(delivery: DueDelivery, client: httpx.Client, secrets: SecretBox) -> httpx.Response:
+def _post_webhook(delivery: DueDelivery, client: httpx.Client, secrets: SecretBox,
+                  allowed_hosts: Sequence[str]) -> httpx.Response:
+    try:
+        check_resolved(delivery.url, allowed_hosts)
+    except (InvalidTarget, OSError) as exc:
+        raise _Unsendable(f"{type(exc).__name__}: {exc}") from None
     if not delivery.secret:
         raise _Unsendable("the job's API key has no webhook secret (fada keys webhook)")
     try:

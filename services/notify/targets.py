@@ -1,9 +1,13 @@
-"""Which URLs the service may call: http(s) only, and, when ``webhook_allowed_hosts`` is set,
-only those hosts, since a callback URL chosen by a caller makes the service send requests
-from inside the hospital network."""
+"""Which URLs the service may call. A callback URL chosen by a caller makes the service send
+requests from inside the hospital network, so: http(s) only, no credentials in the URL; never
+the service's own host or the link-local range (cloud metadata lives there) unless the host is
+named in ``webhook_allowed_hosts``; and, when that list is set, only its hosts. Private ranges
+are allowed: hospital receivers live there."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -26,9 +30,55 @@ def check_webhook_url(url: str, allowed_hosts: Sequence[str]) -> str:
     if parts.username or parts.password:
         raise InvalidTarget("webhook URL must not carry credentials: receivers check the signature instead")
     host = parts.hostname.lower()
-    if allowed_hosts and not any(_host_matches(host, allowed.lower()) for allowed in allowed_hosts):
+    listed = any(_host_matches(host, allowed.lower()) for allowed in allowed_hosts)
+    if allowed_hosts and not listed:
         raise InvalidTarget(f"webhook host {host!r} is not in the allowed hosts")
+    if not listed:
+        literal = _ip(host)
+        if host == "localhost" or host.endswith(".localhost"):
+            raise InvalidTarget(_unlisted(host, "the service's own host"))
+        if literal is not None and (why := _forbidden(literal)):
+            raise InvalidTarget(_unlisted(host, why))
     return url
+
+
+def check_resolved(url: str, allowed_hosts: Sequence[str]) -> None:
+    """At send time: the addresses the URL's host resolves to now, checked the same way (a name
+    may point at the service's own host). Raises ``InvalidTarget``, or ``OSError`` when the
+    name does not resolve. httpx resolves the name again to connect, so a DNS server that
+    changes its answer in between is not stopped here: an allowed-hosts list is the strict
+    control."""
+    check_webhook_url(url, allowed_hosts)  # the list may have changed since the job was submitted
+    host = (urlsplit(url).hostname or "").lower()
+    if any(_host_matches(host, allowed.lower()) for allowed in allowed_hosts):
+        return
+    for *_, address in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP):
+        ip = _ip(str(address[0]))
+        if ip is not None and (why := _forbidden(ip)):
+            raise InvalidTarget(_unlisted(f"{host} ({ip})", why))
+
+
+def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback or ip.is_unspecified:
+        return "the service's own host"
+    if ip.is_link_local:
+        return "a link-local address (where cloud metadata services answer)"
+    if ip.is_multicast or ip.is_reserved:
+        return "a multicast or reserved address"
+    return None
+
+
+def _unlisted(host: str, why: str) -> str:
+    return f"webhook host {host} is {why}; list it in FADA_WEBHOOK_ALLOWED_HOSTS to allow it"
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.split("%")[0])  # an IPv6 zone id is not part of the address
+    except ValueError:
+        return None
 
 
 def _host_matches(host: str, allowed: str) -> bool:

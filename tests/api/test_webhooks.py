@@ -29,6 +29,7 @@ from .conftest import AppFactory, ClientFactory, Keys, Serve, make_settings
 from .helpers import assert_problem, file_part, png, succeed_job
 
 THIN_KEYS = {"type", "timestamp", "data"}
+LOCAL = ["127.0.0.1"]  # the test receivers' host: the service's own, so it must be listed
 DATA_KEYS = {"job_id", "status", "batch_id", "links"}
 
 
@@ -42,7 +43,7 @@ def _hook_key(sm: sessionmaker[Session], keys: Keys, url: str | None, data_dir: 
     """The submitter key's webhook, its secret sealed by the key file under ``data_dir`` (the
     dispatcher's settings below use the same directory)."""
     with sm.begin() as session:
-        _, secret = configure_webhook(session, keys.submitter.id, url=url,
+        _, secret = configure_webhook(session, keys.submitter.id, url=url, allowed_hosts=LOCAL,
                                       box=secret_box(Settings(data_dir=data_dir), create=True))
     assert secret is not None and secret.startswith("whsec_")
     return secret
@@ -55,7 +56,8 @@ def _submit(client: TestClient, keys: Keys, **fields: str) -> str:
 
 
 def _settings(db_url: str, tmp_path: Path, broker_url: str, **overrides: Any) -> Settings:
-    return make_settings(db_url, tmp_path, broker_url, **{"notify_retry_base_seconds": 0.05, **overrides})
+    return make_settings(db_url, tmp_path, broker_url, **{"notify_retry_base_seconds": 0.05,
+                                                          "webhook_allowed_hosts": LOCAL, **overrides})
 
 
 def _dispatch_until(sm: sessionmaker[Session], settings: Settings, done: Any,
@@ -193,7 +195,7 @@ def test_a_receiver_that_never_accepts_ends_failed(make_client: ClientFactory, k
 def test_a_job_s_own_callback_url_needs_a_signing_secret(make_app: AppFactory, serve: Serve, keys: Keys,
                                                         sm: sessionmaker[Session], receiver: Receiver, db_url: str,
                                                         tmp_path: Path, broker_url: str) -> None:
-    fada = FadaClient(serve(make_app()), keys.submitter.secret)  # the Python client, over real HTTP
+    fada = FadaClient(serve(make_app(webhook_allowed_hosts=LOCAL)), keys.submitter.secret)  # over real HTTP
     with pytest.raises(ApiError) as refused:
         fada.submit(png(), callback_url=receiver.url)
     assert refused.value.status == 422 and refused.value.problem["code"] == "invalid_callback_url"
@@ -229,6 +231,51 @@ def test_callback_urls_the_service_will_not_call(make_client: ClientFactory, key
     with sm() as session:
         assert session.scalars(select(Job.webhook_url).order_by(Job.created_at)).all() == [
             "http://127.0.0.1:9/x", "https://pacs.hospital.example/hook"]
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://localhost:8080/x", "own host"), ("http://127.0.0.1:8080/x", "own host"), ("http://[::1]/x", "own host"),
+    ("http://[::ffff:127.0.0.1]/x", "own host"), ("http://0.0.0.0/x", "own host"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local"), ("http://[fe80::1%25eth0]/x", "link-local"),
+    ("http://224.0.0.1/x", "multicast"),
+])
+def test_with_no_list_the_service_s_own_host_and_link_local_are_refused(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], url: str, why: str, tmp_path: Path) -> None:
+    _hook_key(sm, keys, None, tmp_path)
+    client = make_client()  # no FADA_WEBHOOK_ALLOWED_HOSTS
+    refused = client.post("/v1/jobs", files=file_part(png()), data={"callback_url": url},
+                          headers=keys.submitter.headers)
+    detail = assert_problem(refused, 422, "invalid_callback_url")["detail"]
+    assert why in detail and "FADA_WEBHOOK_ALLOWED_HOSTS" in detail
+    ok = client.post("/v1/jobs", files=file_part(png()), data={"callback_url": "http://10.20.30.40/hook"},
+                     headers=keys.submitter.headers)
+    assert ok.status_code == 202, ok.text  # a private address: where hospital receivers live
+
+
+def test_a_name_that_resolves_to_the_service_s_own_host_is_refused_when_sent(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+        tmp_path: Path, broker_url: str) -> None:
+    secret = _hook_key(sm, keys, None, tmp_path)
+    sneaky = receiver.url.replace("127.0.0.1", "127.1")  # not an address literal; resolves to 127.0.0.1
+    client = make_client()
+    job_id = _submit(client, keys, callback_url=sneaky)
+    succeed_job(sm, job_id)
+    dispatch_once(sm, _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=[]), owner="d")
+    [delivery] = client.get(f"/v1/jobs/{job_id}/deliveries", headers=keys.submitter.headers).json()
+    assert "127.1 (127.0.0.1) is the service's own host" in delivery["tries"][0]["error"]
+    assert not receiver.requests
+    # an allowed-hosts list set after submission is applied when sending too
+
+    def refused_by_the_list() -> bool:
+        with sm() as session:
+            return "not in the allowed hosts" in (session.scalar(select(Delivery.last_error)) or "")
+
+    _dispatch_until(sm, _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=[".hospital.example"]),
+                    refused_by_the_list)
+    assert not receiver.requests
+    _dispatch_until(sm, _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=["127.1"]),
+                    lambda: len(receiver.requests) == 1)
+    assert verify_webhook(secret, receiver.requests[0].headers, receiver.requests[0].body)["data"]["job_id"] == job_id
 
 
 def test_two_dispatchers_send_each_event_once(make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session],

@@ -100,6 +100,7 @@ def _service(tmp: Path, database_url: str, broker_url: str, model_dir: Path, pro
     env = {"FADA_DATA_DIR": str(tmp), "FADA_DATABASE_URL": database_url, "FADA_BROKER_URL": broker_url,
            "FADA_MODEL_DIR": str(model_dir), "FADA_PROFILE": str(profile), **FAST_RECOVERY}
     settings = Settings(**{k.removeprefix("FADA_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+    env["FADA_WEBHOOK_ALLOWED_HOSTS"] = '["127.0.0.1"]'  # the test receiver's host, for the workers
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     with make_sessionmaker(engine).begin() as s:
@@ -138,7 +139,7 @@ def receiver() -> Iterator[Receiver]:
 def test_png_jpeg_dicom_end_to_end(service: Service, receiver: Receiver) -> None:
     engine = make_engine(service.settings.database_url)
     with make_sessionmaker(engine).begin() as s:
-        _, secret = configure_webhook(s, service.key[:12], url=receiver.url,
+        _, secret = configure_webhook(s, service.key[:12], url=receiver.url, allowed_hosts=["127.0.0.1"],
                                       box=secret_box(service.settings, create=True))
     engine.dispose()
     assert secret is not None

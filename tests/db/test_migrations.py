@@ -109,3 +109,26 @@ def test_alembic_ini_at_repo_root_works(tmp_path: Path, monkeypatch: pytest.Monk
     assert current_revision(url) == head_revision()
     command.downgrade(cfg, "base")
     assert current_revision(url) is None
+
+
+@pytest.mark.parametrize("backend", ["postgres_url", "sqlite_url"])
+def test_sealed_webhook_secrets_survive_upgrade_and_are_dropped_by_a_downgrade(
+        backend: str, request: pytest.FixtureRequest) -> None:
+    """0005 widens the secret column for sealed values. Going back to 0004 drops the sealed ones
+    (they would not fit, and that code cannot open them) and keeps the plaintext ones."""
+    url = request.getfixturevalue(backend)
+    upgrade(url, "0004")
+    engine = make_engine(url)
+    insert = text("INSERT INTO api_keys (id, name, role, key_prefix, key_hash, created_at, webhook_secret) "
+                  "VALUES (:id, :id, 'submitter', :id, :id, CURRENT_TIMESTAMP, :secret)")
+    with engine.begin() as conn:
+        conn.execute(insert, {"id": "plain", "secret": "whsec_" + "a" * 32})
+    upgrade(url)
+    sealed = "fernet:" + "b" * 160
+    with engine.begin() as conn:
+        conn.execute(insert, {"id": "sealed", "secret": sealed})
+    downgrade(url, "0004")
+    with engine.connect() as conn:
+        kept = {row.id: row.webhook_secret for row in conn.execute(text("SELECT id, webhook_secret FROM api_keys"))}
+    engine.dispose()
+    assert kept == {"plain": "whsec_" + "a" * 32, "sealed": None}

@@ -25,6 +25,7 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     # answers to give, in order: (status, headers); once used up, 200
     script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    error_body: bytes = b""  # sent with every answer that is not a 2xx
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self) -> tuple[int, dict[str, str]]:
@@ -49,11 +50,13 @@ def running_receiver() -> Iterator[Receiver]:
             receiver.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
                                               time.monotonic()))
             status, headers = receiver.answer()
+            payload = b"" if 200 <= status < 300 else receiver.error_body
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.send_header("content-length", "0")
+            self.send_header("content-length", str(len(payload)))
             self.end_headers()
+            self.wfile.write(payload)
 
         def log_message(self, *_: object) -> None:  # keep test output quiet
             pass

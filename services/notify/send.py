@@ -55,8 +55,16 @@ def send(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Session],
     except (httpx.HTTPError, _Unsendable) as exc:
         return Attempt(False, None, f"{type(exc).__name__}: {exc}"[:1000], _ms(started))
     ok = 200 <= response.status_code < 300
-    error = None if ok else f"HTTP {response.status_code}: {response.text[:300]}"
+    error = None if ok else _http_error(response, delivery.kind)
     return Attempt(ok, response.status_code, error, _ms(started), _retry_after(response))
+
+
+def _http_error(response: httpx.Response, kind: DeliveryKind) -> str:
+    """A refused try as the deliveries log shows it. A webhook URL may be a caller's own choice,
+    and what a server inside the network answers is not for that caller to read there: status
+    only. The PACS is the operator's, and its answer says what to fix."""
+    status = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+    return status if kind is DeliveryKind.webhook else f"{status}: {response.text[:300]}"
 
 
 class _Unsendable(Exception):

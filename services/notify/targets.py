@@ -30,7 +30,7 @@ def check_webhook_url(url: str, allowed_hosts: Sequence[str]) -> str:
     if parts.username or parts.password:
         raise InvalidTarget("webhook URL must not carry credentials: receivers check the signature instead")
     host = parts.hostname.lower()
-    listed = any(_host_matches(host, allowed.lower()) for allowed in allowed_hosts)
+    listed = _listed(host, allowed_hosts)
     if allowed_hosts and not listed:
         raise InvalidTarget(f"webhook host {host!r} is not in the allowed hosts")
     if not listed:
@@ -50,7 +50,7 @@ def check_resolved(url: str, allowed_hosts: Sequence[str]) -> None:
     control."""
     check_webhook_url(url, allowed_hosts)  # the list may have changed since the job was submitted
     host = (urlsplit(url).hostname or "").lower()
-    if any(_host_matches(host, allowed.lower()) for allowed in allowed_hosts):
+    if _listed(host, allowed_hosts):
         return
     for *_, address in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP):
         ip = _ip(str(address[0]))
@@ -81,8 +81,8 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _host_matches(host: str, allowed: str) -> bool:
-    return host.endswith(allowed) if allowed.startswith(".") else host == allowed
+def _listed(host: str, allowed_hosts: Sequence[str]) -> bool:
+    return any(host.endswith(a) if a.startswith(".") else host == a for a in map(str.lower, allowed_hosts))
 
 
 @dataclass(frozen=True)

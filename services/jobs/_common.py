@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
-from shared.db.models import Job, JobStatus
+from shared.db.models import Job, JobStatus, ReviewState
 
 
 def expire_job(session: Session, job_id: str) -> None:
@@ -21,9 +21,12 @@ def expire_job(session: Session, job_id: str) -> None:
 
 
 def failed_values(now: datetime, code: str, detail: str | None) -> dict[str, Any]:
-    """Column values of a job that ends ``failed``: lease released, error recorded."""
+    """Column values of a job that ends ``failed``: lease released, error recorded, and no
+    review waited for: a failed job cannot be reviewed (a HITL job would otherwise stay
+    ``pending`` forever, counted by every ``review_state=pending`` list yet in no queue)."""
     return {
         "status": JobStatus.failed,
+        "review_state": ReviewState.not_required,
         "lease_owner": None,
         "lease_expires_at": None,
         "finished_at": now,

@@ -7,7 +7,8 @@
 - Autonomous jobs never wait: they stay ``not_required`` (never ``pending``) until QA
   sampling has reviewed both dimensions, then they become ``reviewed``, so that
   ``GET /v1/jobs?review_state=reviewed`` finds the sampled cases of both modes.
-- Canceled jobs are left alone (canceling makes them ``not_required``).
+- Canceled and failed jobs are left alone (canceling or failing makes them
+  ``not_required``: nobody can review them any more).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def reviewed_dimensions(session: Session, job_id: str) -> frozenset[ReviewDimens
 
 
 def review_state_for(job: Job, reviewed: frozenset[ReviewDimension]) -> ReviewState:
-    if job.status is JobStatus.canceled:
+    if job.status in (JobStatus.canceled, JobStatus.failed):
         return job.review_state
     if required_dimensions(job) <= reviewed:
         return ReviewState.reviewed

@@ -10,7 +10,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect, text
 
-from shared.db.engine import make_engine
+from services.ingest import decode_image
+from services.jobs import submit_job
+from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.migrate import (
     REPO_ROOT,
     current_revision,
@@ -19,7 +21,9 @@ from shared.db.migrate import (
     schema_diff,
     upgrade,
 )
-from shared.db.models import Base
+from shared.db.models import ApiKey, Base, JobMode, Role
+from shared.db.types import new_id
+from tests.api.helpers import png
 
 
 def _tables(url: str) -> set[str]:
@@ -132,3 +136,32 @@ def test_sealed_webhook_secrets_survive_upgrade_and_are_dropped_by_a_downgrade(
         kept = {row.id: row.webhook_secret for row in conn.execute(text("SELECT id, webhook_secret FROM api_keys"))}
     engine.dispose()
     assert kept == {"plain": "whsec_" + "a" * 32, "sealed": None}
+
+
+@pytest.mark.parametrize("backend", ["postgres_url", "sqlite_url"])
+def test_failed_hitl_jobs_stop_waiting_for_review_at_0006(backend: str, request: pytest.FixtureRequest) -> None:
+    """Before 0006 a failed HITL job kept ``review_state = pending`` for ever; 0006 clears it
+    on failed jobs only. 0006 changes data, not the schema, so the models fit 0005 too."""
+    url = request.getfixturevalue(backend)
+    upgrade(url, "0005")
+    engine = make_engine(url)
+    sm = make_sessionmaker(engine)
+    raw = png(seed=1, width=8, height=8)
+    with sm.begin() as session:
+        key = ApiKey(id=new_id(), name="t", role=Role.submitter, key_prefix="fada_t", key_hash=new_id())
+        session.add(key)
+        session.flush()
+        ids = {name: submit_job(session, decoded=decode_image(raw), original_size=len(raw), api_key_id=key.id,
+                                mode=JobMode.hitl).id for name in ("failed", "waiting", "canceled")}
+    with engine.begin() as conn:  # as the code before 0006 left them
+        conn.execute(text("UPDATE jobs SET review_state = 'pending'"))
+        conn.execute(text("UPDATE jobs SET status = 'failed' WHERE id = :id"), {"id": ids["failed"]})
+        conn.execute(text("UPDATE jobs SET status = 'awaiting_review' WHERE id = :id"), {"id": ids["waiting"]})
+        conn.execute(text("UPDATE jobs SET status = 'canceled', review_state = 'not_required' WHERE id = :id"),
+                     {"id": ids["canceled"]})
+    upgrade(url)
+    downgrade(url, "0005")  # keeps the fix: the older code reads it right
+    with engine.connect() as conn:
+        states = {job_id: state for job_id, state in conn.execute(text("SELECT id, review_state FROM jobs"))}
+    engine.dispose()
+    assert states == {ids["failed"]: "not_required", ids["waiting"]: "pending", ids["canceled"]: "not_required"}

@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.jobs import claim, complete, get_job, sweep
-from shared.db.models import JobStatus
+from shared.db.models import JobStatus, ReviewState
 from shared.db.types import utcnow
 
 from .helpers import make_document
@@ -40,7 +40,7 @@ def test_expired_lease_is_requeued_then_claimed_again(sm: sessionmaker[Session],
 
 
 def test_expired_lease_on_last_attempt_fails(sm: sessionmaker[Session], submit: Callable[..., str]) -> None:
-    job_id = submit(max_attempts=1)
+    job_id = submit(max_attempts=1, mode="hitl")
     with sm.begin() as s:
         claim(s, job_id, owner="dead", lease_seconds=10)
     later = utcnow() + timedelta(seconds=11)
@@ -53,10 +53,11 @@ def test_expired_lease_on_last_attempt_fails(sm: sessionmaker[Session], submit: 
         assert job is not None and job.status is JobStatus.failed
         assert job.error_code == "max_attempts" and job.error_detail and "lease" in job.error_detail
         assert job.finished_at is not None
+        assert job.review_state is ReviewState.not_required  # a failed HITL job waits for no review
 
 
 def test_hard_time_limit(sm: sessionmaker[Session], submit: Callable[..., str]) -> None:
-    job_id = submit()
+    job_id = submit(mode="hitl")
     with sm.begin() as s:
         claim(s, job_id, owner="w", lease_seconds=100_000)  # renewed forever, but stuck
     with sm.begin() as s:
@@ -67,6 +68,7 @@ def test_hard_time_limit(sm: sessionmaker[Session], submit: Callable[..., str]) 
     with sm() as s:
         job = get_job(s, job_id)
         assert job is not None and job.status is JobStatus.failed and job.error_code == "time_limit"
+        assert job.review_state is ReviewState.not_required
 
 
 def test_lost_queued_message_requeued_once_per_grace(sm: sessionmaker[Session], submit: Callable[..., str]) -> None:

@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.jobs import cancel, resume_hitl
+from services.jobs import cancel, claim, fail, list_jobs, release_for_retry, resume_hitl
 from services.reviews import (
     NO_PHASES_DETAIL,
     Corrections,
@@ -23,13 +23,23 @@ from services.reviews import (
     Submitted,
     amend_review,
     list_reviews,
+    review_queue,
     submit_review,
 )
 from services.reviews import submit as submit_module
-from shared.db.models import JobMode, JobStatus, Review, ReviewDecision, ReviewDimension, ReviewRevision, ReviewState
+from shared.db.models import (
+    Job,
+    JobMode,
+    JobStatus,
+    Review,
+    ReviewDecision,
+    ReviewDimension,
+    ReviewRevision,
+    ReviewState,
+)
 
 from .conftest import Key, Keys
-from .helpers import PROFILE, Jobs, full_document
+from .helpers import OWNER, PROFILE, Jobs, full_document
 
 INTERP, ANNOT = ReviewDimension.interpretation, ReviewDimension.annotation
 ACCEPT, CORRECT, REJECT = ReviewDecision.accept, ReviewDecision.correct, ReviewDecision.reject
@@ -236,6 +246,33 @@ def test_a_hitl_job_is_pending_until_both_dimensions_are_reviewed(sm: sessionmak
     assert jobs.job(other).review_state is ReviewState.pending
     _submit(sm, other, second_reviewer.id, INTERP)
     assert jobs.job(other).review_state is ReviewState.reviewed
+
+
+def test_a_failed_hitl_job_waits_for_no_review(sm: sessionmaker[Session], jobs: Jobs, keys: Keys) -> None:
+    """A failed job cannot be reviewed, so it must not stay ``pending``: that would count it in
+    every ``review_state=pending`` list forever while no reviewer's queue shows it."""
+    first_stage = jobs.queued(JobMode.hitl)  # fails before the gate: the model crashed
+    with sm.begin() as session:
+        assert claim(session, first_stage, owner=OWNER, lease_seconds=60) is not None
+        assert fail(session, first_stage, OWNER, "model_error", "the model crashed")
+    second_stage = jobs.awaiting()  # fails after the gate, on its last attempt
+    _submit(sm, second_stage, keys.reviewer.id, next_phases=["detect"], group="brain")
+    assert jobs.job(second_stage).review_state is ReviewState.pending
+    with sm.begin() as session:
+        session.execute(update(Job).where(Job.id == second_stage).values(max_attempts=1))
+        assert claim(session, second_stage, owner=OWNER, lease_seconds=60) is not None
+        assert release_for_retry(session, second_stage, OWNER, "worker lost") is JobStatus.failed
+    for job_id in (first_stage, second_stage):
+        job = jobs.job(job_id)
+        assert (job.status, job.review_state) == (JobStatus.failed, ReviewState.not_required)
+    # amending the gate review of the failed job does not bring the wait back
+    _amend(sm, second_stage, keys.reviewer.id, score=2, decision=CORRECT, comment="plane was fine")
+    assert jobs.job(second_stage).review_state is ReviewState.not_required
+    with pytest.raises(ReviewConflict, match="is failed"):
+        _submit(sm, second_stage, keys.reviewer.id, ANNOT)
+    with sm() as session:
+        assert list_jobs(session, review_state=ReviewState.pending).items == []
+        assert review_queue(session, reviewer_key_id=keys.reviewer.id).items == []
 
 
 def test_an_amendment_keeps_every_previous_version(sm: sessionmaker[Session], jobs: Jobs, keys: Keys,

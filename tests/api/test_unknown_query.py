@@ -1,0 +1,46 @@
+"""A query parameter a /v1 route does not take is a 422 problem naming it, not silently
+ignored: a misspelt filter would otherwise answer with everything and look right."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from .conftest import Keys
+from .helpers import NOTHING_STORED, assert_problem, file_part, png, stored
+
+
+@pytest.mark.parametrize(("path", "params", "unknown", "takes"), [
+    ("/v1/jobs", {"stauts": "failed"}, ["stauts"], "batch_id, cursor, external_id, limit, mode, review_state, status"),
+    ("/v1/reports/scores", {"group-by": "label", "format": "csv"}, ["group-by"], "format, from, group_by, mode, to"),
+    ("/v1/reviews/queue", {"limit": "5", "page": "2", "offset": "10"}, ["offset", "page"], "cursor, limit"),
+    ("/v1/jobs/00000000-0000-0000-0000-000000000000", {"fields": "status"}, ["fields"], "none"),
+])
+def test_an_unknown_query_parameter_is_a_422_naming_it(client: TestClient, keys: Keys, path: str,
+                                                       params: dict[str, str], unknown: list[str], takes: str) -> None:
+    body = assert_problem(client.get(path, params=params, headers=keys.admin.headers), 422, "unknown_query_parameter")
+    assert body["unknown"] == unknown
+    assert body["detail"] == f"unknown query parameter(s) {', '.join(unknown)}; this route takes: {takes}"
+
+
+def test_known_parameters_still_work(client: TestClient, keys: Keys) -> None:
+    r = client.get("/v1/jobs", params={"status": "failed", "limit": 3}, headers=keys.qa.headers)
+    assert r.status_code == 200, r.text
+    r = client.get("/v1/reports/scores", params={"group_by": "label", "format": "csv"}, headers=keys.qa.headers)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), r.text
+
+
+def test_a_form_field_sent_in_the_query_submits_nothing(client: TestClient, keys: Keys,
+                                                        sm: sessionmaker[Session]) -> None:
+    """``mode`` is a form field of POST /v1/jobs: in the query it would have been dropped and
+    the job run autonomous when the caller asked for a human in the loop."""
+    r = client.post("/v1/jobs", params={"mode": "hitl"}, files=file_part(png()), headers=keys.submitter.headers)
+    body = assert_problem(r, 422, "unknown_query_parameter")
+    assert body["unknown"] == ["mode"] and body["detail"].endswith("this route takes: none")
+    assert stored(sm) == NOTHING_STORED
+
+
+def test_the_key_is_checked_first_and_health_routes_are_left_alone(client: TestClient) -> None:
+    assert_problem(client.get("/v1/jobs", params={"stauts": "x"}), 401, "unauthorized")
+    assert client.get("/healthz", params={"probe": "lb"}).status_code == 200

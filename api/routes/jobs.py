@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Resp
 
 from services.export.coco import to_coco
 from services.export.dicom_sr import NotFromDicom, build_sr, source_instance, sr_bytes
-from services.jobs import cancel, get_job, get_result, list_jobs
+from services.jobs import cancel, current_document, get_job, list_jobs
 from services.jobs.intake import JobOptions, Upload, accept_job
 from services.notify import InvalidTarget, plan_notifications
 from services.notify.log import deliveries_of
@@ -123,11 +123,11 @@ def read(ctx: Ctx, caller: Reader, job_id: JobId) -> JobOut:
 def _document(ctx: AppContext, caller: Caller, job_id: str) -> ResultDocument:
     job = _visible(ctx, caller, job_id)
     with ctx.sm() as session:
-        result = get_result(session, job_id)
-        if result is None:
-            raise Problem(409, "result_not_ready", f"job {job_id} has no result yet: it is {job.status.value}",
-                          current_status=job.status.value)
-        return ResultDocument.model_validate(result.document)
+        document = current_document(session, job_id)
+    if document is None:
+        raise Problem(409, "result_not_ready", f"job {job_id} has no result yet: it is {job.status.value}",
+                      current_status=job.status.value)
+    return document
 
 
 @router.get("/{job_id}/result", response_model=ResultDocument, response_model_exclude_none=False,

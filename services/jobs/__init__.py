@@ -21,6 +21,7 @@ from .lifecycle import (
     resume_hitl,
 )
 from .listing import Page, batch_counts, get_job, get_result, list_jobs, status_counts
+from .results import current_document
 from .submit import create_batch, encode_png, submit_job
 from .sweeper import SweepReport, sweep
 
@@ -42,6 +43,7 @@ __all__ = [
     "claim_ready",
     "complete",
     "create_batch",
+    "current_document",
     "encode_png",
     "fail",
     "find_idempotent",

@@ -10,6 +10,9 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Job, JobStatus, ReviewState
 
+# The phases after the HITL gate, in document order (services.pipeline.runner.PHASE_ORDER).
+LATER_PHASES = ("map", "detect", "keypoints", "segment")
+
 
 def expire_job(session: Session, job_id: str) -> None:
     """Mark a Job already loaded in ``session`` stale after a bulk UPDATE, so the next

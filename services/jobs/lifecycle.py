@@ -21,14 +21,12 @@ from shared.db.models import Job, JobMode, JobStatus, Result, ReviewState
 from shared.db.types import new_id, utcnow
 from shared.schemas.results import PhaseReport, ResultDocument
 
-from ._common import expire_job, failed_values
+from ._common import LATER_PHASES, expire_job, failed_values
 from .errors import InvalidTransition, JobNotFound
 
 MAX_ATTEMPTS_CODE = "max_attempts"
 TIME_LIMIT_CODE = "time_limit"
 REJECTED_DETAIL = "rejected by the reviewer"
-# The phases after the HITL gate, in document order (services.pipeline.runner.PHASE_ORDER).
-_LATER_PHASES = ("map", "detect", "keypoints", "segment")
 _SYNC = {"synchronize_session": False}
 
 
@@ -380,8 +378,8 @@ def finish_hitl(session: Session, job_id: str, choice: dict[str, Any], *, detail
     ).first()
     if result is not None:  # always there for a job that awaited review; tolerate its absence
         doc = ResultDocument.model_validate(result.document)
-        kept = {name: report for name, report in doc.phases.items() if name not in _LATER_PHASES}
-        skipped = {name: PhaseReport(status="skipped", detail=detail) for name in _LATER_PHASES}
+        kept = {name: report for name, report in doc.phases.items() if name not in LATER_PHASES}
+        skipped = {name: PhaseReport(status="skipped", detail=detail) for name in LATER_PHASES}
         doc = doc.model_copy(update={"status": JobStatus.succeeded.value, "phases": {**kept, **skipped}})
         session.execute(update(Result).where(Result.id == result.id).values(document=doc.model_dump(mode="json")),
                         execution_options=_SYNC)

@@ -176,8 +176,10 @@ def test_cancel_while_awaiting_review(client: TestClient, keys: Keys, submit: Su
     # Nobody reviews a canceled job, so it no longer waits for a review.
     assert (r.json()["status"], r.json()["review_state"]) == ("canceled", "not_required")
     assert _status(sm, job) == "canceled"
-    # Its first-stage result stays readable.
-    assert client.get(f"/v1/jobs/{job}/result", headers=keys.submitter.headers).status_code == 200
+    # Its first-stage result stays readable, and says the job was canceled.
+    r = client.get(f"/v1/jobs/{job}/result", headers=keys.submitter.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "canceled"
 
 
 @pytest.mark.parametrize("state", ["running", "succeeded", "failed"])

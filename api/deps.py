@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Path, Request
-from fastapi.routing import APIRoute
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPBearer
 
 from services.keys import allows
@@ -14,6 +13,7 @@ from shared.db.models import Role
 
 from .context import AppContext, Caller
 from .problems import Problem
+from .strict_inputs import known_inputs_only
 
 # PostgreSQL text cannot hold NUL; refusing it at the edge gives a 422 instead of a 500 there.
 NO_NUL = r"^[^\x00]*$"
@@ -24,40 +24,7 @@ BatchId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="ba
 # Documents the bearer scheme in OpenAPI; the middleware does the checking (before the body
 # is read), so this never refuses anything itself.
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <api key>")
-
-
-def known_query_only(request: Request) -> None:
-    """422 for a query parameter the route does not take. Ignored, a misspelt filter
-    (``?stauts=failed``, ``?group-by=label``) would answer with everything, or with the
-    default grouping, and look like a right answer."""
-    route = request.scope.get("route")
-    if not isinstance(route, APIRoute):
-        return
-    allowed = _query_names(request.app, route)
-    unknown = sorted(set(request.query_params) - allowed)
-    if unknown:
-        takes = ", ".join(sorted(allowed)) or "none"
-        raise Problem(422, "unknown_query_parameter",
-                      f"unknown query parameter(s) {', '.join(unknown)}; this route takes: {takes}",
-                      unknown=unknown)
-
-
-def _query_names(app: FastAPI, route: APIRoute) -> frozenset[str]:
-    """The query parameters the route documents in the OpenAPI document: what callers read."""
-    cache: dict[tuple[str, frozenset[str]], frozenset[str]] | None = getattr(app.state, "query_names", None)
-    if cache is None:
-        cache = app.state.query_names = {}
-    methods = frozenset(route.methods or ())
-    key = (route.path_format, methods)
-    if key not in cache:
-        operations = app.openapi()["paths"].get(route.path_format, {})
-        cache[key] = frozenset(param["name"] for method in methods
-                               for param in operations.get(method.lower(), {}).get("parameters", [])
-                               if param.get("in") == "query")
-    return cache[key]
-
-
-V1_DEPENDENCIES = [Depends(bearer), Depends(known_query_only)]
+V1_DEPENDENCIES = [Depends(bearer), Depends(known_inputs_only)]
 
 
 def get_ctx(request: Request) -> AppContext:

@@ -47,7 +47,7 @@ PROBLEM = problem_doc("see the problem document's code and detail")
 V1_PROBLEMS: dict[int | str, dict[str, Any]] = {
     401: problem_doc("missing, unknown or revoked API key"),
     403: problem_doc("the key's role may not do this"),
-    422: problem_doc("invalid request fields, or a query parameter the route does not take"),
+    422: problem_doc("invalid request fields, or a query parameter or form field the route does not take"),
 }
 
 

@@ -1,5 +1,6 @@
-"""A query parameter a /v1 route does not take is a 422 problem naming it, not silently
-ignored: a misspelt filter would otherwise answer with everything and look right."""
+"""A query parameter or form field a /v1 route does not take is a 422 problem naming it, not
+silently ignored: a misspelt filter would answer with everything, a misspelt ``mode`` would run
+the job autonomous, and either would look right."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from .conftest import Keys
-from .helpers import NOTHING_STORED, assert_problem, file_part, png, stored
+from .helpers import NOTHING_STORED, assert_problem, enqueued_job_ids, file_part, png, stored
 
 
 @pytest.mark.parametrize(("path", "params", "unknown", "takes"), [
@@ -32,13 +33,34 @@ def test_known_parameters_still_work(client: TestClient, keys: Keys) -> None:
 
 
 def test_a_form_field_sent_in_the_query_submits_nothing(client: TestClient, keys: Keys,
-                                                        sm: sessionmaker[Session]) -> None:
+                                                        sm: sessionmaker[Session], broker_url: str) -> None:
     """``mode`` is a form field of POST /v1/jobs: in the query it would have been dropped and
     the job run autonomous when the caller asked for a human in the loop."""
+    before = enqueued_job_ids(broker_url)
     r = client.post("/v1/jobs", params={"mode": "hitl"}, files=file_part(png()), headers=keys.submitter.headers)
     body = assert_problem(r, 422, "unknown_query_parameter")
     assert body["unknown"] == ["mode"] and body["detail"].endswith("this route takes: none")
-    assert stored(sm) == NOTHING_STORED
+    assert stored(sm) == NOTHING_STORED and enqueued_job_ids(broker_url) == before
+
+
+@pytest.mark.parametrize(("path", "files"), [
+    ("/v1/jobs", [("file", ("a.png", png(1), "image/png"))]),
+    ("/v1/batches", [("file", ("a.png", png(1), "image/png")), ("file", ("b.png", png(2), "image/png"))]),
+])
+def test_an_unknown_form_field_submits_nothing(client: TestClient, keys: Keys, sm: sessionmaker[Session],
+                                               broker_url: str, path: str, files: list[tuple[str, object]]) -> None:
+    before = enqueued_job_ids(broker_url)
+    r = client.post(path, files=files, data={"mdoe": "hitl", "external_id": "ACC-1"}, headers=keys.submitter.headers)
+    body = assert_problem(r, 422, "unknown_form_field")
+    assert body["unknown"] == ["mdoe"]
+    assert body["detail"] == ("unknown form field(s) mdoe; this route takes: callback_url, external_id, file, frame, "
+                              "mode")
+    assert stored(sm) == NOTHING_STORED and enqueued_job_ids(broker_url) == before
+    # the same request with the field spelt right is taken, as a HITL job
+    r = client.post(path, files=files, data={"mode": "hitl", "external_id": "ACC-1"}, headers=keys.submitter.headers)
+    assert r.status_code == 202, r.text
+    jobs = r.json()["jobs"] if path == "/v1/batches" else [r.json()]
+    assert {(j["mode"], j["external_id"]) for j in jobs} == {("hitl", "ACC-1")}
 
 
 def test_the_key_is_checked_first_and_health_routes_are_left_alone(client: TestClient) -> None:

@@ -1,0 +1,78 @@
+"""Refusing request parts a /v1 route does not take: unknown query parameters and form fields.
+
+FastAPI ignores both. A misspelt filter (``?stauts=failed``, ``?group-by=label``) would answer
+with everything, or with the default grouping; a misspelt form field (``-F mdoe=hitl``) would
+run the job in the default mode; each looks like a right answer. JSON bodies are strict already
+(their models forbid extra fields). The names a route takes are read from its OpenAPI
+operation: what callers code against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
+
+from .problems import Problem
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+@dataclass(frozen=True)
+class Takes:
+    """What one route documents: its query parameters and, if it has a form body, its fields."""
+
+    query: frozenset[str]
+    form: frozenset[str] | None
+
+
+async def known_inputs_only(request: Request) -> None:
+    """422 naming the query parameters and form fields the route does not take."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    takes = route_takes(request.app, route)
+    _refuse("query parameter", request.query_params.keys(), takes.query, "unknown_query_parameter")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if takes.form is not None and content_type in FORM_TYPES:
+        form = await request.form()  # parsed already by FastAPI for the route: Starlette keeps it
+        _refuse("form field", form.keys(), takes.form, "unknown_form_field")
+
+
+def route_takes(app: FastAPI, route: APIRoute) -> Takes:
+    """The route's documented inputs, worked out once per app and route."""
+    cache: dict[tuple[str, frozenset[str]], Takes] | None = getattr(app.state, "route_takes", None)
+    if cache is None:
+        cache = app.state.route_takes = {}
+    methods = frozenset(route.methods or ())
+    key = (route.path_format, methods)
+    if key not in cache:
+        document = app.openapi()
+        operations = [document["paths"].get(route.path_format, {}).get(m.lower(), {}) for m in methods]
+        query = frozenset(p["name"] for op in operations for p in op.get("parameters", []) if p.get("in") == "query")
+        forms = [_form_fields(document, op) for op in operations]
+        form = frozenset().union(*[f for f in forms if f is not None]) if any(f is not None for f in forms) else None
+        cache[key] = Takes(query=query, form=form)
+    return cache[key]
+
+
+def _form_fields(document: dict[str, Any], operation: dict[str, Any]) -> frozenset[str] | None:
+    content = operation.get("requestBody", {}).get("content", {})
+    schema = next((content[t]["schema"] for t in FORM_TYPES if t in content), None)
+    if schema is None:
+        return None
+    ref = schema.get("$ref", "")
+    if ref.startswith("#/components/schemas/"):
+        schema = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return frozenset(schema.get("properties", {}))
+
+
+def _refuse(what: str, sent: Iterable[str], allowed: frozenset[str], code: str) -> None:
+    unknown = sorted(set(sent) - allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) or "none"
+        raise Problem(422, code, f"unknown {what}(s) {', '.join(unknown)}; this route takes: {takes}",
+                      unknown=unknown)

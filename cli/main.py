@@ -19,6 +19,8 @@ model_app = typer.Typer(no_args_is_help=True, help="Model utilities.")
 app.add_typer(model_app, name="model")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; a secret is shown once).")
 app.add_typer(keys_app, name="keys")
+images_app = typer.Typer(no_args_is_help=True, help="Stored images (the retention policy).")
+app.add_typer(images_app, name="images")
 app.command("report")(report_command)
 app.command("submit")(submit_command)
 
@@ -126,6 +128,39 @@ def keys_seal_secrets() -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"sealed {count} webhook secret(s) with the current key")
+
+
+@images_app.command("purge")
+def images_purge(
+    older_than_days: Annotated[float | None, typer.Option(
+        min=0, help="jobs finished more than this many days ago (default: FADA_IMAGE_RETENTION_DAYS)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only count them")] = False,
+) -> None:
+    """Delete the pixels of images whose job finished long ago; results, sizes, sha256 and
+    DICOM UIDs stay. The workers do this on their own when FADA_IMAGE_RETENTION_DAYS is set."""
+    from datetime import timedelta
+
+    from services.jobs import count_purgeable, purge_images
+    from shared.settings import Settings
+
+    days = older_than_days if older_than_days is not None else Settings().image_retention_days
+    if days is None:
+        typer.echo("error: give --older-than-days or set FADA_IMAGE_RETENTION_DAYS", err=True)
+        raise typer.Exit(2)
+    older_than = timedelta(days=days)
+    with _session() as session:
+        if dry_run:
+            typer.echo(f"{count_purgeable(session, older_than=older_than)} image(s) of jobs finished over {days:g} "
+                       "day(s) ago would be purged")
+            return
+        total = 0
+        while True:  # one transaction per batch: a long purge does not hold one huge transaction
+            with session.begin():
+                purged = purge_images(session, older_than=older_than)
+            total += len(purged)
+            if not purged:
+                break
+    typer.echo(f"purged the pixels of {total} image(s) of jobs finished over {days:g} day(s) ago")
 
 
 @keys_app.command("revoke")

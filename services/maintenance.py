@@ -1,5 +1,6 @@
 """Periodic upkeep run by every worker's main process: the job sweeper (lost messages, dead
-workers, time limits) and, for the SQLite broker, deleting delivered messages.
+workers, time limits), the image retention policy and, for the SQLite broker, deleting
+delivered messages.
 
 Several workers may sweep at once: the sweep locks rows with SKIP LOCKED on PostgreSQL and
 every change is conditional, so the worst case is a duplicate message, which a worker drops.
@@ -10,10 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.jobs import SweepReport, sweep
+from services.jobs import SweepReport, purge_images, sweep
 from services.queue import purge_delivered
 from shared.settings import Settings
 
@@ -58,8 +60,22 @@ class Every:
                 log.warning("%s failed: %s", self._thread.name, exc)
 
 
+def purge_old_images(sm: sessionmaker[Session], settings: Settings) -> int:
+    """One batch of the retention policy (``FADA_IMAGE_RETENTION_DAYS``); the next upkeep
+    takes the rest. Returns how many images lost their pixels."""
+    if settings.image_retention_days is None:
+        return 0
+    with sm.begin() as session:
+        purged = purge_images(session, older_than=timedelta(days=settings.image_retention_days))
+    if purged:
+        log.info("retention: deleted the pixels of %d image(s) of jobs finished over %g day(s) ago", len(purged),
+                 settings.image_retention_days)
+    return len(purged)
+
+
 def upkeep(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[[str], object]) -> None:
     sweep_once(sm, settings, enqueue)
+    purge_old_images(sm, settings)
     purged = purge_delivered(settings)
     if purged:
         log.debug("deleted %d delivered broker message(s)", purged)

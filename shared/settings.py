@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(10.0, gt=0, description="how often each worker runs the sweeper")
     queued_grace_seconds: float = Field(300.0, gt=0, description="a queued job untouched this long is re-enqueued")
     hard_time_limit_seconds: float = Field(3600.0, gt=0, description="a running attempt older than this fails")
+    image_retention_days: float | None = Field(
+        None, gt=0, description="delete a job's image pixels this many days after the job finished (results, "
+                                "sizes, sha256 and DICOM UIDs stay); unset: keep them")
     worker_heartbeat_seconds: float = Field(10.0, gt=0, description="worker heartbeat period (readiness)")
     batch_size: int = Field(1, ge=1, le=64, description="jobs a worker claims and runs together (GPU: 8 or more; "
                             "see docs/PERFORMANCE.md)")

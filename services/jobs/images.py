@@ -21,6 +21,9 @@ def load_decoded(session: Session, image_id: str) -> DecodedImage:
     row = session.get(Image, image_id)
     if row is None:
         raise StoredImageError(f"image {image_id} not found")
+    if row.data is None:
+        when = row.purged_at.isoformat() if row.purged_at else "an unknown time"
+        raise StoredImageError(f"image {image_id} was deleted by the retention policy at {when}: submit it again")
     try:
         with PILImage.open(io.BytesIO(row.data)) as stored:
             pixels = stored.convert("RGB")

@@ -146,7 +146,8 @@ class Image(Base):
     """The normalised image (PNG bytes) and what was read from the upload.
 
     The pixels live in the database so that a worker on another host needs only the
-    database and broker URLs. ``data`` is deferred: it is loaded only when read.
+    database and broker URLs. ``data`` is deferred: it is loaded only when read. The retention
+    policy (``services.jobs.retention``) deletes it once the job is long finished.
     """
 
     __tablename__ = "images"
@@ -170,9 +171,11 @@ class Image(Base):
     dicom_sop_class_uid: Mapped[str | None] = mapped_column(String(64))
     dicom_modality: Mapped[str | None] = mapped_column(String(16))
     dicom_manufacturer_model: Mapped[str | None] = mapped_column(String(64))
-    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    # NULL once purged by the retention policy (``purged_at``): the rest of the row stays.
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     original_size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = _created()
+    purged_at: Mapped[datetime | None]
 
 
 class Job(Base):

@@ -141,9 +141,10 @@ def test_sealed_webhook_secrets_survive_upgrade_and_are_dropped_by_a_downgrade(
 @pytest.mark.parametrize("backend", ["postgres_url", "sqlite_url"])
 def test_failed_hitl_jobs_stop_waiting_for_review_at_0006(backend: str, request: pytest.FixtureRequest) -> None:
     """Before 0006 a failed HITL job kept ``review_state = pending`` for ever; 0006 clears it
-    on failed jobs only. 0006 changes data, not the schema, so the models fit 0005 too."""
+    on failed jobs only. The rows are made with today's models, then the schema goes back to
+    0005 and the rows are set as the code of then left them."""
     url = request.getfixturevalue(backend)
-    upgrade(url, "0005")
+    upgrade(url)
     engine = make_engine(url)
     sm = make_sessionmaker(engine)
     raw = png(seed=1, width=8, height=8)
@@ -153,6 +154,7 @@ def test_failed_hitl_jobs_stop_waiting_for_review_at_0006(backend: str, request:
         session.flush()
         ids = {name: submit_job(session, decoded=decode_image(raw), original_size=len(raw), api_key_id=key.id,
                                 mode=JobMode.hitl).id for name in ("failed", "waiting", "canceled")}
+    downgrade(url, "0005")
     with engine.begin() as conn:  # as the code before 0006 left them
         conn.execute(text("UPDATE jobs SET review_state = 'pending'"))
         conn.execute(text("UPDATE jobs SET status = 'failed' WHERE id = :id"), {"id": ids["failed"]})
@@ -165,3 +167,29 @@ def test_failed_hitl_jobs_stop_waiting_for_review_at_0006(backend: str, request:
         states = {job_id: state for job_id, state in conn.execute(text("SELECT id, review_state FROM jobs"))}
     engine.dispose()
     assert states == {ids["failed"]: "not_required", ids["waiting"]: "pending", ids["canceled"]: "not_required"}
+
+
+@pytest.mark.parametrize("backend", ["postgres_url", "sqlite_url"])
+def test_a_downgrade_below_0007_stops_while_images_are_purged(backend: str, request: pytest.FixtureRequest) -> None:
+    """0006 cannot hold an image without pixels: the downgrade refuses, changing nothing, until
+    none is left; then it goes through."""
+    url = request.getfixturevalue(backend)
+    upgrade(url)
+    engine = make_engine(url)
+    raw = png(seed=2, width=8, height=8)
+    with make_sessionmaker(engine).begin() as session:
+        key = ApiKey(id=new_id(), name="t", role=Role.submitter, key_prefix="fada_t", key_hash=new_id())
+        session.add(key)
+        session.flush()
+        submit_job(session, decoded=decode_image(raw), original_size=len(raw), api_key_id=key.id)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE images SET data = NULL, purged_at = CURRENT_TIMESTAMP"))
+    with pytest.raises(RuntimeError, match="1 image\\(s\\) were purged"):
+        downgrade(url, "0006")
+    assert current_revision(url) == head_revision()
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM jobs"))
+        conn.execute(text("DELETE FROM images"))
+    engine.dispose()
+    downgrade(url, "0006")
+    assert current_revision(url) == "0006"

@@ -1,0 +1,55 @@
+"""Image retention: delete the pixels of jobs finished long ago, keep everything else.
+
+A stored image is needed while its job may still run: queued, running, awaiting review (the
+HITL second stage reads it again). Once the job has finished (succeeded, failed, canceled)
+nothing reads the pixels: results, COCO, the DICOM SR, reviews, reports and evaluations use the
+result document and the image row's sizes, sha256 and UIDs. Keeping ultrasound frames of
+patients for ever is what a hospital's data-protection officer asks a service not to do, so
+``FADA_IMAGE_RETENTION_DAYS`` deletes them that many days after the job finished (the worker
+upkeep runs it; ``fada images purge`` runs it by hand). ``images.data`` becomes NULL and
+``purged_at`` says when; the row stays.
+
+PostgreSQL reuses the freed space after its (auto)vacuum; the file shrinks only with
+``VACUUM FULL``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, exists, func, select, update
+from sqlalchemy.orm import Session
+
+from shared.db.models import Image, Job, JobStatus
+from shared.db.types import utcnow
+
+FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+BATCH = 500
+
+
+def purgeable(older_than: timedelta, now: datetime) -> ColumnElement[bool]:
+    """Images still holding pixels whose job finished before ``now - older_than``."""
+    cutoff = now - older_than
+    return and_(Image.data.is_not(None), exists().where(
+        Job.image_id == Image.id, Job.status.in_(FINISHED), Job.finished_at < cutoff))
+
+
+def count_purgeable(session: Session, *, older_than: timedelta, now: datetime | None = None) -> int:
+    return int(session.scalar(select(func.count()).select_from(Image)
+                              .where(purgeable(older_than, now or utcnow()))) or 0)
+
+
+def purge_images(session: Session, *, older_than: timedelta, now: datetime | None = None,
+                 limit: int = BATCH) -> list[str]:
+    """Delete the pixels of at most ``limit`` images whose job finished more than
+    ``older_than`` ago; returns their ids. Conditional on the job being finished at the time of
+    the update, so a job resumed meanwhile keeps its image. Run it again for the rest."""
+    now = now or utcnow()
+    ids = list(session.scalars(select(Image.id).where(purgeable(older_than, now)).order_by(Image.created_at)
+                               .limit(limit)))
+    if not ids:
+        return []
+    purged = session.execute(update(Image).where(Image.id.in_(ids), purgeable(older_than, now))
+                             .values(data=None, purged_at=now).returning(Image.id),
+                             execution_options={"synchronize_session": False})
+    return list(purged.scalars())

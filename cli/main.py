@@ -140,7 +140,8 @@ def images_purge(
     DICOM UIDs stay. The workers do this on their own when FADA_IMAGE_RETENTION_DAYS is set."""
     from datetime import timedelta
 
-    from services.jobs import count_purgeable, purge_images
+    from services.jobs import count_purgeable, purge_all
+    from shared.db.engine import engine_from_settings, make_sessionmaker
     from shared.settings import Settings
 
     days = older_than_days if older_than_days is not None else Settings().image_retention_days
@@ -148,18 +149,12 @@ def images_purge(
         typer.echo("error: give --older-than-days or set FADA_IMAGE_RETENTION_DAYS", err=True)
         raise typer.Exit(2)
     older_than = timedelta(days=days)
-    with _session() as session:
-        if dry_run:
-            typer.echo(f"{count_purgeable(session, older_than=older_than)} image(s) of jobs finished over {days:g} "
-                       "day(s) ago would be purged")
-            return
-        total = 0
-        while True:  # one transaction per batch: a long purge does not hold one huge transaction
-            with session.begin():
-                purged = purge_images(session, older_than=older_than)
-            total += len(purged)
-            if not purged:
-                break
+    if dry_run:
+        with _session() as session:
+            count = count_purgeable(session, older_than=older_than)
+        typer.echo(f"{count} image(s) of jobs finished over {days:g} day(s) ago would be purged")
+        return
+    total = purge_all(make_sessionmaker(engine_from_settings(Settings())), older_than=older_than)
     typer.echo(f"purged the pixels of {total} image(s) of jobs finished over {days:g} day(s) ago")
 
 

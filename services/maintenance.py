@@ -1,6 +1,6 @@
 """Periodic upkeep run by every worker's main process: the job sweeper (lost messages, dead
-workers, time limits), the image retention policy and, for the SQLite broker, deleting
-delivered messages.
+workers, time limits) and, for the SQLite broker, deleting delivered messages; and, on its own
+slower clock, the image retention policy.
 
 Several workers may sweep at once: the sweep locks rows with SKIP LOCKED on PostgreSQL and
 every change is conditional, so the worst case is a duplicate message, which a worker drops.
@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.jobs import SweepReport, purge_images, sweep
+from services.jobs import SweepReport, purge_all, sweep
 from services.queue import purge_delivered
 from shared.settings import Settings
 
@@ -60,22 +60,24 @@ class Every:
                 log.warning("%s failed: %s", self._thread.name, exc)
 
 
+# Days-long deadlines need no 10-second clock: a retention pass every few minutes.
+RETENTION_INTERVAL_SECONDS = 300.0
+
+
 def purge_old_images(sm: sessionmaker[Session], settings: Settings) -> int:
-    """One batch of the retention policy (``FADA_IMAGE_RETENTION_DAYS``); the next upkeep
-    takes the rest. Returns how many images lost their pixels."""
+    """A pass of the retention policy (``FADA_IMAGE_RETENTION_DAYS``): every image due, in
+    batches. Returns how many images lost their pixels."""
     if settings.image_retention_days is None:
         return 0
-    with sm.begin() as session:
-        purged = purge_images(session, older_than=timedelta(days=settings.image_retention_days))
+    purged = purge_all(sm, older_than=timedelta(days=settings.image_retention_days))
     if purged:
-        log.info("retention: deleted the pixels of %d image(s) of jobs finished over %g day(s) ago", len(purged),
+        log.info("retention: deleted the pixels of %d image(s) of jobs finished over %g day(s) ago", purged,
                  settings.image_retention_days)
-    return len(purged)
+    return purged
 
 
 def upkeep(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[[str], object]) -> None:
     sweep_once(sm, settings, enqueue)
-    purge_old_images(sm, settings)
     purged = purge_delivered(settings)
     if purged:
         log.debug("deleted %d delivered broker message(s)", purged)

@@ -22,7 +22,7 @@ from .lifecycle import (
 )
 from .listing import Page, batch_counts, get_job, get_result, list_jobs, status_counts
 from .results import current_document
-from .retention import count_purgeable, purge_images
+from .retention import count_purgeable, purge_all, purge_images
 from .submit import create_batch, encode_png, submit_job
 from .sweeper import SweepReport, sweep
 
@@ -54,6 +54,7 @@ __all__ = [
     "get_job",
     "get_result",
     "list_jobs",
+    "purge_all",
     "purge_images",
     "release_for_retry",
     "remember_idempotent",

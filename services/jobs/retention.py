@@ -6,7 +6,7 @@ nothing reads the pixels: results, COCO, the DICOM SR, reviews, reports and eval
 result document and the image row's sizes, sha256 and UIDs. Keeping ultrasound frames of
 patients for ever is what a hospital's data-protection officer asks a service not to do, so
 ``FADA_IMAGE_RETENTION_DAYS`` deletes them that many days after the job finished (the worker
-upkeep runs it; ``fada images purge`` runs it by hand). ``images.data`` becomes NULL and
+run it every few minutes; ``fada images purge`` runs it by hand). ``images.data`` becomes NULL and
 ``purged_at`` says when; the row stays.
 
 PostgreSQL reuses the freed space after its (auto)vacuum; the file shrinks only with
@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, exists, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Image, Job, JobStatus
 from shared.db.types import utcnow
@@ -53,3 +53,17 @@ def purge_images(session: Session, *, older_than: timedelta, now: datetime | Non
                              .values(data=None, purged_at=now).returning(Image.id),
                              execution_options={"synchronize_session": False})
     return list(purged.scalars())
+
+
+def purge_all(sm: sessionmaker[Session], *, older_than: timedelta, now: datetime | None = None,
+              batch: int = BATCH) -> int:
+    """Purge until nothing is left, ``batch`` images per transaction (a first run over a long
+    backlog holds no huge transaction); returns how many images lost their pixels."""
+    now = now or utcnow()
+    total = 0
+    while True:
+        with sm.begin() as session:
+            purged = len(purge_images(session, older_than=older_than, now=now, limit=batch))
+        total += purged
+        if purged < batch:
+            return total

@@ -1,5 +1,5 @@
 """Image retention: the pixels of jobs finished long ago are deleted, nothing else is; by the
-service function, the worker upkeep and ``fada images purge`` (PostgreSQL and SQLite)."""
+service function, the workers' retention pass and ``fada images purge`` (PostgreSQL and SQLite)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from cli.main import app
-from services.jobs import cancel, claim, complete, count_purgeable, current_document, fail, purge_images
+from services.jobs import (
+    cancel,
+    claim,
+    complete,
+    count_purgeable,
+    current_document,
+    fail,
+    purge_all,
+    purge_images,
+)
 from services.jobs.images import StoredImageError, load_decoded
 from services.maintenance import purge_old_images
 from shared.db.models import Image, Job
@@ -90,14 +99,21 @@ def test_only_images_of_jobs_finished_long_ago_lose_their_pixels(sm: sessionmake
         assert load_decoded(s, s.get_one(Job, jobs["awaiting"]).image_id).width == 8
 
 
-def test_the_upkeep_applies_the_setting(sm: sessionmaker[Session], submit: Callable[..., str], db_url: str,
-                                        tmp_path: Path) -> None:
+def test_the_workers_pass_applies_the_setting(sm: sessionmaker[Session], submit: Callable[..., str], db_url: str,
+                                              tmp_path: Path) -> None:
     jobs = _jobs(sm, submit)
     unset = Settings(database_url=db_url, data_dir=tmp_path)
     assert purge_old_images(sm, unset) == 0  # the default keeps every image
     assert purge_old_images(sm, unset.model_copy(update={"image_retention_days": 50})) == 0
     assert purge_old_images(sm, unset.model_copy(update={"image_retention_days": 30})) == 3
     assert _kept(sm, jobs)["recent"] and not _kept(sm, jobs)["succeeded"]
+
+
+def test_a_pass_takes_every_batch(sm: sessionmaker[Session], submit: Callable[..., str]) -> None:
+    jobs = _jobs(sm, submit)
+    assert purge_all(sm, older_than=MONTH, batch=2) == 3  # 2, then 1: one transaction each
+    assert purge_all(sm, older_than=MONTH, batch=2) == 0
+    assert not any(_kept(sm, jobs)[name] for name in ("succeeded", "failed", "canceled"))
 
 
 def test_the_command(sm: sessionmaker[Session], submit: Callable[..., str], db_url: str, tmp_path: Path) -> None:

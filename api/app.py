@@ -16,6 +16,7 @@ from .deps import V1_DEPENDENCIES
 from .middleware import BodyLimitMiddleware, GatewayMiddleware
 from .problems import V1_PROBLEMS
 from .routes import batches, dicomweb, evaluations, jobs, ops, reports, reviews
+from .strict_inputs import document_strict_forms
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (jobs.router, batches.router, reviews.router, reports.router, evaluations.router, dicomweb.router):
         app.include_router(router, dependencies=V1_DEPENDENCIES, responses=V1_PROBLEMS)
     app.include_router(ops.router)
+    document_strict_forms(app)
     # Outermost first on the way in: ids, auth and audit, then the body limit.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(GatewayMiddleware, ctx=ctx)

@@ -9,7 +9,7 @@ operation: what callers code against.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,25 @@ async def known_inputs_only(request: Request) -> None:
         _refuse("form field", form.keys(), takes.form, "unknown_form_field")
 
 
+def document_strict_forms(app: FastAPI) -> None:
+    """Say in the OpenAPI document what ``known_inputs_only`` enforces: the form bodies of /v1
+    routes take no other fields (``additionalProperties: false``), so generated clients and
+    schema-driven tests know it."""
+    build: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()  # FastAPI keeps it as app.openapi_schema: marked once, in place
+            for path, item in document["paths"].items():
+                for operation in item.values() if path.startswith("/v1/") else ():
+                    schema = _form_schema(document, operation)
+                    if schema is not None:
+                        schema["additionalProperties"] = False
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def route_takes(app: FastAPI, route: APIRoute) -> Takes:
     """The route's documented inputs, worked out once per app and route."""
     cache: dict[tuple[str, frozenset[str]], Takes] | None = getattr(app.state, "route_takes", None)
@@ -60,14 +79,18 @@ def route_takes(app: FastAPI, route: APIRoute) -> Takes:
 
 
 def _form_fields(document: dict[str, Any], operation: dict[str, Any]) -> frozenset[str] | None:
-    content = operation.get("requestBody", {}).get("content", {})
-    schema = next((content[t]["schema"] for t in FORM_TYPES if t in content), None)
-    if schema is None:
-        return None
-    ref = schema.get("$ref", "")
+    schema = _form_schema(document, operation)
+    return None if schema is None else frozenset(schema.get("properties", {}))
+
+
+def _form_schema(document: dict[str, Any], operation: dict[str, Any]) -> dict[str, Any] | None:
+    """The operation's form body schema (``$ref`` resolved), or None without a form body."""
+    content = operation.get("requestBody", {}).get("content", {}) if isinstance(operation, dict) else {}
+    schema: dict[str, Any] | None = next((content[t]["schema"] for t in FORM_TYPES if t in content), None)
+    ref = (schema or {}).get("$ref", "")
     if ref.startswith("#/components/schemas/"):
         schema = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
-    return frozenset(schema.get("properties", {}))
+    return schema
 
 
 def _refuse(what: str, sent: Iterable[str], allowed: frozenset[str], code: str) -> None:

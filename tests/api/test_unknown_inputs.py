@@ -66,3 +66,11 @@ def test_an_unknown_form_field_submits_nothing(client: TestClient, keys: Keys, s
 def test_the_key_is_checked_first_and_health_routes_are_left_alone(client: TestClient) -> None:
     assert_problem(client.get("/v1/jobs", params={"stauts": "x"}), 401, "unauthorized")
     assert client.get("/healthz", params={"probe": "lb"}).status_code == 200
+
+
+def test_the_openapi_document_says_forms_take_no_other_fields(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    for path in ("/v1/jobs", "/v1/batches"):
+        ref = document["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+        schema = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        assert schema["additionalProperties"] is False and "mode" in schema["properties"]

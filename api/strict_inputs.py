@@ -49,14 +49,15 @@ def document_strict_forms(app: FastAPI) -> None:
     build: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = build()  # FastAPI keeps it as app.openapi_schema: marked once, in place
-            for path, item in document["paths"].items():
-                for operation in item.values() if path.startswith("/v1/") else ():
-                    schema = _form_schema(document, operation)
-                    if schema is not None:
-                        schema["additionalProperties"] = False
-        return app.openapi_schema or build()
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()  # FastAPI keeps it as app.openapi_schema: marked once, in place
+        for path, item in document["paths"].items():
+            for operation in item.values() if path.startswith("/v1/") else ():
+                schema = _form_schema(document, operation)
+                if schema is not None:
+                    schema["additionalProperties"] = False
+        return document
 
     app.openapi = openapi  # type: ignore[method-assign]
 
@@ -72,15 +73,10 @@ def route_takes(app: FastAPI, route: APIRoute) -> Takes:
         document = app.openapi()
         operations = [document["paths"].get(route.path_format, {}).get(m.lower(), {}) for m in methods]
         query = frozenset(p["name"] for op in operations for p in op.get("parameters", []) if p.get("in") == "query")
-        forms = [_form_fields(document, op) for op in operations]
-        form = frozenset().union(*[f for f in forms if f is not None]) if any(f is not None for f in forms) else None
+        forms = [schema for op in operations if (schema := _form_schema(document, op)) is not None]
+        form = frozenset(name for schema in forms for name in schema.get("properties", {})) if forms else None
         cache[key] = Takes(query=query, form=form)
     return cache[key]
-
-
-def _form_fields(document: dict[str, Any], operation: dict[str, Any]) -> frozenset[str] | None:
-    schema = _form_schema(document, operation)
-    return None if schema is None else frozenset(schema.get("properties", {}))
 
 
 def _form_schema(document: dict[str, Any], operation: dict[str, Any]) -> dict[str, Any] | None:

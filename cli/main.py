@@ -144,17 +144,19 @@ def images_purge(
     from shared.db.engine import engine_from_settings, make_sessionmaker
     from shared.settings import Settings
 
-    days = older_than_days if older_than_days is not None else Settings().image_retention_days
+    settings = Settings()
+    days = older_than_days if older_than_days is not None else settings.image_retention_days
     if days is None:
         typer.echo("error: give --older-than-days or set FADA_IMAGE_RETENTION_DAYS", err=True)
         raise typer.Exit(2)
     older_than = timedelta(days=days)
+    sm = make_sessionmaker(engine_from_settings(settings))
     if dry_run:
-        with _session() as session:
+        with sm() as session:
             count = count_purgeable(session, older_than=older_than)
         typer.echo(f"{count} image(s) of jobs finished over {days:g} day(s) ago would be purged")
         return
-    total = purge_all(make_sessionmaker(engine_from_settings(Settings())), older_than=older_than)
+    total = purge_all(sm, older_than=older_than)
     typer.echo(f"purged the pixels of {total} image(s) of jobs finished over {days:g} day(s) ago")
 
 

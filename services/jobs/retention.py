@@ -20,10 +20,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.models import Image, Job, JobStatus
+from shared.db.models import FINAL_STATUSES, Image, Job
 from shared.db.types import utcnow
 
-FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
 BATCH = 500
 
 
@@ -31,7 +30,7 @@ def purgeable(older_than: timedelta, now: datetime) -> ColumnElement[bool]:
     """Images still holding pixels whose job finished before ``now - older_than``."""
     cutoff = now - older_than
     return and_(Image.data.is_not(None), exists().where(
-        Job.image_id == Image.id, Job.status.in_(FINISHED), Job.finished_at < cutoff))
+        Job.image_id == Image.id, Job.status.in_(FINAL_STATUSES), Job.finished_at < cutoff))
 
 
 def count_purgeable(session: Session, *, older_than: timedelta, now: datetime | None = None) -> int:
@@ -42,8 +41,8 @@ def count_purgeable(session: Session, *, older_than: timedelta, now: datetime | 
 def purge_images(session: Session, *, older_than: timedelta, now: datetime | None = None,
                  limit: int = BATCH) -> list[str]:
     """Delete the pixels of at most ``limit`` images whose job finished more than
-    ``older_than`` ago; returns their ids. Conditional on the job being finished at the time of
-    the update, so a job resumed meanwhile keeps its image. Run it again for the rest."""
+    ``older_than`` ago; returns their ids. The update checks again, so of two workers purging
+    at once each returns only the images it purged. Run it again for the rest."""
     now = now or utcnow()
     ids = list(session.scalars(select(Image.id).where(purgeable(older_than, now)).order_by(Image.created_at)
                                .limit(limit)))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import inspect, text
+from sqlalchemy import Engine, inspect, text
 
 from services.ingest import decode_image
 from services.jobs import submit_job
@@ -138,6 +138,17 @@ def test_sealed_webhook_secrets_survive_upgrade_and_are_dropped_by_a_downgrade(
     assert kept == {"plain": "whsec_" + "a" * 32, "sealed": None}
 
 
+def _submit_jobs(engine: Engine, count: int, mode: JobMode) -> list[str]:
+    """``count`` queued jobs of one new submitter key, made with today's models; their ids."""
+    raw = png(seed=1, width=8, height=8)
+    with make_sessionmaker(engine).begin() as session:
+        key = ApiKey(id=new_id(), name="t", role=Role.submitter, key_prefix="fada_t", key_hash=new_id())
+        session.add(key)
+        session.flush()
+        return [submit_job(session, decoded=decode_image(raw), original_size=len(raw), api_key_id=key.id,
+                           mode=mode).id for _ in range(count)]
+
+
 @pytest.mark.parametrize("backend", ["postgres_url", "sqlite_url"])
 def test_failed_hitl_jobs_stop_waiting_for_review_at_0006(backend: str, request: pytest.FixtureRequest) -> None:
     """Before 0006 a failed HITL job kept ``review_state = pending`` for ever; 0006 clears it
@@ -146,14 +157,7 @@ def test_failed_hitl_jobs_stop_waiting_for_review_at_0006(backend: str, request:
     url = request.getfixturevalue(backend)
     upgrade(url)
     engine = make_engine(url)
-    sm = make_sessionmaker(engine)
-    raw = png(seed=1, width=8, height=8)
-    with sm.begin() as session:
-        key = ApiKey(id=new_id(), name="t", role=Role.submitter, key_prefix="fada_t", key_hash=new_id())
-        session.add(key)
-        session.flush()
-        ids = {name: submit_job(session, decoded=decode_image(raw), original_size=len(raw), api_key_id=key.id,
-                                mode=JobMode.hitl).id for name in ("failed", "waiting", "canceled")}
+    ids = dict(zip(("failed", "waiting", "canceled"), _submit_jobs(engine, 3, JobMode.hitl), strict=True))
     downgrade(url, "0005")
     with engine.begin() as conn:  # as the code before 0006 left them
         conn.execute(text("UPDATE jobs SET review_state = 'pending'"))
@@ -176,12 +180,7 @@ def test_a_downgrade_below_0007_stops_while_images_are_purged(backend: str, requ
     url = request.getfixturevalue(backend)
     upgrade(url)
     engine = make_engine(url)
-    raw = png(seed=2, width=8, height=8)
-    with make_sessionmaker(engine).begin() as session:
-        key = ApiKey(id=new_id(), name="t", role=Role.submitter, key_prefix="fada_t", key_hash=new_id())
-        session.add(key)
-        session.flush()
-        submit_job(session, decoded=decode_image(raw), original_size=len(raw), api_key_id=key.id)
+    _submit_jobs(engine, 1, JobMode.autonomous)
     with engine.begin() as conn:
         conn.execute(text("UPDATE images SET data = NULL, purged_at = CURRENT_TIMESTAMP"))
     with pytest.raises(RuntimeError, match="1 image\\(s\\) were purged"):

@@ -42,20 +42,53 @@ def check_webhook_url(url: str, allowed_hosts: Sequence[str]) -> str:
     return url
 
 
-def check_resolved(url: str, allowed_hosts: Sequence[str]) -> None:
-    """At send time: the addresses the URL's host resolves to now, checked the same way (a name
-    may point at the service's own host). Raises ``InvalidTarget``, or ``OSError`` when the
-    name does not resolve. httpx resolves the name again to connect, so a DNS server that
-    changes its answer in between is not stopped here: an allowed-hosts list is the strict
-    control."""
-    check_webhook_url(url, allowed_hosts)  # the list may have changed since the job was submitted
-    host = (urlsplit(url).hostname or "").lower()
-    if _listed(host, allowed_hosts):
-        return
-    for *_, address in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP):
-        ip = _ip(str(address[0]))
-        if ip is not None and (why := _forbidden(ip)):
-            raise InvalidTarget(_unlisted(f"{host} ({ip})", why))
+@dataclass(frozen=True)
+class PinnedTarget:
+    """A webhook URL and the addresses its host resolved to when they were checked, in the
+    resolver's order (the order a plain connect would try them). The request goes only to
+    those, so a DNS server that answers differently a moment later (DNS rebinding) cannot send
+    it elsewhere; the Host header and, for https, the TLS server name (SNI and certificate
+    check) stay the URL's host."""
+
+    url: str
+    host: str
+    addresses: tuple[str, ...]
+
+    def url_for(self, address: str) -> str:
+        parts = urlsplit(self.url)
+        literal = f"[{address}]" if ":" in address else address
+        netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+        return parts._replace(netloc=netloc).geturl()
+
+    def host_header(self) -> str:
+        return urlsplit(self.url).netloc.rsplit("@", 1)[-1]  # host[:port] as the URL spells it
+
+    def extensions(self) -> dict[str, str]:
+        return {"sni_hostname": self.host} if urlsplit(self.url).scheme == "https" else {}
+
+
+def pin_target(url: str, allowed_hosts: Sequence[str]) -> PinnedTarget:
+    """At send time: resolve the URL's host once and check every address it resolves to now
+    the way submission checked the URL (a name may point at the service's own host; the list
+    may have changed since). Raises ``InvalidTarget``, or ``OSError`` when the
+    name does not resolve. A host in the allowed list is pinned unchecked: the list is the
+    operator's word."""
+    check_webhook_url(url, allowed_hosts)
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    # an IPv6 zone id cannot travel in an httpx URL; link-local is refused unless listed anyway
+    addresses = list(dict.fromkeys(str(a[4][0]).split("%")[0] for a in answers
+                                   if a[0] in (socket.AF_INET, socket.AF_INET6)))
+    if not addresses:
+        raise OSError(f"{host} has no IPv4 or IPv6 address")
+    if not _listed(host, allowed_hosts):
+        for address in addresses:
+            ip = _ip(address)
+            if ip is not None and (why := _forbidden(ip)):
+                raise InvalidTarget(_unlisted(f"{host} ({ip})", why))
+    return PinnedTarget(url=url, host=host, addresses=tuple(addresses))
 
 
 def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:

@@ -5,11 +5,16 @@ Webhooks signature with the client's verification helper."""
 from __future__ import annotations
 
 import json
+import re
+import socket
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -21,9 +26,10 @@ from services.keys import configure_webhook
 from services.notify import dispatch_once, sign
 from services.notify.dispatch import DispatchReport
 from services.notify.sealing import secret_box
+from services.notify.targets import InvalidTarget, pin_target
 from shared.db.models import ApiKey, Delivery, DeliveryStatus, Job
 from shared.settings import Settings
-from tests.webhook_receiver import Receiver, running_receiver
+from tests.webhook_receiver import Receiver, running_receiver, tls_pair
 
 from .conftest import AppFactory, ClientFactory, Keys, Serve, make_settings
 from .helpers import assert_problem, file_part, png, succeed_job
@@ -312,3 +318,84 @@ def test_two_dispatchers_send_each_event_once(make_client: ClientFactory, keys: 
     assert sorted(json.loads(r.body)["data"]["job_id"] for r in receiver.requests) == sorted(job_ids) == sent
     with sm() as session:
         assert session.scalars(select(Delivery.status)).all() == [DeliveryStatus.delivered] * 6
+
+
+def _resolve_once(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> Counter[str]:
+    """``socket.getaddrinfo`` with the names in ``answers`` answered by script, once each: a
+    second lookup of one fails, as a rebinding DNS server's second answer must not matter.
+    Other names (the database, the receivers' address literals) resolve as usual."""
+    real = socket.getaddrinfo
+    asked: Counter[str] = Counter()
+
+    def lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        asked[host] += 1
+        if asked[host] > 1:
+            raise socket.gaierror(socket.EAI_NONAME, f"{host} looked up again")
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
+                 (a, port)) for a in answers[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    return asked
+
+
+def test_a_webhook_goes_to_the_addresses_checked_not_to_a_second_lookup(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+        tmp_path: Path, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"http://hooks.test:{urlsplit(receiver.url).port}/hooks/fada"
+    # ::1 first: the receiver listens on 127.0.0.1 only, so the send moves on to the next address
+    asked = _resolve_once(monkeypatch, {"hooks.test": ["::1", "127.0.0.1"]})
+    secret = _hook_key(sm, keys, None, tmp_path)
+    client = make_client(webhook_allowed_hosts=["hooks.test"])
+    job_id = _submit(client, keys, callback_url=url)
+    succeed_job(sm, job_id)
+    report = dispatch_once(sm, _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=["hooks.test"]), owner="d")
+    assert len(report.delivered) == 1, report
+    [got] = receiver.requests
+    assert asked == {"hooks.test": 1}  # httpx connected to the checked address; it never asked DNS
+    assert got.headers["host"] == urlsplit(url).netloc and got.path == "/hooks/fada"
+    assert verify_webhook(secret, got.headers, got.body)["data"]["job_id"] == job_id
+    [delivery] = client.get(f"/v1/jobs/{job_id}/deliveries", headers=keys.submitter.headers).json()
+    assert delivery["url"] == url
+
+
+def test_an_https_webhook_to_a_pinned_address_checks_the_certificate_against_the_url_s_host(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], db_url: str, tmp_path: Path,
+        broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    server_tls, client_tls = tls_pair("hooks.test")  # the certificate names hooks.test, not 127.0.0.1
+    allowed = ["hooks.test", "impostor.test"]
+    _hook_key(sm, keys, None, tmp_path)
+    client = make_client(webhook_allowed_hosts=allowed)
+    settings = _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=allowed)
+    with running_receiver(tls=server_tls) as receiver, httpx.Client(verify=client_tls, timeout=5) as http:
+        port = urlsplit(receiver.url).port
+        _resolve_once(monkeypatch, {"hooks.test": ["127.0.0.1"], "impostor.test": ["127.0.0.1"]})
+        good = _submit(client, keys, callback_url=f"https://hooks.test:{port}/hooks/fada")
+        bad = _submit(client, keys, callback_url=f"https://impostor.test:{port}/hooks/fada")
+        for job_id in (good, bad):
+            succeed_job(sm, job_id)
+        report = dispatch_once(sm, settings, owner="d", client=http)
+        assert len(report.delivered) == 1 and len(report.retrying) == 1, report
+        assert [json.loads(r.body)["data"]["job_id"] for r in receiver.requests] == [good]
+    [refused] = client.get(f"/v1/jobs/{bad}/deliveries", headers=keys.submitter.headers).json()
+    assert "ConnectError" in refused["tries"][0]["error"] and "certificate" in refused["tries"][0]["error"]
+
+
+@pytest.mark.parametrize(("answers", "pinned", "refused"), [
+    (["10.1.2.3"], "http://10.1.2.3:8080/x?a=1", None),
+    (["fd00::7", "10.1.2.3"], "http://[fd00::7]:8080/x?a=1", None),
+    (["10.1.2.3", "169.254.169.254"], None, "hooks.example (169.254.169.254) is a link-local address"),
+    (["127.0.0.1"], None, "hooks.example (127.0.0.1) is the service's own host"),
+])
+def test_every_address_a_name_resolves_to_is_checked_and_the_first_is_pinned(
+        monkeypatch: pytest.MonkeyPatch, answers: list[str], pinned: str | None, refused: str | None) -> None:
+    _resolve_once(monkeypatch, {"hooks.example": answers})
+    url = "http://hooks.example:8080/x?a=1"
+    if refused:
+        with pytest.raises(InvalidTarget, match=re.escape(refused)):
+            pin_target(url, [])
+        return
+    target = pin_target(url, [])
+    assert target.url_for(target.addresses[0]) == pinned and target.host_header() == "hooks.example:8080"
+    assert target.addresses == tuple(answers) and target.extensions() == {}

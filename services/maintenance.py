@@ -60,10 +60,6 @@ class Every:
                 log.warning("%s failed: %s", self._thread.name, exc)
 
 
-# Days-long deadlines need no 10-second clock: a retention pass every few minutes.
-RETENTION_INTERVAL_SECONDS = 300.0
-
-
 def purge_old_images(sm: sessionmaker[Session], settings: Settings) -> int:
     """A pass of the retention policy (``FADA_IMAGE_RETENTION_DAYS``): every image due, in
     batches. Returns how many images lost their pixels."""

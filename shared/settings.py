@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     image_retention_days: float | None = Field(
         None, gt=0, description="delete a job's image pixels this many days after the job finished (results, "
                                 "sizes, sha256 and DICOM UIDs stay); unset: keep them")
+    # Days-long deadlines need no 10-second clock: a retention pass every few minutes.
+    retention_interval_seconds: float = Field(300.0, gt=0, description="how often each worker runs the "
+                                              "retention pass, when FADA_IMAGE_RETENTION_DAYS is set")
     worker_heartbeat_seconds: float = Field(10.0, gt=0, description="worker heartbeat period (readiness)")
     batch_size: int = Field(1, ge=1, le=64, description="jobs a worker claims and runs together (GPU: 8 or more; "
                             "see docs/PERFORMANCE.md)")

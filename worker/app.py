@@ -13,7 +13,7 @@ from typing import Any
 
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
-from services.maintenance import RETENTION_INTERVAL_SECONDS, Every, purge_old_images, upkeep
+from services.maintenance import Every, purge_old_images, upkeep
 from services.notify import dispatch_once
 from services.queue import enqueue_job, make_celery
 from services.workers import worker_name
@@ -53,10 +53,10 @@ def _start_upkeep(**_: Any) -> None:
     log.info("upkeep every %.1f s (sweeper, broker purge), notifications every %.1f s",
              settings.sweep_interval_seconds, settings.notify_interval_seconds)
     if settings.image_retention_days is not None:
-        _periodic.append(Every(RETENTION_INTERVAL_SECONDS, lambda: purge_old_images(sm, settings),
+        _periodic.append(Every(settings.retention_interval_seconds, lambda: purge_old_images(sm, settings),
                                name="fada-retention").start())
         log.info("image retention: pixels of jobs finished over %g day(s) ago deleted every %.0f s",
-                 settings.image_retention_days, RETENTION_INTERVAL_SECONDS)
+                 settings.image_retention_days, settings.retention_interval_seconds)
 
 
 @worker_shutdown.connect

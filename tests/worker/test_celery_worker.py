@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from api.app import create_app
 from cli.webhooks import verify_webhook
@@ -25,7 +26,8 @@ from services.notify.sealing import secret_box
 from services.queue import enqueue_job
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.migrate import upgrade
-from shared.db.models import Job, JobStatus, Result
+from shared.db.models import Image, Job, JobStatus, Result
+from shared.db.types import utcnow
 from shared.settings import Settings
 from tests.ingest.builders import encode, noise_rgb
 from tests.webhook_receiver import Receiver, running_receiver
@@ -39,6 +41,9 @@ FAST_RECOVERY = {  # seconds: leases, sweeps and heartbeats scaled down for test
     "FADA_QUEUED_GRACE_SECONDS": "3",
     "FADA_WORKER_HEARTBEAT_SECONDS": "1",
     "FADA_NOTIFY_INTERVAL_SECONDS": "0.2",
+    # the retention pass runs on every worker; only jobs a test backdates are old enough
+    "FADA_IMAGE_RETENTION_DAYS": "1",
+    "FADA_RETENTION_INTERVAL_SECONDS": "0.5",
 }
 
 
@@ -164,6 +169,18 @@ def test_png_jpeg_dicom_end_to_end(service: Service, receiver: Receiver) -> None
     events = [verify_webhook(secret, r.headers, r.body) for r in receiver.wait_for(3)]
     assert sorted((e["type"], e["data"]["job_id"]) for e in events) == sorted(
         ("job.succeeded", job_id) for job_id in ids.values())
+    # the worker's retention pass: a job finished two days ago loses its pixels, the others keep them
+    engine = make_engine(service.settings.database_url)
+    with make_sessionmaker(engine).begin() as s:
+        s.execute(update(Job).where(Job.id == ids["png"]).values(finished_at=utcnow() - timedelta(days=2)))
+    engine.dispose()
+    deadline = time.monotonic() + 30
+    while service.count(Image, Image.purged_at.is_not(None)) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    purged = select(Job.image_id).where(Job.id == ids["png"]).scalar_subquery()
+    assert service.count(Image, Image.id == purged, Image.purged_at.is_not(None), Image.data.is_(None)) == 1
+    assert service.count(Image, Image.data.is_not(None)) == 2
+    assert service.client.get(f"/v1/jobs/{ids['png']}/result", headers=service.auth).status_code == 200
 
 
 def test_hitl_job_waits_for_review_then_resumes_on_the_worker(service: Service) -> None:

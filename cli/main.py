@@ -213,7 +213,7 @@ def api(
 def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
 ) -> None:
-    """One GPU worker (one model, one job at a time). Run one per GPU."""
+    """One GPU worker: one model, up to FADA_BATCH_SIZE jobs run together. Run one per GPU."""
     import os
 
     from cli.processes import worker_argv

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.ingest import IngestError
-from services.jobs import IdempotencyConflict, InvalidCursor, InvalidTransition, JobNotFound
+from services.jobs import IdempotencyConflict, InvalidCursor, InvalidTransition, JobNotFound, TooManyPending
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,11 @@ def problem_response(status: int, code: str, detail: str, *, headers: dict[str, 
                         headers=headers)
 
 
+def pending_retry_after(request: Request) -> dict[str, str]:
+    """The Retry-After header of an answer refused for the key's pending-job limit."""
+    return {"Retry-After": str(request.app.state.ctx.settings.pending_retry_after_seconds)}
+
+
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     # Never echo the input back: it may be a whole uploaded file.
     return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
@@ -89,6 +94,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(IdempotencyConflict)
     async def _idem(_: Request, exc: IdempotencyConflict) -> JSONResponse:
         return problem_response(422, "idempotency_key_reused", str(exc))
+
+    @app.exception_handler(TooManyPending)
+    async def _pending(request: Request, exc: TooManyPending) -> JSONResponse:
+        if exc.never:
+            return problem_response(422, "batch_exceeds_pending_limit", str(exc), limit=exc.limit)
+        return problem_response(429, "too_many_pending_jobs", str(exc), pending=exc.pending, limit=exc.limit,
+                                headers=pending_retry_after(request))
 
     @app.exception_handler(JobNotFound)
     async def _not_found(_: Request, exc: JobNotFound) -> JSONResponse:

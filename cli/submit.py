@@ -42,12 +42,13 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.client import DEFAULT_URL, ApiError, FadaClient, FadaError, Forbidden, Unauthorized, WaitTimeout
+from cli.client import DEFAULT_URL, ApiError, FadaClient, FadaError, Forbidden, Unauthorized, Unavailable, WaitTimeout
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 2  # 2: the run's options are recorded (version 1 had only "files")
 EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 1, 2, 3
 DONE = "succeeded"
+ADMISSION_PAUSE = 5.0  # seconds between submissions the service refused for the key's pending limit
 EXTERNAL_ID_SOURCES = ("none", "name", "stem", "relpath")
 EXTERNAL_ID_MAX = 128  # the contract's limit on external_id
 
@@ -224,10 +225,9 @@ class Runner:
             if not job_id or entry.get("status") in ("failed", "canceled"):
                 retry = int(entry.get("retry", 0)) + (1 if entry.get("status") in ("failed", "canceled") else 0)
                 self.manifest.update(key, retry=retry)  # recorded before sending: a crash reuses the key
-                job = self.client.submit(data, mode=self.mode,  # type: ignore[arg-type]
-                                         external_id=external_id, frame=self.frame or None,
-                                         idempotency_key=idempotency_key(sha256, self.mode, retry, frame=self.frame,
-                                                                         external_id=external_id))
+                job = self._submit_when_admitted(
+                    data, external_id, idempotency_key(sha256, self.mode, retry, frame=self.frame,
+                                                       external_id=external_id))
                 job_id = job["id"]
                 self.manifest.update(key, job_id=job_id, status=job["status"], error=None)
             if not self.wait:
@@ -257,6 +257,21 @@ class Runner:
         except FadaError as exc:
             self.manifest.update(key, status="error", error={"code": "transport", "detail": str(exc)})
             return "error"
+
+
+    def _submit_when_admitted(self, data: bytes, external_id: str | None, key: str) -> dict[str, Any]:
+        """Submit; while the service says the key has as many jobs queued as it may have
+        (429 too_many_pending_jobs, after the client's own retries), wait and send again,
+        until the run's deadline. The Idempotency-Key stays the same, so nothing is sent twice."""
+        while True:
+            try:
+                return self.client.submit(data, mode=self.mode,  # type: ignore[arg-type]
+                                          external_id=external_id, frame=self.frame or None, idempotency_key=key)
+            except Unavailable as exc:
+                left = self.deadline - time.monotonic()
+                if exc.code != "too_many_pending_jobs" or left <= 0:
+                    raise
+                time.sleep(min(ADMISSION_PAUSE, left))
 
 
 def _check_external_ids(files: list[tuple[Path, str]], source: str) -> None:
@@ -292,7 +307,9 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="wait for each job; write its result and COCO")] = False,
     out: Annotated[Path, typer.Option(help="folder for the manifest and results", file_okay=False)] = Path(
         "fada-out"),
-    timeout: Annotated[float, typer.Option(help="with --wait: seconds to wait for all jobs in total", min=0)] = 3600,
+    timeout: Annotated[float, typer.Option(
+        help="seconds for the whole run: waiting for the service to take more images (its per-key limit of "
+             "pending jobs) and, with --wait, for the jobs", min=0)] = 3600,
     url: Annotated[str, typer.Option(envvar="FADA_URL", help="the service's base URL")] = DEFAULT_URL,
     key: Annotated[str | None, typer.Option(envvar="FADA_API_KEY", show_default=False,
                                             help="a submitter or admin API key")] = None,

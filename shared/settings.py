@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     # HTTP gateway limits.
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest accepted request body (413 above)")
     max_batch_files: int = Field(200, ge=1, description="most files in one POST /v1/batches")
+    max_pending_per_key: int | None = Field(
+        None, ge=1, description="most jobs one API key may have queued or running; a submission past it is "
+        "answered 429 with Retry-After (a batch larger than it: 422); unset: no limit")
+    pending_retry_after_seconds: int = Field(
+        10, ge=1, le=3600, description="the Retry-After of a submission refused for FADA_MAX_PENDING_PER_KEY: about "
+        "how long the GPUs take to finish a few jobs")
 
     # Auth: keys are created with `fada keys create`; this optional secret lets an automated
     # deployment (docker compose) have an admin key without an interactive step.

@@ -15,7 +15,7 @@ from shared.db.models import Role
 
 from ..context import Caller
 from ..deps import Ctx, require, set_audit_job
-from ..problems import Problem, problem_doc
+from ..problems import Problem, pending_retry_after, problem_doc
 from .jobs import job_options
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
@@ -25,6 +25,9 @@ STOW_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"description": "every instance stored (ReferencedSOPSequence)", "content": {DICOM_JSON: {}}},
     202: {"description": "some instances failed (FailedSOPSequence)", "content": {DICOM_JSON: {}}},
     409: {"description": "no instance stored (FailedSOPSequence)", "content": {DICOM_JSON: {}}},
+    503: {"description": "no instance stored: the API key has FADA_MAX_PENDING_PER_KEY jobs queued or running "
+                         "(FailedSOPSequence, reason A700); retry after the Retry-After seconds",
+          "content": {DICOM_JSON: {}}},
     413: problem_doc("body over the configured maximum"),
     415: problem_doc("not multipart/related; type=\"application/dicom\""),
 }
@@ -59,10 +62,12 @@ async def stow(
     outcome = await run_in_threadpool(
         store_instances, ctx.sm, parts, options, api_key_id=caller.key_id,
         enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,
-        max_attempts=ctx.settings.job_max_attempts)
+        max_attempts=ctx.settings.job_max_attempts, max_pending=ctx.settings.max_pending_per_key)
     request.state.audit_detail = {"stored": len(outcome.stored), "failed": len(outcome.failed),
                                   "job_ids": [job_id for _, _, job_id in outcome.stored][:50]}
     if len(outcome.stored) == 1:
         set_audit_job(request, outcome.stored[0][2])
     base = (ctx.settings.public_url or str(request.base_url)).rstrip("/")
-    return JSONResponse(to_dicom_json(outcome, base), status_code=outcome.status, media_type=DICOM_JSON)
+    headers = pending_retry_after(request) if outcome.status == 503 else None
+    return JSONResponse(to_dicom_json(outcome, base), status_code=outcome.status, media_type=DICOM_JSON,
+                        headers=headers)

@@ -39,8 +39,10 @@ CallbackUrlField = Annotated[str | None, Form(
 SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
     400: problem_doc("the multipart body does not parse"), 413: problem_doc("body over the configured maximum"),
     415: problem_doc("not a PNG, JPEG or DICOM Part-10 file"),
-    422: problem_doc("undecodable image, too many pixels, bad field values, or a callback URL the service "
-                     "will not call")}
+    422: problem_doc("undecodable image, too many pixels, bad field values, a callback URL the service "
+                     "will not call, or a batch larger than the per-key pending limit"),
+    429: problem_doc("the API key has FADA_MAX_PENDING_PER_KEY jobs queued or running; retry after the "
+                     "Retry-After seconds")}
 
 
 def job_options(ctx: AppContext, caller: Caller, *, mode: str = "autonomous", external_id: str | None = None,
@@ -85,7 +87,8 @@ def submit(
     accepted = accept_job(
         ctx.sm, Upload(file.file.read(), file.filename), options, api_key_id=caller.key_id,
         enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,
-        max_attempts=ctx.settings.job_max_attempts, idempotency_key=idempotency_key)
+        max_attempts=ctx.settings.job_max_attempts, idempotency_key=idempotency_key,
+        max_pending=ctx.settings.max_pending_per_key)
     set_audit_job(request, accepted.id, replay=not accepted.created)
     if accepted.created:
         JOBS_SUBMITTED.labels(mode).inc()

@@ -17,7 +17,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.ingest import IngestError
-from services.jobs import IdempotencyConflict
+from services.jobs import IdempotencyConflict, TooManyPending
 from services.jobs.intake import Enqueue, JobOptions, Upload, accept_job
 
 from .multipart_related import DICOM_TYPE, Part
@@ -27,6 +27,7 @@ PROCESSING_FAILURE = 0x0110
 CANNOT_UNDERSTAND = 0xC000
 NOT_SUPPORTED = 0x0122  # the part is not application/dicom
 DUPLICATE_CONFLICT = 0xA900  # same SOP Instance UID, different content
+OUT_OF_RESOURCES = 0xA700  # the key's pending-job limit (FADA_MAX_PENDING_PER_KEY): send it again later
 
 
 @dataclass
@@ -38,7 +39,14 @@ class StowOutcome:
     def status(self) -> int:
         if not self.failed:
             return 200
-        return 202 if self.stored else 409
+        if self.stored:
+            return 202
+        # nothing stored only because the key is at its limit: the standard's "busy", worth a retry
+        return 503 if self.busy else 409
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.failed) and all(reason == OUT_OF_RESOURCES for *_, reason, _ in self.failed)
 
 
 def _uids(data: bytes) -> tuple[str | None, str | None]:
@@ -60,8 +68,10 @@ def store_instances(
     enqueue: Enqueue,
     max_pixels: int,
     max_attempts: int,
+    max_pending: int | None = None,
 ) -> StowOutcome:
-    """One job per DICOM part; a bad part fails alone (the others are still stored)."""
+    """One job per DICOM part; a bad part fails alone (the others are still stored), and so
+    does a part past the key's pending-job limit."""
     outcome = StowOutcome()
     for part in parts:
         sop_class, sop_instance = _uids(bytes(part.data))
@@ -76,9 +86,12 @@ def store_instances(
                 sm, Upload(bytes(part.data), f"{sop_instance}.dcm"),
                 replace(options, external_id=sop_instance[:128]),
                 api_key_id=api_key_id, enqueue=enqueue, max_pixels=max_pixels, max_attempts=max_attempts,
-                idempotency_key=f"stow:{sop_instance}")
+                idempotency_key=f"stow:{sop_instance}", max_pending=max_pending)
         except IngestError as exc:
             outcome.failed.append((sop_class, sop_instance, CANNOT_UNDERSTAND, f"{exc.code}: {exc.detail}"))
+            continue
+        except TooManyPending as exc:
+            outcome.failed.append((sop_class, sop_instance, OUT_OF_RESOURCES, str(exc)))
             continue
         except IdempotencyConflict:
             outcome.failed.append((sop_class, sop_instance, DUPLICATE_CONFLICT,

@@ -2,7 +2,7 @@
 retry, cancel, resume, sweep, and reading jobs back. Plain functions over a SQLAlchemy
 ``Session``; none of them commits."""
 
-from .errors import IdempotencyConflict, InvalidCursor, InvalidTransition, JobNotFound, JobsError
+from .errors import IdempotencyConflict, InvalidCursor, InvalidTransition, JobNotFound, JobsError, TooManyPending
 from .idempotency import find_idempotent, fingerprint, remember_idempotent
 from .lifecycle import (
     MAX_ATTEMPTS_CODE,
@@ -38,6 +38,7 @@ __all__ = [
     "JobsError",
     "Page",
     "SweepReport",
+    "TooManyPending",
     "batch_counts",
     "cancel",
     "claim",

@@ -35,3 +35,22 @@ class IdempotencyConflict(JobsError):
 
 class InvalidCursor(JobsError):
     """A pagination cursor that this service did not hand out (422/400)."""
+
+
+class TooManyPending(JobsError):
+    """The key's queued and running jobs plus ``asked`` new ones would pass its limit
+    (``FADA_MAX_PENDING_PER_KEY``): 429 while some finish, or 422 when ``asked`` alone is
+    more than the limit and no wait helps."""
+
+    def __init__(self, pending: int, asked: int, limit: int) -> None:
+        self.pending, self.asked, self.limit = pending, asked, limit
+        if self.never:
+            message = f"{asked} images at once; this service takes at most {limit} queued or running per API key"
+        else:
+            message = (f"this API key has {pending} jobs queued or running and may have at most {limit}; "
+                       f"submit again once some have finished")
+        super().__init__(message)
+
+    @property
+    def never(self) -> bool:
+        return self.asked > self.limit

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.ingest import IngestError, decode_image
 from shared.db.models import Batch, Job, JobMode
 
-from .errors import IdempotencyConflict
+from .admission import admit
+from .errors import IdempotencyConflict, TooManyPending
 from .idempotency import find_idempotent, fingerprint, remember_idempotent
 from .submit import create_batch, submit_job
 
@@ -70,9 +71,12 @@ def accept_job(
     max_pixels: int,
     max_attempts: int,
     idempotency_key: str | None = None,
+    max_pending: int | None = None,
 ) -> Accepted:
-    """One upload -> one queued job. Raises ``IngestError`` (bad image) or
-    ``IdempotencyConflict`` (key reused with another request)."""
+    """One upload -> one queued job. Raises ``IngestError`` (bad image),
+    ``IdempotencyConflict`` (key reused with another request) or ``TooManyPending`` (the key
+    has ``max_pending`` jobs queued or running; a replay of an accepted request is answered
+    all the same)."""
     print_ = fingerprint(upload.data, {"kind": "job", **options.fields()}) if idempotency_key else ""
     if idempotency_key:
         with sm() as session:
@@ -82,6 +86,7 @@ def accept_job(
     decoded = decode_image(upload.data, frame=options.frame, max_pixels=max_pixels)
     try:
         with sm.begin() as session:
+            admit(session, api_key_id, 1, max_pending)
             job = submit_job(session, decoded=decoded, original_size=len(upload.data), api_key_id=api_key_id,
                              mode=options.mode, external_id=options.external_id, max_attempts=max_attempts,
                              webhook_url=options.webhook_url, pacs_push=options.pacs_push)
@@ -106,11 +111,14 @@ def accept_batch(
     max_pixels: int,
     max_attempts: int,
     idempotency_key: str | None = None,
+    max_pending: int | None = None,
 ) -> tuple[Accepted, list[str]]:
     """Several uploads -> one batch of queued jobs, all or nothing: one bad file refuses the
     whole batch (its ``IngestError`` names the file by index). Returns the batch and its job
     ids in upload order."""
     print_ = ""
+    if max_pending is not None and len(uploads) > max_pending:  # no wait helps: refuse before decoding
+        raise TooManyPending(0, len(uploads), max_pending)
     if idempotency_key:
         print_ = fingerprint(b"".join(_digest(u.data) for u in uploads), {"kind": "batch", **options.fields()})
         with sm() as session:
@@ -126,6 +134,7 @@ def accept_batch(
             raise
     try:
         with sm.begin() as session:
+            admit(session, api_key_id, len(uploads), max_pending)
             batch = create_batch(session, api_key_id=api_key_id, external_id=None)
             jobs: list[Job] = [
                 submit_job(session, decoded=d, original_size=len(u.data), api_key_id=api_key_id, mode=options.mode,

@@ -186,6 +186,9 @@ class Job(Base):
     __table_args__ = (
         # Serves filters on status alone too (leftmost column), so status has no index of its own.
         Index("ix_jobs_status_created_at", "status", "created_at"),
+        # A key's queued and running jobs are counted at every submission (FADA_MAX_PENDING_PER_KEY);
+        # serves filters on the key alone too.
+        Index("ix_jobs_api_key_id_status", "api_key_id", "status"),
         CheckConstraint("attempts >= 0", name="attempts_not_negative"),
         CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
     )
@@ -199,7 +202,7 @@ class Job(Base):
     external_id: Mapped[str | None] = mapped_column(String(128), index=True)
     batch_id: Mapped[str | None] = _fk("batches.id", nullable=True, index=True)
     image_id: Mapped[str] = _fk("images.id", index=True)
-    api_key_id: Mapped[str] = _fk("api_keys.id", index=True)
+    api_key_id: Mapped[str] = _fk("api_keys.id")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

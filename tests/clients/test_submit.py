@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +23,14 @@ import numpy as np
 import pytest
 import typer
 from PIL import Image as PILImage
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner, Result
 
 from cli.client import FadaClient
 from cli.submit import collect, idempotency_key, submit
-from shared.db.models import Image, Job
-from tests.api.conftest import Keys, Serve
+from shared.db.models import Image, Job, JobStatus
+from tests.api.conftest import AppFactory, Keys, Serve
 from tests.api.helpers import count, jpeg, png, succeed_job, ultrasound_dicom
 from tests.ingest.builders import make_dicom
 from tests.worker.test_celery_worker import Service, _service
@@ -370,3 +372,34 @@ def test_a_manifest_without_options_is_read_as_the_defaults(
     assert rewritten["options"] == {"mode": "hitl", "frame": 0, "external_id_from": "none"}
     assert rewritten["files"] == legacy["files"]
     assert _run(url, keys.submitter.secret, str(folder), "--out", str(out)).exit_code == 2  # now it is known
+
+
+def test_a_run_past_the_key_s_pending_limit_waits_to_be_admitted(
+        make_app: AppFactory, serve: Serve, keys: Keys, sm: sessionmaker[Session], tmp_path: Path) -> None:
+    """Limit 1, three images sent at once: two are refused (429) until the first job ends. The
+    first is held longer than the client's own retries last, so the command's own wait for
+    admission is what gets them in; none is sent twice."""
+    url = serve(make_app(max_pending_per_key=1, pending_retry_after_seconds=1))
+    folder, out = tmp_path / "images", tmp_path / "out"
+    _images(folder, 3, seed=300)
+    outcome: list[Result] = []
+    command = threading.Thread(target=lambda: outcome.append(
+        _run(url, keys.submitter.secret, str(folder), "--out", str(out), "--timeout", "120")))
+    command.start()
+    finished: set[str] = set()
+    deadline = time.monotonic() + 120
+    while command.is_alive() and time.monotonic() < deadline:
+        with sm() as session:
+            queued = [job_id for job_id in session.scalars(select(Job.id).where(Job.status == JobStatus.queued))
+                      if job_id not in finished]
+        if queued and not finished:
+            time.sleep(7)  # longer than the client's 4 retries of 1 s: the refusals reach the command
+        for job_id in queued:
+            succeed_job(sm, job_id)
+            finished.add(job_id)
+        time.sleep(0.2)
+    command.join(timeout=5)
+    [result] = outcome
+    assert result.exit_code == 0, result.output
+    assert len(_manifest(out)) == 3 and all(e["job_id"] for e in _manifest(out).values())
+    assert count(sm, Job) == 3  # each image once

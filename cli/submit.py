@@ -6,7 +6,10 @@ status, error), rewritten atomically after each change, so a rerun after a crash
 skips what is done (succeeded, result written), waits again on jobs already submitted and
 resubmits what failed. The ``Idempotency-Key`` of a file is derived from its content and the
 submission's fields (mode, frame, external id; plus a retry counter once a job of it failed), so
-a rerun never creates a second job for a submission the server already stored.
+a rerun never creates a second job for a submission the server already stored. A service with
+a per-key limit of pending jobs (``FADA_MAX_PENDING_PER_KEY``) refuses images while the key has
+that many queued (429): the command waits and sends them again, with the same key, until
+``--timeout``.
 
 Per-job fields: ``--frame N`` (sent as the ``frame`` field of every job: the 0-based frame of a
 multi-frame DICOM; a file with fewer frames is refused by the service, 422, and recorded as an

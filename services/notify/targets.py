@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -53,6 +54,9 @@ class PinnedTarget:
     url: str
     host: str
     addresses: tuple[str, ...]
+    # An HTTP(S)_PROXY from the environment applies to the URL (NO_PROXY does not exempt its
+    # host): the request goes to the proxy by name, as before pinning, and the proxy connects.
+    via_proxy: bool = False
 
     def url_for(self, address: str) -> str:
         parts = urlsplit(self.url)
@@ -88,7 +92,16 @@ def pin_target(url: str, allowed_hosts: Sequence[str]) -> PinnedTarget:
             ip = _ip(address)
             if ip is not None and (why := _forbidden(ip)):
                 raise InvalidTarget(_unlisted(f"{host} ({ip})", why))
-    return PinnedTarget(url=url, host=host, addresses=tuple(addresses))
+    return PinnedTarget(url=url, host=host, addresses=tuple(addresses), via_proxy=_proxied(parts.scheme, host))
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    """Whether httpx (trust_env, the default) sends a request for this host through a proxy
+    from the environment: the variables it reads, through the same stdlib functions."""
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(host)
 
 
 def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:

@@ -337,7 +337,13 @@ def _resolve_once(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]
                  (a, port)) for a in answers[host]]
 
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    for name in PROXY_VARIABLES:  # pinning applies where no proxy does
+        monkeypatch.delenv(name, raising=False)
     return asked
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                   "no_proxy")
 
 
 def test_a_webhook_goes_to_the_addresses_checked_not_to_a_second_lookup(
@@ -399,3 +405,30 @@ def test_every_address_a_name_resolves_to_is_checked_and_the_first_is_pinned(
     target = pin_target(url, [])
     assert target.url_for(target.addresses[0]) == pinned and target.host_header() == "hooks.example:8080"
     assert target.addresses == tuple(answers) and target.extensions() == {}
+
+
+def test_through_a_proxy_from_the_environment_the_webhook_goes_by_name(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+        tmp_path: Path, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HTTP_PROXY set, the proxy connects (the receiver plays it here and sees the request
+    in absolute form): the URL keeps its name, as NO_PROXY and the proxy's own rules expect.
+    The name is still resolved and checked once before sending."""
+    url = "http://hooks.test:8080/hooks/fada"
+    asked = _resolve_once(monkeypatch, {"hooks.test": ["10.1.2.3"]})
+    monkeypatch.setenv("HTTP_PROXY", receiver.url.removesuffix("/hooks/fada"))
+    secret = _hook_key(sm, keys, None, tmp_path)
+    client = make_client(webhook_allowed_hosts=[])
+    job_id = _submit(client, keys, callback_url=url)
+    succeed_job(sm, job_id)
+    report = dispatch_once(sm, _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=[]), owner="d")
+    assert len(report.delivered) == 1, report
+    [got] = receiver.requests
+    assert got.path == url and got.headers["host"] == "hooks.test:8080" and asked == {"hooks.test": 1}
+    assert verify_webhook(secret, got.headers, got.body)["data"]["job_id"] == job_id
+    # a host NO_PROXY exempts goes to its checked address, as httpx would send it directly
+    proxy = receiver.url.removesuffix("/hooks/fada")
+    _resolve_once(monkeypatch, {"exempt.test": ["10.1.2.3"], "other.test": ["10.1.2.4"]})
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", "exempt.test")
+    assert pin_target("http://exempt.test/x", []).via_proxy is False
+    assert pin_target("http://other.test/x", []).via_proxy is True

@@ -93,9 +93,9 @@ def _post_webhook(delivery: DueDelivery, client: httpx.Client, secrets: SecretBo
 
 def _post_pinned(client: httpx.Client, target: PinnedTarget, body: bytes, headers: dict[str, str]) -> httpx.Response:
     """POST to the checked addresses only, in order, moving on when one cannot be connected to
-    (as a plain connect would over a name's addresses); through the environment's proxy by
-    name where one applies. At most ``ADDRESSES_TRIED`` of them: a
-    silent address costs a whole connect timeout, and the try must end within its lease."""
+    (as a plain connect would over a name's addresses), at most ``ADDRESSES_TRIED`` of them: a
+    silent address costs a whole connect timeout, and the try must end within its lease.
+    Where an environment proxy applies, to that proxy by name."""
     if target.via_proxy:
         return client.post(target.url, content=body, headers=headers)
     headers = {**headers, "Host": target.host_header()}

@@ -74,9 +74,8 @@ class PinnedTarget:
 def pin_target(url: str, allowed_hosts: Sequence[str]) -> PinnedTarget:
     """At send time: resolve the URL's host once and check every address it resolves to now
     the way submission checked the URL (a name may point at the service's own host; the list
-    may have changed since). Raises ``InvalidTarget``, or ``OSError`` when the
-    name does not resolve. A host in the allowed list is pinned unchecked: the list is the
-    operator's word."""
+    may have changed since). Raises ``InvalidTarget``, or ``OSError`` when the name does not
+    resolve. A host in the allowed list is pinned unchecked: the list is the operator's word."""
     check_webhook_url(url, allowed_hosts)
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()

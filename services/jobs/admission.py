@@ -15,16 +15,18 @@ from .errors import TooManyPending
 PENDING = (JobStatus.queued, JobStatus.running)
 
 
-def admit(session: Session, api_key_id: str, asked: int, limit: int | None) -> None:
+def admit(session: Session, api_key_id: str, asked: int, limit: int | None, *, lock: bool = True) -> None:
     """Inside the submitting transaction: raises ``TooManyPending`` when ``asked`` more jobs
     would take the key past ``limit`` (None: no limit). The key's row is locked first, so two
     submissions of one key are counted one after the other (PostgreSQL; SQLite transactions
-    here begin IMMEDIATE, which serialises them anyway)."""
+    here begin IMMEDIATE, which serialises them anyway). ``lock=False``: an early look before
+    the image is decoded, to refuse cheaply; the locked check still decides."""
     if limit is None:
         return
     if asked > limit:
         raise TooManyPending(0, asked, limit)
-    session.execute(select(ApiKey.id).where(ApiKey.id == api_key_id).with_for_update())
+    if lock:
+        session.execute(select(ApiKey.id).where(ApiKey.id == api_key_id).with_for_update())
     pending = session.scalar(select(func.count()).select_from(Job)
                              .where(Job.api_key_id == api_key_id, Job.status.in_(PENDING))) or 0
     if pending + asked > limit:

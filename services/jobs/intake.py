@@ -16,7 +16,7 @@ from services.ingest import IngestError, decode_image
 from shared.db.models import Batch, Job, JobMode
 
 from .admission import admit
-from .errors import IdempotencyConflict, TooManyPending
+from .errors import IdempotencyConflict
 from .idempotency import find_idempotent, fingerprint, remember_idempotent
 from .submit import create_batch, submit_job
 
@@ -83,6 +83,9 @@ def accept_job(
             earlier = find_idempotent(session, api_key_id, idempotency_key, print_)
             if earlier is not None:
                 return Accepted(earlier.id, created=False)
+    if max_pending is not None:
+        with sm() as session:
+            admit(session, api_key_id, 1, max_pending, lock=False)
     decoded = decode_image(upload.data, frame=options.frame, max_pixels=max_pixels)
     try:
         with sm.begin() as session:
@@ -117,14 +120,15 @@ def accept_batch(
     whole batch (its ``IngestError`` names the file by index). Returns the batch and its job
     ids in upload order."""
     print_ = ""
-    if max_pending is not None and len(uploads) > max_pending:  # no wait helps: refuse before decoding
-        raise TooManyPending(0, len(uploads), max_pending)
     if idempotency_key:
         print_ = fingerprint(b"".join(_digest(u.data) for u in uploads), {"kind": "batch", **options.fields()})
         with sm() as session:
             earlier = find_idempotent(session, api_key_id, idempotency_key, print_)
             if isinstance(earlier, Batch):
                 return Accepted(earlier.id, created=False), [j.id for j in earlier.jobs]
+    if max_pending is not None:
+        with sm() as session:
+            admit(session, api_key_id, len(uploads), max_pending, lock=False)
     decoded = []
     for index, upload in enumerate(uploads):
         try:

@@ -41,6 +41,8 @@ def test_a_key_at_its_limit_waits_and_nothing_is_stored(make_client: ClientFacto
     assert refused.headers["Retry-After"] == "10"
     assert (body["pending"], body["limit"]) == (2, 2) and "2 jobs queued or running" in body["detail"]
     assert _count(sm) == 2  # the refused image left nothing behind
+    # the limit is looked at before the image is decoded: refusing costs no decode
+    assert_problem(client.post("/v1/jobs", files=file_part(b"not an image"), headers=auth), 429)
     # a retry of an accepted submission is its answer again, not a refusal
     replay = submit(1, **{"Idempotency-Key": "scan-1"})
     assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
@@ -67,10 +69,18 @@ def test_a_batch_counts_each_image_and_one_larger_than_the_limit_is_422(
 
     never = assert_problem(batch(1, 2, 3), 422, "batch_exceeds_pending_limit")
     assert never["limit"] == 2 and "Retry-After" not in batch(1, 2, 3).headers
+    replay = client.post("/v1/batches", files=[("file", ("7.png", png(7), "image/png"))],
+                         headers={**auth, "Idempotency-Key": "b-1"})
+    assert replay.status_code == 202
+    assert_problem(batch(8, 9), 429, "too_many_pending_jobs")  # 1 pending + 2 > 2
+    again = client.post("/v1/batches", files=[("file", ("7.png", png(7), "image/png"))],
+                        headers={**auth, "Idempotency-Key": "b-1"})
+    assert again.status_code == 200 and again.json()["id"] == replay.json()["id"]  # a replay is never held back
+    succeed_job(sm, replay.json()["jobs"][0]["id"])
     assert client.post("/v1/jobs", files=file_part(png(4)), headers=auth).status_code == 202
     assert_problem(batch(5, 6), 429, "too_many_pending_jobs")
-    assert _count(sm) == 1
-    assert batch(5).status_code == 202 and _count(sm) == 2
+    assert _count(sm) == 2  # the replayed batch's job and the single one
+    assert batch(5).status_code == 202 and _count(sm) == 3
 
 
 def test_concurrent_submissions_never_pass_the_limit(make_app: AppFactory, serve: Serve, keys: Keys,

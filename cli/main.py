@@ -53,6 +53,9 @@ def migrate(revision: Annotated[str, typer.Option(help="target revision")] = "he
 def keys_create(
     role: Annotated[str, typer.Option(help="submitter, reviewer, qa or admin")],
     name: Annotated[str, typer.Option(help="who or what uses the key")],
+    max_pending: Annotated[int | None, typer.Option(
+        min=1, show_default=False,
+        help="most jobs this key may have queued or running (default: FADA_MAX_PENDING_PER_KEY)")] = None,
 ) -> None:
     """Create a key and print its secret, alone, on stdout (only its hash is stored)."""
     from services.keys import create_key
@@ -61,19 +64,47 @@ def keys_create(
     if role not in Role.__members__:
         raise typer.BadParameter(f"role must be one of {', '.join(Role.__members__)}", param_hint="--role")
     with _session() as session, session.begin():
-        new = create_key(session, name=name, role=role)
+        new = create_key(session, name=name, role=role, max_pending=max_pending)
     typer.echo(new.secret)
+
+
+@keys_app.command("limit")
+def keys_limit(
+    key: Annotated[str, typer.Argument(help="key id or prefix")],
+    max_pending: Annotated[int | None, typer.Option(
+        min=1, show_default=False, help="most jobs this key may have queued or running")] = None,
+    default: Annotated[bool, typer.Option(
+        "--default", help="use the service-wide FADA_MAX_PENDING_PER_KEY again")] = False,
+) -> None:
+    """Set a key's own limit of jobs queued or running: a batch script lower, a PACS bridge
+    higher than the service-wide FADA_MAX_PENDING_PER_KEY."""
+    from services.keys import UnknownKey, set_max_pending
+
+    if (max_pending is None) == (not default):
+        raise typer.BadParameter("give --max-pending N or --default, not both or neither")
+    try:
+        with _session() as session, session.begin():
+            changed = set_max_pending(session, key, None if default else max_pending)
+            prefix, limit = changed.key_prefix, changed.max_pending
+    except UnknownKey as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"key {prefix}: at most {limit if limit is not None else 'FADA_MAX_PENDING_PER_KEY'} jobs queued "
+               "or running", err=True)
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List keys: id, prefix, role, name, created, revoked."""
+    """List keys: id, prefix, role, name, created, revoked, own pending-job limit ("-": the
+    service-wide one)."""
     from services.keys import list_keys
 
     with _session() as session:
         for key in list_keys(session):
             revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
-            typer.echo(f"{key.id}\t{key.key_prefix}\t{key.role}\t{key.name}\t{key.created_at.isoformat()}\t{revoked}")
+            limit = "-" if key.max_pending is None else str(key.max_pending)
+            typer.echo(f"{key.id}\t{key.key_prefix}\t{key.role}\t{key.name}\t{key.created_at.isoformat()}\t{revoked}"
+                       f"\t{limit}")
 
 
 @keys_app.command("webhook")

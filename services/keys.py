@@ -35,9 +35,10 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(session: Session, *, name: str, role: Role | str) -> NewKey:
+def create_key(session: Session, *, name: str, role: Role | str, max_pending: int | None = None) -> NewKey:
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, role=Role(role), key_prefix=secret[:PREFIX_CHARS], key_hash=hash_secret(secret))
+    key = ApiKey(name=name, role=Role(role), key_prefix=secret[:PREFIX_CHARS], key_hash=hash_secret(secret),
+                 max_pending=_checked_limit(max_pending))
     session.add(key)
     session.flush()
     return NewKey(key=key, secret=secret)
@@ -48,6 +49,21 @@ def list_keys(session: Session, *, include_revoked: bool = True) -> list[ApiKey]
     if not include_revoked:
         query = query.where(ApiKey.revoked_at.is_(None))
     return list(session.scalars(query))
+
+
+def set_max_pending(session: Session, id_or_prefix: str, max_pending: int | None) -> ApiKey:
+    """The key's own limit of jobs queued or running; None: the service-wide one
+    (FADA_MAX_PENDING_PER_KEY). Jobs already queued stay; new ones wait below the limit."""
+    key = find_key(session, id_or_prefix)
+    key.max_pending = _checked_limit(max_pending)
+    session.flush()
+    return key
+
+
+def _checked_limit(max_pending: int | None) -> int | None:
+    if max_pending is not None and max_pending < 1:
+        raise ValueError(f"a key's pending-job limit is at least 1, not {max_pending}")
+    return max_pending
 
 
 def find_key(session: Session, id_or_prefix: str) -> ApiKey:

@@ -83,9 +83,8 @@ def accept_job(
             earlier = find_idempotent(session, api_key_id, idempotency_key, print_)
             if earlier is not None:
                 return Accepted(earlier.id, created=False)
-    if max_pending is not None:
-        with sm() as session:
-            admit(session, api_key_id, 1, max_pending, lock=False)
+    with sm() as session:
+        admit(session, api_key_id, 1, max_pending, lock=False)
     decoded = decode_image(upload.data, frame=options.frame, max_pixels=max_pixels)
     try:
         with sm.begin() as session:
@@ -126,9 +125,8 @@ def accept_batch(
             earlier = find_idempotent(session, api_key_id, idempotency_key, print_)
             if isinstance(earlier, Batch):
                 return Accepted(earlier.id, created=False), [j.id for j in earlier.jobs]
-    if max_pending is not None:
-        with sm() as session:
-            admit(session, api_key_id, len(uploads), max_pending, lock=False)
+    with sm() as session:
+        admit(session, api_key_id, len(uploads), max_pending, lock=False)
     decoded = []
     for index, upload in enumerate(uploads):
         try:

@@ -129,6 +129,11 @@ class ApiKey(Base):
     # hashed; it is stored sealed (services/notify/sealing.py).
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     webhook_secret: Mapped[str | None] = mapped_column(String(512))
+    # Most jobs this key may have queued or running (``fada keys limit``); NULL: the
+    # service-wide FADA_MAX_PENDING_PER_KEY.
+    max_pending: Mapped[int | None]
+
+    __table_args__ = (CheckConstraint("max_pending >= 1", name="max_pending_positive"),)
 
 
 class Batch(Base):

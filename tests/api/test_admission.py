@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.keys import set_max_pending
 from shared.db.models import Job
 
 from .conftest import AppFactory, ClientFactory, Keys, Serve
@@ -121,3 +122,24 @@ def test_stow_refuses_the_instances_past_the_limit_with_reason_a700(make_app: Ap
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "10"
     assert [i.FailureReason for i in pydicom.Dataset.from_json(busy.json()).FailedSOPSequence] == [0xA700]
     assert _count(sm) == 1
+
+
+def test_a_key_s_own_limit_wins_over_the_service_wide_one(make_client: ClientFactory, keys: Keys,
+                                                          sm: sessionmaker[Session]) -> None:
+    with sm.begin() as session:
+        set_max_pending(session, keys.submitter.id, 1)  # a batch script, held tighter
+        set_max_pending(session, keys.other_submitter.id, 3)  # a PACS bridge, given more
+    client = make_client(max_pending_per_key=2)
+
+    def submit(key: str, seed: int) -> int:
+        headers = {"submitter": keys.submitter.headers, "other": keys.other_submitter.headers}[key]
+        return client.post("/v1/jobs", files=file_part(png(seed)), headers=headers).status_code
+
+    assert [submit("submitter", s) for s in (1, 2)] == [202, 429]
+    assert [submit("other", s) for s in (3, 4, 5, 6)] == [202, 202, 202, 429]
+    with sm.begin() as session:  # back to the service-wide limit
+        set_max_pending(session, keys.submitter.id, None)
+    assert [submit("submitter", s) for s in (7, 8)] == [202, 429]
+    # with no service-wide limit, a key's own limit still holds
+    unlimited = make_client()
+    assert unlimited.post("/v1/jobs", files=file_part(png(9)), headers=keys.other_submitter.headers).status_code == 429

@@ -88,3 +88,28 @@ def test_unknown_role_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-d
 def test_roles() -> None:
     assert allows(Role.admin, Role.submitter) and allows("reviewer", "reviewer", "qa")
     assert not allows(Role.submitter, Role.qa)
+
+
+def test_a_key_s_own_pending_limit_through_the_cli(database_url: str) -> None:
+    _cli(database_url, "migrate")
+    _cli(database_url, "keys", "create", "--role", "submitter", "--name", "batch-script", "--max-pending", "50")
+    _cli(database_url, "keys", "create", "--role", "submitter", "--name", "pacs-bridge")
+    sessions = make_sessionmaker(make_engine(database_url))
+
+    def limits() -> dict[str, int | None]:
+        with sessions() as session:
+            return {k.name: k.max_pending for k in session.scalars(select(ApiKey))}
+
+    assert limits() == {"batch-script": 50, "pacs-bridge": None}
+    rows = [line.split("\t") for line in _cli(database_url, "keys", "list").stdout.splitlines()]
+    assert {row[3]: row[-1] for row in rows} == {"batch-script": "50", "pacs-bridge": "-"}
+    with sessions() as session:
+        pacs = session.scalars(select(ApiKey).where(ApiKey.name == "pacs-bridge")).one().key_prefix
+        batch = session.scalars(select(ApiKey).where(ApiKey.name == "batch-script")).one().key_prefix
+    _cli(database_url, "keys", "limit", pacs, "--max-pending", "500")
+    _cli(database_url, "keys", "limit", batch, "--default")
+    assert limits() == {"batch-script": None, "pacs-bridge": 500}
+    for wrong in (["keys", "limit", pacs], ["keys", "limit", pacs, "--max-pending", "5", "--default"],
+                  ["keys", "limit", pacs, "--max-pending", "0"]):
+        assert runner.invoke(app, wrong, env={"FADA_DATABASE_URL": database_url}).exit_code == 2
+    assert limits() == {"batch-script": None, "pacs-bridge": 500}

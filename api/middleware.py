@@ -75,7 +75,7 @@ class GatewayMiddleware:
                 caller, presented = await self._authenticate(scope)
                 if caller is None:
                     detail = "missing API key: send 'Authorization: Bearer <key>'" if presented is None else \
-                        "unknown or revoked API key"
+                        "unknown, revoked or expired API key"
                     state["audit_detail"] = {"presented_prefix": presented[:12]} if presented else None
                     response = problem_response(401, "unauthorized", detail,
                                                 headers={"WWW-Authenticate": 'Bearer realm="fada"'})

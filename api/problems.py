@@ -45,7 +45,7 @@ PROBLEM = problem_doc("see the problem document's code and detail")
 # Documented on every /v1 operation by the app factory, not by each route: the middleware
 # and validation can answer these anywhere.
 V1_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: problem_doc("missing, unknown or revoked API key"),
+    401: problem_doc("missing, unknown, revoked or expired API key"),
     403: problem_doc("the key's role may not do this"),
     422: problem_doc("invalid request fields, or a query parameter or form field the route does not take"),
 }

@@ -56,15 +56,24 @@ def keys_create(
     max_pending: Annotated[int | None, typer.Option(
         min=1, show_default=False,
         help="most jobs this key may have queued or running (default: FADA_MAX_PENDING_PER_KEY)")] = None,
+    expires_in_days: Annotated[float | None, typer.Option(
+        min=0.001, show_default=False,
+        help="refuse the key this many days from now, as if revoked (default: never)")] = None,
 ) -> None:
     """Create a key and print its secret, alone, on stdout (only its hash is stored)."""
+    from datetime import timedelta
+
     from services.keys import create_key
     from shared.db.models import Role
+    from shared.db.types import utcnow
 
     if role not in Role.__members__:
         raise typer.BadParameter(f"role must be one of {', '.join(Role.__members__)}", param_hint="--role")
+    expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days is not None else None
     with _session() as session, session.begin():
-        new = create_key(session, name=name, role=role, max_pending=max_pending)
+        new = create_key(session, name=name, role=role, max_pending=max_pending, expires_at=expires_at)
+    if expires_at is not None:
+        typer.echo(f"the key expires at {expires_at.isoformat(timespec='seconds')}", err=True)
     typer.echo(new.secret)
 
 
@@ -95,16 +104,17 @@ def keys_limit(
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List keys: id, prefix, role, name, created, revoked, own pending-job limit ("-": the
-    service-wide one)."""
+    """List keys: id, prefix, role, name, created, revoked, expires, own pending-job limit
+    ("-": none, or the service-wide limit)."""
     from services.keys import list_keys
 
     with _session() as session:
         for key in list_keys(session):
             revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
+            expires = key.expires_at.isoformat() if key.expires_at else "-"
             limit = "-" if key.max_pending is None else str(key.max_pending)
             typer.echo(f"{key.id}\t{key.key_prefix}\t{key.role}\t{key.name}\t{key.created_at.isoformat()}\t{revoked}"
-                       f"\t{limit}")
+                       f"\t{expires}\t{limit}")
 
 
 @keys_app.command("webhook")

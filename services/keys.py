@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -35,10 +35,11 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(session: Session, *, name: str, role: Role | str, max_pending: int | None = None) -> NewKey:
+def create_key(session: Session, *, name: str, role: Role | str, max_pending: int | None = None,
+               expires_at: datetime | None = None) -> NewKey:
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(name=name, role=Role(role), key_prefix=secret[:PREFIX_CHARS], key_hash=hash_secret(secret),
-                 max_pending=_checked_limit(max_pending))
+                 max_pending=_checked_limit(max_pending), expires_at=expires_at)
     session.add(key)
     session.flush()
     return NewKey(key=key, secret=secret)
@@ -104,12 +105,13 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def authenticate(session: Session, secret: str) -> ApiKey | None:
-    """The live key for a presented secret, or None (unknown or revoked). ``last_used_at`` is
-    written at most once a minute, so a busy key does not cost a write per request."""
+    """The live key for a presented secret, or None (unknown, revoked or expired).
+    ``last_used_at`` is written at most once a minute, so a busy key does not cost a write per
+    request."""
     key = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_secret(secret))).one_or_none()
-    if key is None or key.revoked_at is not None:
-        return None
     now = utcnow()
+    if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+        return None
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
     return key

@@ -123,6 +123,9 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     created_at: Mapped[datetime] = _created()
     revoked_at: Mapped[datetime | None]
+    # Past this instant the key is refused like a revoked one (``fada keys create
+    # --expires-in-days``): a site's rotation policy, enforced. NULL: no expiry.
+    expires_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
     # Webhooks (``fada keys webhook``): where this key's job events go by default, and the
     # Standard Webhooks signing secret. The service must sign with the secret, so it cannot be

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.keys import revoke_key
+from shared.db.models import ApiKey
+from shared.db.types import utcnow
 
 from .conftest import Keys
 from .helpers import NOTHING_STORED, assert_problem, file_part, png, stored
@@ -77,6 +82,21 @@ def test_revoked_key(client: TestClient, keys: Keys, sm: sessionmaker[Session]) 
     _assert_unauthorized(r)
     assert stored(sm) == NOTHING_STORED
     # The other keys still work.
+    assert client.get("/v1/jobs", headers=keys.other_submitter.headers).status_code == 200
+
+
+def test_an_expired_key_is_refused_like_a_revoked_one(client: TestClient, keys: Keys,
+                                                     sm: sessionmaker[Session]) -> None:
+    with sm.begin() as session:  # expires in a minute: still good
+        session.execute(update(ApiKey).where(ApiKey.id == keys.submitter.id)
+                        .values(expires_at=utcnow() + timedelta(minutes=1)))
+    assert client.get("/v1/jobs", headers=keys.submitter.headers).status_code == 200
+    with sm.begin() as session:  # expired a second ago
+        session.execute(update(ApiKey).where(ApiKey.id == keys.submitter.id)
+                        .values(expires_at=utcnow() - timedelta(seconds=1)))
+    r = client.post("/v1/jobs", files=file_part(png()), headers=keys.submitter.headers)
+    _assert_unauthorized(r)
+    assert "expired" in r.json()["detail"] and stored(sm) == NOTHING_STORED
     assert client.get("/v1/jobs", headers=keys.other_submitter.headers).status_code == 200
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -11,6 +13,7 @@ from services.keys import allows, authenticate, hash_secret
 from services.notify.sealing import secret_box
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import ApiKey, Role
+from shared.db.types import utcnow
 from shared.settings import Settings
 
 runner = CliRunner()
@@ -113,3 +116,25 @@ def test_a_key_s_own_pending_limit_through_the_cli(database_url: str) -> None:
                   ["keys", "limit", pacs, "--max-pending", "0"]):
         assert runner.invoke(app, wrong, env={"FADA_DATABASE_URL": database_url}).exit_code == 2
     assert limits() == {"batch-script": None, "pacs-bridge": 500}
+
+
+def test_a_key_created_to_expire_works_until_then(database_url: str) -> None:
+    _cli(database_url, "migrate")
+    created = _cli(database_url, "keys", "create", "--role", "qa", "--name", "audit-2026", "--expires-in-days", "30")
+    secret = created.stdout.strip()
+    assert created.stdout == secret + "\n" and "expires at" in created.stderr
+    sessions = make_sessionmaker(make_engine(database_url))
+    with sessions() as session:
+        key = session.scalars(select(ApiKey)).one()
+        assert key.expires_at is not None
+        assert timedelta(days=29.99) < key.expires_at - utcnow() <= timedelta(days=30)
+    [row] = [line.split("\t") for line in _cli(database_url, "keys", "list").stdout.splitlines()]
+    assert row[6] == key.expires_at.isoformat()
+    with sessions() as session, session.begin():
+        assert authenticate(session, secret) is not None
+        session.execute(update(ApiKey).values(expires_at=utcnow()))  # the day has come
+    with sessions() as session, session.begin():
+        assert authenticate(session, secret) is None
+    never = runner.invoke(app, ["keys", "create", "--role", "qa", "--name", "x", "--expires-in-days", "0"],
+                          env={"FADA_DATABASE_URL": database_url})
+    assert never.exit_code == 2

@@ -8,15 +8,12 @@ each instance is submitted under the Idempotency-Key ``stow:<SOP Instance UID>``
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import pydicom
-from pydicom.errors import InvalidDicomError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.ingest import IngestError
+from services.ingest import IngestError, part10_uids
 from services.jobs import IdempotencyConflict, TooManyPending
 from services.jobs.intake import Enqueue, JobOptions, Upload, accept_job
 
@@ -49,16 +46,6 @@ class StowOutcome:
         return bool(self.failed) and all(reason == OUT_OF_RESOURCES for *_, reason, _ in self.failed)
 
 
-def _uids(data: bytes) -> tuple[str | None, str | None]:
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=False,
-                             specific_tags=["SOPClassUID", "SOPInstanceUID"])
-    except (InvalidDicomError, OSError, ValueError, EOFError):
-        return None, None
-    sop_class, sop_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
-    return (str(sop_class) if sop_class else None), (str(sop_instance) if sop_instance else None)
-
-
 def store_instances(
     sm: sessionmaker[Session],
     parts: list[Part],
@@ -74,7 +61,7 @@ def store_instances(
     does a part past the key's pending-job limit."""
     outcome = StowOutcome()
     for part in parts:
-        sop_class, sop_instance = _uids(bytes(part.data))
+        sop_class, sop_instance = part10_uids(bytes(part.data))
         if part.content_type not in ("", DICOM_TYPE):
             outcome.failed.append((sop_class, sop_instance, NOT_SUPPORTED, f"part type {part.content_type}"))
             continue

@@ -2,6 +2,7 @@
 
 from .decode import DEFAULT_MAX_PIXELS, decode_image
 from .decoded import DecodedImage, DicomInfo, ImageFormat
+from .dicom_meta import part10_uids
 from .errors import (
     EmptyInput,
     FrameOutOfRange,
@@ -29,5 +30,6 @@ __all__ = [
     "UnsupportedDicom",
     "UnsupportedMediaType",
     "decode_image",
+    "part10_uids",
     "sniff_format",
 ]

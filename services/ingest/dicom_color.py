@@ -81,7 +81,7 @@ def _palette_to_rgb8(arr: NDArray[Any], ds: Dataset) -> Image.Image:
 
 def _monochrome_to_uint8(arr: NDArray[Any], ds: Dataset, bits_stored: int) -> NDArray[np.uint8]:
     """Modality rescale, then the VOI the file asks for; without one, a full-range or min-max map."""
-    has_modality = bool(ds.get("ModalityLUTSequence")) or ("RescaleSlope" in ds and "RescaleIntercept" in ds)
+    has_modality = _changes_values(ds)
     values = apply_modality_lut(arr, ds) if has_modality else arr
 
     voi_items = ds.get("VOILUTSequence")
@@ -99,6 +99,19 @@ def _monochrome_to_uint8(arr: NDArray[Any], ds: Dataset, bits_stored: int) -> ND
         return scale_to_uint8(values, 2**bits_stored - 1)
     # Deeper data with no window: use what the frame contains, as viewers do by default.
     return stretch_to_uint8(values)
+
+
+def _changes_values(ds: Dataset) -> bool:
+    """A Modality LUT, or a rescale other than slope 1 / intercept 0: that one is the identity
+    (PS3.3 C.11.1), which many writers add to 8-bit data, and must not change the image."""
+    if ds.get("ModalityLUTSequence"):
+        return True
+    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+        return False
+    try:
+        return float(ds.RescaleSlope) != 1.0 or float(ds.RescaleIntercept) != 0.0
+    except (TypeError, ValueError):
+        return True  # odd values: apply_modality_lut judges them as before
 
 
 def _first_window(ds: Dataset) -> tuple[float, float] | None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import io
 import uuid
+import zlib
+from pathlib import Path
 
 import httpx
 import pydicom
+import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -108,3 +111,35 @@ def test_wrong_media_type_and_auth(make_app: AppFactory, serve: Serve, keys: Key
     body, ctype = _related(_bytes(_ultrasound(generate_uid())))
     assert httpx.post(url, content=body, headers={"Content-Type": ctype}).status_code == 401
     assert httpx.post(url, content=body, headers={**keys.reviewer.headers, "Content-Type": ctype}).status_code == 403
+
+
+def test_damaged_parts_fail_alone_and_a_deflate_bomb_is_never_inflated_whole(
+        make_app: AppFactory, serve: Serve, keys: Keys, sm: sessionmaker[Session],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts pydicom cannot even probe (truncated inside an element, a corrupt deflate stream)
+    get their failure reason in the answer, not a 500 for the whole push; the UIDs come from the
+    File Meta group, so a deflated body is only ever inflated by the ingest's bounded check."""
+    base = serve(make_app(max_pixels=400_000))  # the bomb inflates past its bound (6 B a pixel + 16 MiB)
+    url, auth = f"{base}/dicomweb/studies", keys.submitter.headers
+    good = _ultrasound(generate_uid())
+    truncated = Path(str(get_testdata_file("MR_small.dcm"))).read_bytes()[:141]
+    corrupt = Path(str(get_testdata_file("image_dfl.dcm"))).read_bytes()[:400]
+    bomb = _ultrasound(generate_uid())
+    bomb.add_new(0x00090010, "LO", "FADA TEST")
+    bomb.add_new(0x00091010, "OB", bytes(40_000_000))  # 40 MB of zeros deflate to ~40 KB
+    bomb.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    monkeypatch.setattr(zlib, "decompress", _refuse_to_inflate_at_once)  # pydicom's way: one unbounded call
+    body, ctype = _related(_bytes(good), truncated, corrupt, _bytes(bomb))
+    r = httpx.post(url, content=body, headers={**auth, "Content-Type": ctype}, timeout=60)
+    assert r.status_code == 202, r.text
+    answer = pydicom.Dataset.from_json(r.json())
+    assert [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence] == [good.SOPInstanceUID]
+    failed = answer.FailedSOPSequence
+    assert [i.FailureReason for i in failed] == [0xC000] * 3
+    assert failed[2].ReferencedSOPInstanceUID == bomb.SOPInstanceUID
+    assert "too_many_pixels" in failed[2][0x0040A160].value
+    assert len(_jobs(sm)) == 1
+
+
+def _refuse_to_inflate_at_once(*_: object, **__: object) -> bytes:
+    raise AssertionError("a deflated dataset was inflated in one unbounded call")

@@ -132,6 +132,16 @@ def test_8_bit_grey_without_window_passes_through() -> None:
     assert first_channel(make_dicom(values, "MONOCHROME2")) == [0, 7, 128, 255]
 
 
+def test_an_identity_rescale_leaves_8_bit_grey_as_it_is() -> None:
+    # slope 1 / intercept 0 changes no value (PS3.3 C.11.1): the image must not be stretched
+    values = np.array([[10, 20, 30]], dtype=np.uint8)
+    plain = first_channel(make_dicom(values, "MONOCHROME2"))
+    assert plain == [10, 20, 30]
+    assert first_channel(make_dicom(values, "MONOCHROME2", RescaleSlope=1, RescaleIntercept=0)) == plain
+    # a rescale that does change values is still applied (then stretched: no window)
+    assert first_channel(make_dicom(values, "MONOCHROME2", RescaleSlope=2, RescaleIntercept=0)) == [0, 128, 255]
+
+
 def test_monochrome1_is_inverted() -> None:
     values = np.array([[0, 7, 128, 255]], dtype=np.uint8)
     assert first_channel(make_dicom(values, "MONOCHROME1")) == [255, 248, 127, 0]

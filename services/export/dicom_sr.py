@@ -38,6 +38,14 @@ class SourceInstance:
     sop_class_uid: str
     modality: str | None
     frame: int  # 0-based; a multi-frame source is referenced by its frame number
+    frame_count: int | None = None  # None: not recorded (rows from before it was)
+
+    @property
+    def frame_numbers(self) -> list[int] | None:
+        """Referenced Frame Number (1-based), required when the source is multi-frame and the
+        reference is to one frame (PS3.3 Table 10-3); absent for a single-frame source."""
+        multi_frame = (self.frame_count or 1) > 1 or self.frame > 0
+        return [self.frame + 1] if multi_frame else None
 
 
 class NotFromDicom(ValueError):
@@ -52,7 +60,7 @@ def source_instance(session: Session, job_id: str) -> SourceInstance:
         raise NotFromDicom(f"job {job_id} was not made from a DICOM instance with UIDs ({row.format.value}): "
                            "a structured report would reference nothing")
     return SourceInstance(row.dicom_study_instance_uid, row.dicom_series_instance_uid, row.dicom_sop_instance_uid,
-                          row.dicom_sop_class_uid, row.dicom_modality, row.frame)
+                          row.dicom_sop_class_uid, row.dicom_modality, row.frame, row.frame_count)
 
 
 def sr_bytes(sr: hd.sr.Comprehensive3DSR) -> bytes:
@@ -84,7 +92,7 @@ def _closed(points: list[tuple[float, float]]) -> np.ndarray:
 def build_sr(document: ResultDocument, source: SourceInstance, *, job_id: str) -> hd.sr.Comprehensive3DSR:
     image = hd.sr.SourceImageForRegion(
         source.sop_class_uid, source.sop_instance_uid,
-        referenced_frame_numbers=[source.frame + 1] if source.frame else None)
+        referenced_frame_numbers=source.frame_numbers)
     algorithm = hd.sr.AlgorithmIdentification(
         name="FADA-SKD" + (" (untrained test model)" if document.model.untrained else ""),
         version=document.model.revision)

@@ -34,6 +34,7 @@ def store_image(session: Session, decoded: DecodedImage, *, original_size: int) 
         width=decoded.width,
         height=decoded.height,
         frame=decoded.frame,
+        frame_count=decoded.frame_count,
         pixel_spacing_row_mm=spacing[0] if spacing else None,
         pixel_spacing_col_mm=spacing[1] if spacing else None,
         dicom_sop_instance_uid=dicom.sop_instance_uid if dicom else None,

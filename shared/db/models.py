@@ -170,6 +170,9 @@ class Image(Base):
     width: Mapped[int]
     height: Mapped[int]
     frame: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Frames in the upload (a DICOM cine has many): an SR must name the frame it annotates
+    # whenever the source has more than one. NULL on rows stored before it was recorded.
+    frame_count: Mapped[int | None] = mapped_column(Integer)
     pixel_spacing_row_mm: Mapped[float | None] = mapped_column(Float)
     pixel_spacing_col_mm: Mapped[float | None] = mapped_column(Float)
     # DICOM UIDs are at most 64 characters (PS3.5 9.1).

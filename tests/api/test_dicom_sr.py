@@ -4,10 +4,12 @@ with pydicom and highdicom and references the instance the job was made from."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import highdicom as hd
 import pydicom
 from fastapi.testclient import TestClient
+from pydicom.data import get_testdata_file
 from pydicom.uid import Comprehensive3DSRStorage
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +47,7 @@ def test_structured_report_reads_back_and_references_the_source(client: TestClie
         assert region is not None
         referenced = region.ContentSequence[0].ReferencedSOPSequence[0]
         assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert "ReferencedFrameNumber" not in referenced  # a single-frame source: no frame to name
     first_box = groups[0].roi
     assert first_box.GraphicType == "POLYLINE" and len(first_box.GraphicData) == 10  # closed rectangle
     text = r.content.decode("latin-1")  # the algorithm identification (name, version) and the view label
@@ -61,3 +64,21 @@ def test_jobs_not_made_from_dicom_have_no_structured_report(client: TestClient, 
     succeed_job(sm, job_id)
     assert_problem(client.get(f"/v1/jobs/{job_id}/sr.dcm", headers=keys.submitter.headers), 409, "not_dicom")
     assert_problem(client.get("/v1/jobs/nope/sr.dcm", headers=keys.submitter.headers), 404, "job_not_found")
+
+
+def test_an_sr_of_a_cine_names_the_frame_it_annotates_frame_1_included(client: TestClient, keys: Keys,
+                                                                       sm: sessionmaker[Session]) -> None:
+    """A multi-frame source needs Referenced Frame Number (PS3.3 Table 10-3), or the regions
+    annotate every frame; the first frame is number 1, not "no number"."""
+    cine = Path(str(get_testdata_file("examples_ybr_color.dcm"))).read_bytes()  # US multi-frame, 30 frames
+    for frame in (0, 3):
+        r = client.post("/v1/jobs", files=file_part(cine, "cine.dcm"), data={"frame": str(frame)},
+                        headers=keys.submitter.headers)
+        assert r.status_code == 202, r.text
+        succeed_job(sm, r.json()["id"])
+        sr = client.get(f"/v1/jobs/{r.json()['id']}/sr.dcm", headers=keys.submitter.headers)
+        groups = hd.sr.srread(io.BytesIO(sr.content)).content.get_planar_roi_measurement_groups()
+        assert groups
+        for group in groups:
+            referenced = group.roi.ContentSequence[0].ReferencedSOPSequence[0]  # type: ignore[union-attr]
+            assert referenced.ReferencedFrameNumber == frame + 1

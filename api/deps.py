@@ -20,6 +20,7 @@ NO_NUL = r"^[^\x00]*$"
 ID_MAX = 64
 JobId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="job id")]
 BatchId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="batch id")]
+EvaluationId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="evaluation id")]
 
 # Documents the bearer scheme in OpenAPI; the middleware does the checking (before the body
 # is read), so this never refuses anything itself.

@@ -23,7 +23,7 @@ from services.evaluation import (
 from shared.db.models import Evaluation, Role
 
 from ..context import AppContext, Caller
-from ..deps import Ctx, require
+from ..deps import Ctx, EvaluationId, require
 from ..problems import PROBLEM, Problem
 
 router = APIRouter(tags=["evaluations"])
@@ -121,6 +121,6 @@ def list_(
 
 @router.get("/v1/evaluations/{evaluation_id}", response_model=EvaluationOut,
             responses={404: PROBLEM})
-def read(ctx: Ctx, caller: QA, evaluation_id: str) -> EvaluationOut:
+def read(ctx: Ctx, caller: QA, evaluation_id: EvaluationId) -> EvaluationOut:
     """The evaluation as ``POST`` answered it."""
     return _read(ctx, evaluation_id)

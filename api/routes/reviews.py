@@ -31,7 +31,7 @@ from services.reviews import (
 from shared.db.models import JobMode, Review, ReviewDecision, ReviewDimension, Role
 
 from ..context import Caller
-from ..deps import Ctx, require, set_audit_job
+from ..deps import Ctx, JobId, require, set_audit_job
 from ..problems import PROBLEM, Problem
 from ..schemas import JobOut
 
@@ -176,7 +176,7 @@ def _audit(request: Request, review: ReviewOut, **extra: object) -> None:
 
 
 @router.post("/v1/jobs/{job_id}/reviews", status_code=201, response_model=ReviewOut, responses=WRITE_ERRORS)
-def create(request: Request, response: Response, ctx: Ctx, caller: ReviewerOnly, job_id: str,
+def create(request: Request, response: Response, ctx: Ctx, caller: ReviewerOnly, job_id: JobId,
            body: ReviewIn) -> ReviewOut:
     """Score one dimension of a job (once per reviewer and dimension; ``PUT`` amends). On a HITL
     job awaiting review, the interpretation review chooses what follows: accept/correct with
@@ -197,7 +197,7 @@ def create(request: Request, response: Response, ctx: Ctx, caller: ReviewerOnly,
 
 
 @router.get("/v1/jobs/{job_id}/reviews", response_model=ReviewList, responses={404: PROBLEM})
-def list_(ctx: Ctx, caller: ReviewReader, job_id: str) -> ReviewList:
+def list_(ctx: Ctx, caller: ReviewReader, job_id: JobId) -> ReviewList:
     """Every reviewer's current review of the job, oldest first, each with its history."""
     with ctx.sm() as session:
         return ReviewList(items=[ReviewOut.of_record(r) for r in list_reviews(session, job_id)])
@@ -205,14 +205,14 @@ def list_(ctx: Ctx, caller: ReviewReader, job_id: str) -> ReviewList:
 
 @router.get("/v1/jobs/{job_id}/reviews/{dimension}", response_model=ReviewOut,
             responses={404: PROBLEM})
-def read_own(ctx: Ctx, caller: ReviewerOnly, job_id: str, dimension: ReviewDimension) -> ReviewOut:
+def read_own(ctx: Ctx, caller: ReviewerOnly, job_id: JobId, dimension: ReviewDimension) -> ReviewOut:
     """The caller's own review of this dimension (where ``Location`` points)."""
     with _as_problems(), ctx.sm() as session:
         return ReviewOut.of_record(get_own_review(session, job_id, caller.key_id, dimension))
 
 
 @router.put("/v1/jobs/{job_id}/reviews/{dimension}", response_model=ReviewOut, responses=WRITE_ERRORS)
-def amend(request: Request, ctx: Ctx, caller: ReviewerOnly, job_id: str, dimension: ReviewDimension,
+def amend(request: Request, ctx: Ctx, caller: ReviewerOnly, job_id: JobId, dimension: ReviewDimension,
           body: ReviewContent) -> ReviewOut:
     """Amend the caller's review of this dimension; the previous version is kept in its history.
     ``next_phases`` and ``group`` record what the job ran: repeat them or leave them out."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,6 +26,9 @@ class Page:
     next_cursor: str | None  # None on the last page
 
 
+_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+
+
 def encode_cursor(created_at: datetime, job_id: str) -> str:
     raw = json.dumps({"t": created_at.isoformat(), "id": job_id}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -38,7 +42,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         job_id = data["id"]
     except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
         raise InvalidCursor(f"malformed cursor {cursor!r}") from exc
-    if not isinstance(job_id, str) or created_at.tzinfo is None or "\x00" in job_id or len(job_id) > 64:
+    # ids are this service's own (ASCII): anything else (a NUL, a lone surrogate) is not a cursor it made
+    if not isinstance(job_id, str) or created_at.tzinfo is None or not _ID.fullmatch(job_id):
         raise InvalidCursor(f"malformed cursor {cursor!r}")
     try:
         created_at = created_at.astimezone(UTC)  # a time at the edge of the calendar overflows here

@@ -144,6 +144,9 @@ GARBAGE_CURSORS: dict[str, str] = {
     "time-a-number": _cursor({"t": 5, "id": "x"}),
     "list": _cursor(["t", "id"]), "null": _cursor(None), "string": _cursor("text"),
     "not-utf8": base64.urlsafe_b64encode(b"\xff\xfe\x00").decode(),
+    # valid JSON whose id is a lone surrogate: cannot be encoded for the database
+    "surrogate-id": base64.urlsafe_b64encode(b'{"t":"2026-01-01T00:00:00Z","id":"\\ud800"}').decode(),
+    "nul-id": _cursor({"t": "2024-01-01T00:00:00+00:00", "id": "a\x00b"}),
 }
 
 

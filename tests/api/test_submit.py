@@ -258,3 +258,15 @@ def test_nul_characters_are_not_a_server_error(request: pytest.FixtureRequest, d
     files = file_part(png()) if method == "POST" else None
     r = client.request(method, path, files=files, data=fields, headers={**keys.submitter.headers, **extra_headers})
     assert r.status_code < 500, r.text
+
+
+@pytest.mark.parametrize(("method", "path", "role"), [
+    ("GET", "/v1/jobs/a%00b/reviews", "qa"), ("GET", "/v1/jobs/a%00b/reviews/interpretation", "reviewer"),
+    ("POST", "/v1/jobs/a%00b/reviews", "reviewer"), ("PUT", "/v1/jobs/a%00b/reviews/annotation", "reviewer"),
+    ("GET", "/v1/evaluations/a%00b", "qa"), ("GET", f"/v1/jobs/{'a' * 65}/reviews", "qa"),
+])
+def test_ids_in_review_and_evaluation_paths_are_checked_like_job_ids(
+        client: TestClient, keys: Keys, method: str, path: str, role: str) -> None:
+    body = {"dimension": "interpretation", "score": 2} if method != "GET" else None
+    r = client.request(method, path, json=body, headers=getattr(keys, role).headers)
+    assert_problem(r, 422, "invalid_request")

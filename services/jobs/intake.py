@@ -16,7 +16,7 @@ from services.ingest import IngestError, decode_image
 from shared.db.models import Batch, Job, JobMode
 
 from .admission import admit
-from .errors import IdempotencyConflict
+from .errors import IdempotencyConflict, TooManyPending
 from .idempotency import find_idempotent, fingerprint, remember_idempotent
 from .submit import create_batch, submit_job
 
@@ -99,6 +99,11 @@ def accept_job(
                     raise _LostRace(earlier.id)
     except _LostRace as race:
         return Accepted(race.target_id, created=False)
+    except TooManyPending:
+        twin = _committed_twin(sm, api_key_id, idempotency_key, print_)
+        if twin is None:
+            raise
+        return Accepted(twin[0], created=False)
     enqueue(job_id)
     return Accepted(job_id, created=True)
 
@@ -155,9 +160,28 @@ def accept_batch(
             if again is None:  # the key named a job, not a batch: the same key for another request
                 raise IdempotencyConflict(idempotency_key or "") from None
             return Accepted(again.id, created=False), [j.id for j in again.jobs]
+    except TooManyPending:
+        twin = _committed_twin(sm, api_key_id, idempotency_key, print_)
+        if twin is None:
+            raise
+        return Accepted(twin[0], created=False), twin[1]
     for job_id in job_ids:
         enqueue(job_id)
     return Accepted(batch_id, created=True), job_ids
+
+
+def _committed_twin(sm: sessionmaker[Session], api_key_id: str, key: str | None,
+                    print_: str) -> tuple[str, list[str]] | None:
+    """What a concurrent request with the same Idempotency-Key committed while this one was
+    decoding (the pending-limit count that refused this one included it): its id and, for a
+    batch, its job ids; None if there is none."""
+    if not key:
+        return None
+    with sm() as session:
+        twin = find_idempotent(session, api_key_id, key, print_)
+        if twin is None:
+            return None
+        return twin.id, [j.id for j in twin.jobs] if isinstance(twin, Batch) else []
 
 
 def _digest(data: bytes) -> bytes:

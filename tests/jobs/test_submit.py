@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from PIL import Image as PILImage
@@ -19,6 +22,7 @@ from services.jobs import (
     find_idempotent,
     fingerprint,
     get_job,
+    intake,
     remember_idempotent,
     submit_job,
 )
@@ -135,3 +139,38 @@ def test_idempotency_for_a_batch(sm: sessionmaker[Session], api_key_id: str) -> 
 
 def test_decode_helper_gives_png() -> None:
     assert decode_image(png_bytes()).format == "png"
+
+
+@pytest.mark.parametrize("kind", ["job", "batch"])
+def test_a_twin_that_committed_while_this_request_decoded_is_its_answer_not_a_429(
+        sm: sessionmaker[Session], api_key_id: str, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Request B with an Idempotency-Key is held in its decode while its twin A (same key, same
+    content) is accepted and fills the key's pending limit: B answers with A's job or batch,
+    as any replay does, rather than a refusal that A's own job caused."""
+    data, gate, answers = png_bytes(), threading.Event(), {}
+    real_decode = intake.decode_image
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "B":
+            assert gate.wait(20)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(intake, "decode_image", held)
+
+    def run(name: str) -> None:
+        options = {"api_key_id": api_key_id, "enqueue": lambda _: None, "max_pixels": 10**8, "max_attempts": 3,
+                   "idempotency_key": "same", "max_pending": 1}
+        if kind == "job":
+            answers[name] = intake.accept_job(sm, intake.Upload(data), intake.JobOptions(), **options).id
+        else:
+            answers[name] = intake.accept_batch(sm, [intake.Upload(data)], intake.JobOptions(), **options)[0].id
+
+    b = threading.Thread(target=run, args=("B",), name="B")
+    b.start()
+    time.sleep(0.3)  # B has looked the key up (nothing yet) and waits in its decode
+    run("A")
+    gate.set()
+    b.join(timeout=30)
+    assert answers["A"] == answers["B"]
+    with sm() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 1

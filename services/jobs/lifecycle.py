@@ -221,7 +221,7 @@ def complete(
     now = now or utcnow()
     new_status = JobStatus.awaiting_review if awaiting_review else JobStatus.succeeded
     doc = document.model_copy(update={"job_id": job_id, "status": new_status.value})
-    payload = doc.model_dump(mode="json")
+    payload = _storable(doc.model_dump(mode="json"))
     model = doc.model
     values: dict[str, Any] = {
         "status": new_status,
@@ -385,3 +385,16 @@ def finish_hitl(session: Session, job_id: str, choice: dict[str, Any], *, detail
                         execution_options=_SYNC)
         session.expire(result)
     return True
+
+
+def _storable(value: Any) -> Any:
+    """The document with every U+0000 replaced by U+FFFD: PostgreSQL's JSONB cannot hold that
+    character, and a model's raw text may contain it (the same result must store on both
+    databases, and never fail its job)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value

@@ -142,7 +142,7 @@ def process_batch(
             jobs += more
         log.info("running %d job(s) together: %s", len(jobs), ", ".join(job.id for job in jobs))
         outputs = _run(sm, pipeline, jobs, keeper)
-    return skipped + [_settle(sm, job, outputs[job.id]) for job in jobs]
+    return skipped + [_settle_alone(sm, job, outputs[job.id]) for job in jobs]
 
 
 def _claim_more(sm: sessionmaker[Session], *, owner: str, lease_seconds: int, limit: int) -> list[ClaimedJob]:
@@ -183,7 +183,7 @@ def _run(sm: sessionmaker[Session], pipeline: Pipeline, jobs: Sequence[ClaimedJo
             items[job.id] = item
         else:
             keeper.drop(job.id)
-            outputs[job.id] = _settle(sm, job, item)
+            outputs[job.id] = _settle_alone(sm, job, item)
     if not items:
         return outputs
     try:
@@ -258,6 +258,22 @@ def _settle(sm: sessionmaker[Session], job: ClaimedJob, output: _Output) -> JobR
         log.error("job %s attempt %d failed", job.id, job.attempts, exc_info=output)
         return _release(sm, job, f"{type(output).__name__}: {output}")
     return _store(sm, job, output)
+
+
+def _settle_alone(sm: sessionmaker[Session], job: ClaimedJob, output: _Output) -> JobRun:
+    """``_settle``, but an error while writing one job's outcome (the database refused its
+    result, or was briefly gone) is that job's alone: it is released for a retry, counted
+    against its attempts, and the next jobs of the batch are still settled. If even that
+    write fails, the job is left to its lease and the sweeper."""
+    try:
+        return _settle(sm, job, output)
+    except Exception as exc:
+        log.exception("job %s: its outcome could not be stored", job.id)
+        try:
+            return _release(sm, job, f"the result could not be stored: {type(exc).__name__}: {exc}"[:1000])
+        except Exception:
+            log.exception("job %s: not released either; its lease will expire", job.id)
+            return JobRun(job.id, Outcome.lease_lost, job.attempts)
 
 
 def _store(sm: sessionmaker[Session], job: ClaimedJob, document: ResultDocument) -> JobRun:

@@ -141,6 +141,40 @@ def test_an_error_of_one_item_is_handled_as_for_a_job_alone(sm: sessionmaker[Ses
     assert requeued.status is JobStatus.queued and requeued.lease_owner is None and requeued.attempts == 1
 
 
+def test_a_result_the_database_refuses_costs_its_job_one_attempt_and_no_other_job_its_result(
+        sm: sessionmaker[Session], pipeline: Pipeline, submit: Callable[..., str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model's raw text with U+0000 (JSONB cannot hold it) is stored with U+FFFD instead; a
+    result that cannot be stored at all releases its job for a retry while the next jobs of
+    the batch are still stored (they were left running until their leases expired), and it
+    fails saying why once its attempts are used."""
+    nul, unstorable, after = submit(png(14)), submit(png(15), max_attempts=1), submit(png(16))
+    original = pipeline.run_batch
+
+    def outputs(items: Sequence[BatchItem]) -> list[ResultDocument | Exception]:
+        docs = original(items)
+        interpret = docs[0].phases["interpret"]
+        docs[0] = docs[0].model_copy(update={"phases": {**docs[0].phases, "interpret": interpret.model_copy(
+            update={"raw": "model said \x00 here"})}})
+        return docs
+
+    real_complete = process_module.complete
+
+    def refusing(session: Session, job_id: str, *args: Any, **kwargs: Any) -> bool:
+        if job_id == unstorable:
+            raise RuntimeError("simulated: the database refused this result")
+        return real_complete(session, job_id, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_batch", outputs)
+    monkeypatch.setattr(process_module, "complete", refusing)
+    runs = process_batch(sm, pipeline, nul, owner=OWNER, lease_seconds=30, batch_size=3)
+    assert outcomes(runs) == {nul: Outcome.succeeded, unstorable: Outcome.failed, after: Outcome.succeeded}
+    assert stored_document(sm, nul)["phases"]["interpret"]["raw"] == "model said \ufffd here"
+    gave_up = job_row(sm, unstorable)  # its one attempt used: failed, saying why (with attempts left: requeued)
+    assert gave_up.status is JobStatus.failed and gave_up.error_code == "max_attempts"
+    assert "the result could not be stored: RuntimeError: simulated" in (gave_up.error_detail or "")
+
+
 def test_a_failing_batch_releases_every_job_for_retry(sm: sessionmaker[Session], pipeline: Pipeline,
                                                       submit: Callable[..., str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:

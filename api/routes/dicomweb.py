@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.dicomweb.multipart_related import NotMultipartRelated, boundary_of, split_parts
+from services.dicomweb.multipart_related import MalformedMultipart, NotMultipartRelated, boundary_of, split_parts
 from services.dicomweb.stow import store_instances, to_dicom_json
 from services.queue import enqueue_job
 from shared.db.models import Role
@@ -28,6 +28,7 @@ STOW_RESPONSES: dict[int | str, dict[str, object]] = {
     503: {"description": "no instance stored: the API key has FADA_MAX_PENDING_PER_KEY jobs queued or running "
                          "(FailedSOPSequence, reason A700); retry after the Retry-After seconds",
           "content": {DICOM_JSON: {}}},
+    400: problem_doc("the multipart/related body does not parse"),
     413: problem_doc("body over the configured maximum"),
     415: problem_doc("not multipart/related; type=\"application/dicom\""),
 }
@@ -55,7 +56,10 @@ async def stow(
     body = bytearray()
     async for chunk in request.stream():  # the body limit middleware counts as it streams
         body += chunk
-    parts = await run_in_threadpool(split_parts, bytes(body), boundary)
+    try:
+        parts = await run_in_threadpool(split_parts, bytes(body), boundary)
+    except MalformedMultipart as exc:
+        raise Problem(400, "malformed_multipart", str(exc)) from exc
     if not parts:
         raise Problem(422, "no_instances", "the multipart/related body holds no part")
     options = await run_in_threadpool(lambda: job_options(ctx, caller, mode=mode))

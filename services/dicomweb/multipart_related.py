@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 DICOM_TYPE = "application/dicom"
@@ -12,6 +13,10 @@ DICOM_TYPE = "application/dicom"
 
 class NotMultipartRelated(ValueError):
     """The request is not ``multipart/related`` with DICOM parts (HTTP 415)."""
+
+
+class MalformedMultipart(ValueError):
+    """The body does not parse as the multipart its content type announces (HTTP 400)."""
 
 
 @dataclass
@@ -37,6 +42,8 @@ def boundary_of(content_type: str | None) -> bytes:
     boundary = params.get(b"boundary")
     if not boundary:
         raise NotMultipartRelated("the multipart/related content type has no boundary")
+    if not boundary.isascii() or len(boundary) > 70:  # RFC 2046 5.1.1: 1-70 ASCII characters
+        raise NotMultipartRelated("the multipart boundary must be 1 to 70 ASCII characters")
     return boundary
 
 
@@ -65,6 +72,9 @@ def split_parts(body: bytes, boundary: bytes) -> list[Part]:
     parser = MultipartParser(boundary, callbacks={
         "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_header_field": on_header_field,
         "on_header_value": on_header_value, "on_header_end": on_header_end})
-    parser.write(body)
-    parser.finalize()
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise MalformedMultipart(f"the multipart/related body does not parse: {exc}") from None
     return parts

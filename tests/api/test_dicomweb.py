@@ -113,6 +113,22 @@ def test_wrong_media_type_and_auth(make_app: AppFactory, serve: Serve, keys: Key
     assert httpx.post(url, content=body, headers={**keys.reviewer.headers, "Content-Type": ctype}).status_code == 403
 
 
+@pytest.mark.parametrize(("body", "ctype", "status"), [
+    (b"--BB\r\nno colon here\r\n\r\nxx\r\n--BB--\r\n", "BB", 400),
+    (b"--BBxx", "BB", 400),
+    (b"--x\r\n\r\n--x--\r\n", "\u00e9", 415),
+])
+def test_a_body_that_is_not_the_multipart_it_claims_is_a_problem_not_a_500(
+        make_app: AppFactory, serve: Serve, keys: Keys, sm: sessionmaker[Session], body: bytes, ctype: str,
+        status: int) -> None:
+    base = serve(make_app())
+    headers = {**keys.submitter.headers,
+               "Content-Type": f'multipart/related; type="application/dicom"; boundary={ctype}'.encode()}
+    r = httpx.post(f"{base}/dicomweb/studies", content=body, headers=headers)  # type: ignore[arg-type]
+    assert_problem(r, status)
+    assert _jobs(sm) == []
+
+
 def test_damaged_parts_fail_alone_and_a_deflate_bomb_is_never_inflated_whole(
         make_app: AppFactory, serve: Serve, keys: Keys, sm: sessionmaker[Session],
         monkeypatch: pytest.MonkeyPatch) -> None:

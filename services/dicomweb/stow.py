@@ -8,6 +8,7 @@ each instance is submitted under the Idempotency-Key ``stow:<SOP Instance UID>``
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,6 +19,8 @@ from services.jobs import IdempotencyConflict, TooManyPending
 from services.jobs.intake import Enqueue, JobOptions, Upload, accept_job
 
 from .multipart_related import DICOM_TYPE, Part
+
+log = logging.getLogger(__name__)
 
 # Failure reasons (PS3.4 Annex GG, Storage Service Class status codes)
 PROCESSING_FAILURE = 0x0110
@@ -66,7 +69,8 @@ def store_instances(
             outcome.failed.append((sop_class, sop_instance, NOT_SUPPORTED, f"part type {part.content_type}"))
             continue
         if sop_instance is None:
-            outcome.failed.append((sop_class, None, CANNOT_UNDERSTAND, "not a DICOM Part-10 instance"))
+            outcome.failed.append((sop_class, None, CANNOT_UNDERSTAND,
+                                   "not a DICOM Part-10 instance with a valid SOP Instance UID in its File Meta"))
             continue
         try:
             accepted = accept_job(
@@ -83,6 +87,11 @@ def store_instances(
         except IdempotencyConflict:
             outcome.failed.append((sop_class, sop_instance, DUPLICATE_CONFLICT,
                                    "this SOP Instance UID was stored before with different content"))
+            continue
+        except Exception as exc:  # one part's surprise must not turn the others' stored jobs into a 500
+            log.exception("STOW-RS part %s failed", sop_instance)
+            outcome.failed.append((sop_class, sop_instance, PROCESSING_FAILURE,
+                                   f"processing failed: {type(exc).__name__}"))
             continue
         outcome.stored.append((sop_class or "", sop_instance, accepted.id))
     return outcome

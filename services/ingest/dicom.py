@@ -18,6 +18,7 @@ from .decoded import DicomInfo
 from .dicom_codestream import FrameHeader, j2k_frame_header, jpeg_frame_header
 from .dicom_color import frame_to_rgb8
 from .dicom_deflate import check_deflated_size
+from .dicom_meta import valid_uid
 from .dicom_spacing import pixel_spacing_mm
 from .errors import (
     FrameOutOfRange,
@@ -155,21 +156,23 @@ def _ends_mid_element(ds: Dataset, size: int) -> bool:
 
 
 def _info(ds: Dataset) -> DicomInfo:
-    def text(value: object) -> str | None:
+    """UIDs only when they are UIDs; text without NULs and cut to its VR's length (CS 16,
+    LO 64): whatever a device wrote, what is kept fits its column and never fails a job."""
+    def text(value: object, limit: int = 64) -> str | None:
         if value is None:
             return None
-        return str(value).strip() or None
+        return str(value).replace("\x00", "").strip()[:limit] or None
 
     meta = getattr(ds, "file_meta", None)
     return DicomInfo(
-        sop_instance_uid=text(ds.get("SOPInstanceUID")),
-        study_instance_uid=text(ds.get("StudyInstanceUID")),
-        series_instance_uid=text(ds.get("SeriesInstanceUID")),
-        modality=text(ds.get("Modality")),
-        photometric_interpretation=text(ds.get("PhotometricInterpretation")),
-        transfer_syntax_uid=text(meta.get("TransferSyntaxUID")) if meta is not None else None,
+        sop_instance_uid=valid_uid(ds.get("SOPInstanceUID")),
+        study_instance_uid=valid_uid(ds.get("StudyInstanceUID")),
+        series_instance_uid=valid_uid(ds.get("SeriesInstanceUID")),
+        modality=text(ds.get("Modality"), 16),
+        photometric_interpretation=text(ds.get("PhotometricInterpretation"), 16),
+        transfer_syntax_uid=valid_uid(meta.get("TransferSyntaxUID")) if meta is not None else None,
         manufacturer_model_name=text(ds.get("ManufacturerModelName")),
-        sop_class_uid=text(ds.get("SOPClassUID")),
+        sop_class_uid=valid_uid(ds.get("SOPClassUID")),
         burned_in_annotation=_yes_no(text(ds.get("BurnedInAnnotation"))),
     )
 

@@ -4,6 +4,7 @@ deflated dataset is never inflated here, whatever it claims to hold."""
 
 from __future__ import annotations
 
+import re
 import struct
 
 from .errors import UndecodableImage
@@ -13,6 +14,11 @@ from .sniff import DICOM_PREFIX, DICOM_PREFIX_OFFSET, SNIFF_BYTES
 _LONG_LENGTH_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
+# A UID (PS3.5 9.1): digit components separated by dots, at most 64 characters. Leading zeros,
+# which the standard forbids but some devices write, are tolerated.
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+UID_MAX = 64
+
 # File Meta elements by element number
 MEDIA_STORAGE_SOP_CLASS_UID, MEDIA_STORAGE_SOP_INSTANCE_UID, TRANSFER_SYNTAX_UID = 0x0002, 0x0003, 0x0010
 
@@ -47,11 +53,21 @@ def read_file_meta(data: bytes) -> tuple[dict[int, str], int]:
 
 def part10_uids(data: bytes) -> tuple[str | None, str | None]:
     """(SOP Class UID, SOP Instance UID) from the File Meta group of a Part-10 file (Type 1
-    there), or None for what is missing, not Part-10, or damaged: a probe that never raises."""
+    there), or None for what is missing, not a valid UID, not Part-10, or damaged: a probe that
+    never raises."""
     if data[DICOM_PREFIX_OFFSET:SNIFF_BYTES] != DICOM_PREFIX:
         return None, None
     try:
         meta, _ = read_file_meta(data)
     except (UndecodableImage, struct.error):
         return None, None
-    return meta.get(MEDIA_STORAGE_SOP_CLASS_UID) or None, meta.get(MEDIA_STORAGE_SOP_INSTANCE_UID) or None
+    return valid_uid(meta.get(MEDIA_STORAGE_SOP_CLASS_UID)), valid_uid(meta.get(MEDIA_STORAGE_SOP_INSTANCE_UID))
+
+
+def valid_uid(value: object) -> str | None:
+    """``value`` as a UID if it is one (trailing NUL/space padding removed), else None: what
+    is stored, linked to and written into an SR must be a UID a PACS accepts."""
+    if value is None:
+        return None
+    text = str(value).rstrip("\x00 ").strip()
+    return text if len(text) <= UID_MAX and _UID.fullmatch(text) else None

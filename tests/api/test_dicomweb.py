@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import uuid
+import warnings
 import zlib
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.models import Job
+from shared.db.models import Image, Job
 
 from .conftest import AppFactory, Keys, Serve
 from .helpers import assert_problem
@@ -159,3 +160,23 @@ def test_damaged_parts_fail_alone_and_a_deflate_bomb_is_never_inflated_whole(
 
 def _refuse_to_inflate_at_once(*_: object, **__: object) -> bytes:
     raise AssertionError("a deflated dataset was inflated in one unbounded call")
+
+
+def test_header_values_longer_than_their_columns_store_and_answer(make_app: AppFactory, serve: Serve, keys: Keys,
+                                                                  sm: sessionmaker[Session]) -> None:
+    """A Modality of 17 characters, a model name with a NUL, a Study UID of 65: PostgreSQL
+    refused those rows with a 500 after the push's other instances were stored."""
+    base = serve(make_app())
+    url, auth = f"{base}/dicomweb/studies", keys.submitter.headers
+    good, odd = _ultrasound(generate_uid()), _ultrasound(generate_uid())
+    odd.Modality, odd.ManufacturerModelName, odd.StudyInstanceUID = "US-WITH-A-LONG-CODE", "a\x00b", "1." * 32 + "12"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        body, ctype = _related(_bytes(good), _bytes(odd))
+    r = httpx.post(url, content=body, headers={**auth, "Content-Type": ctype})
+    assert r.status_code == 200, r.text
+    assert sorted(j.external_id or "" for j in _jobs(sm)) == sorted([good.SOPInstanceUID, odd.SOPInstanceUID])
+    with sm() as session:
+        kept = session.scalars(select(Image).where(Image.dicom_sop_instance_uid == odd.SOPInstanceUID)).one()
+        assert (kept.dicom_modality, kept.dicom_manufacturer_model, kept.dicom_study_instance_uid) == (
+            "US-WITH-A-LONG-C", "ab", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,22 @@ def test_dicom_identifiers_are_reported() -> None:
     assert info.modality == "US"
     assert info.photometric_interpretation == "PALETTE COLOR"
     assert info.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
+
+
+def test_header_values_that_are_not_what_their_vr_allows_are_dropped_or_cut() -> None:
+    """What is kept must fit its column and, for UIDs, be a UID a PACS accepts: a 65-character
+    or non-numeric UID is not kept; text loses NULs and is cut to its VR's length."""
+    values = np.zeros((4, 4), dtype=np.uint8)
+    with warnings.catch_warnings():  # pydicom warns about each invalid value: that is the point
+        warnings.simplefilter("ignore")
+        data = make_dicom(values, "MONOCHROME2", SOPInstanceUID="1." * 32 + "12", StudyInstanceUID="1.2.abc",
+                          SeriesInstanceUID="1.2\x003", Modality="US-WITH-A-LONG-CODE",
+                          ManufacturerModelName="Voluson\x00E10")
+    info = decode_image(data).dicom
+    assert info is not None
+    assert (info.sop_instance_uid, info.study_instance_uid, info.series_instance_uid) == (None, None, None)
+    assert info.modality == "US-WITH-A-LONG-C" and info.manufacturer_model_name == "VolusonE10"
+    assert info.sop_class_uid == "1.2.840.10008.5.1.4.1.1.7"  # the valid one is kept
 
 
 # --- colour models -----------------------------------------------------------------------------

@@ -1,10 +1,13 @@
-"""Refusing request parts a /v1 route does not take: unknown query parameters and form fields.
+"""Refusing request parts a /v1 route does not take: unknown query parameters and form fields,
+and a single-valued one sent more than once.
 
-FastAPI ignores both. A misspelt filter (``?stauts=failed``, ``?group-by=label``) would answer
-with everything, or with the default grouping; a misspelt form field (``-F mdoe=hitl``) would
-run the job in the default mode; each looks like a right answer. JSON bodies are strict already
-(their models forbid extra fields). The names a route takes are read from its OpenAPI
-operation: what callers code against.
+FastAPI ignores the unknown and keeps the last of a repeated one. A misspelt filter
+(``?stauts=failed``, ``?group-by=label``) would answer with everything, or with the default
+grouping; a misspelt form field (``-F mdoe=hitl``) would run the job in the default mode; two
+``file`` parts to ``POST /v1/jobs`` would analyse the second and drop the first unseen; each
+looks like a right answer. JSON bodies are strict already (their models forbid extra fields).
+The names a route takes, and which of them are lists, are read from its OpenAPI operation:
+what callers code against.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class Takes:
 
     query: frozenset[str]
     form: frozenset[str] | None
+    lists: frozenset[str] = frozenset()  # the names that may come more than once (array-typed)
 
 
 async def known_inputs_only(request: Request) -> None:
@@ -35,11 +39,15 @@ async def known_inputs_only(request: Request) -> None:
     if not isinstance(route, APIRoute):
         return
     takes = route_takes(request.app, route)
-    _refuse("query parameter", request.query_params.keys(), takes.query, "unknown_query_parameter")
+    query = [name for name, _ in request.query_params.multi_items()]
+    _refuse("query parameter", query, takes.query, "unknown_query_parameter")
+    _refuse_repeats("query parameter", query, takes.lists, "repeated_query_parameter")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if takes.form is not None and content_type in FORM_TYPES:
         form = await request.form()  # parsed already by FastAPI for the route: Starlette keeps it
-        _refuse("form field", form.keys(), takes.form, "unknown_form_field")
+        fields = [name for name, _ in form.multi_items()]
+        _refuse("form field", fields, takes.form, "unknown_form_field")
+        _refuse_repeats("form field", fields, takes.lists, "repeated_form_field")
 
 
 def document_strict_forms(app: FastAPI) -> None:
@@ -72,10 +80,13 @@ def route_takes(app: FastAPI, route: APIRoute) -> Takes:
     if key not in cache:
         document = app.openapi()
         operations = [document["paths"].get(route.path_format, {}).get(m.lower(), {}) for m in methods]
-        query = frozenset(p["name"] for op in operations for p in op.get("parameters", []) if p.get("in") == "query")
+        parameters = [p for op in operations for p in op.get("parameters", []) if p.get("in") == "query"]
         forms = [schema for op in operations if (schema := _form_schema(document, op)) is not None]
-        form = frozenset(name for schema in forms for name in schema.get("properties", {})) if forms else None
-        cache[key] = Takes(query=query, form=form)
+        fields = {name: field for schema in forms for name, field in schema.get("properties", {}).items()}
+        lists = {p["name"] for p in parameters if _is_array(p.get("schema", {}))}
+        lists |= {name for name, field in fields.items() if _is_array(field)}
+        cache[key] = Takes(query=frozenset(p["name"] for p in parameters),
+                           form=frozenset(fields) if forms else None, lists=frozenset(lists))
     return cache[key]
 
 
@@ -95,3 +106,14 @@ def _refuse(what: str, sent: Iterable[str], allowed: frozenset[str], code: str) 
         takes = ", ".join(sorted(allowed)) or "none"
         raise Problem(422, code, f"unknown {what}(s) {', '.join(unknown)}; this route takes: {takes}",
                       unknown=unknown)
+
+
+def _refuse_repeats(what: str, sent: list[str], lists: frozenset[str], code: str) -> None:
+    repeated = sorted({name for name in sent if name not in lists and sent.count(name) > 1})
+    if repeated:
+        raise Problem(422, code, f"{what}(s) sent more than once: {', '.join(repeated)}; each takes one value",
+                      repeated=repeated)
+
+
+def _is_array(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "array" or any(s.get("type") == "array" for s in schema.get("anyOf", []))

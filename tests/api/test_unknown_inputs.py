@@ -63,6 +63,26 @@ def test_an_unknown_form_field_submits_nothing(client: TestClient, keys: Keys, s
     assert {(j["mode"], j["external_id"]) for j in jobs} == {("hitl", "ACC-1")}
 
 
+def test_a_single_valued_field_sent_twice_submits_nothing(client: TestClient, keys: Keys, sm: sessionmaker[Session],
+                                                          broker_url: str) -> None:
+    """Two ``file`` parts to POST /v1/jobs, or two ``mode`` values: the last one used to win,
+    the first image dropped unseen. A batch's ``file`` is a list and repeats by design."""
+    before = enqueued_job_ids(broker_url)
+    two_files = [("file", ("a.png", png(1), "image/png")), ("file", ("b.png", png(2), "image/png"))]
+    body = assert_problem(client.post("/v1/jobs", files=two_files, headers=keys.submitter.headers), 422,
+                          "repeated_form_field")
+    assert body["repeated"] == ["file"]
+    modes = [("file", ("a.png", png(1), "image/png")), ("mode", (None, "hitl")), ("mode", (None, "autonomous"))]
+    body = assert_problem(client.post("/v1/jobs", files=modes, headers=keys.submitter.headers), 422,
+                          "repeated_form_field")
+    assert body["repeated"] == ["mode"] and "more than once" in body["detail"]
+    assert stored(sm) == NOTHING_STORED and enqueued_job_ids(broker_url) == before
+    body = assert_problem(client.get("/v1/jobs?status=queued&status=failed", headers=keys.qa.headers), 422,
+                          "repeated_query_parameter")
+    assert body["repeated"] == ["status"]
+    assert client.post("/v1/batches", files=two_files, headers=keys.submitter.headers).status_code == 202
+
+
 def test_the_key_is_checked_first_and_health_routes_are_left_alone(client: TestClient) -> None:
     assert_problem(client.get("/v1/jobs", params={"stauts": "x"}), 401, "unauthorized")
     assert client.get("/healthz", params={"probe": "lb"}).status_code == 200

@@ -2,8 +2,10 @@
 the view label, and every box, polygon and keypoint as a 2D image region on the source
 instance, with the model as the algorithm identification.
 
-The SR carries no patient identity: the service never stored any (de-identification at
-ingest). It links to the study by the source's UIDs; a PACS files it there.
+The SR links to the study by the source's UIDs. Served by the API it carries no patient
+identity: the service never stored any (de-identification at ingest). Pushed to a PACS, it
+carries the patient and study attributes that PACS holds for the source
+(``services.notify.pacs_context``), so that the PACS files it in that study.
 """
 
 from __future__ import annotations
@@ -73,15 +75,19 @@ def _label(code: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(code[:16], SCHEME, code)
 
 
-def _evidence(source: SourceInstance) -> Dataset:
-    """The source as highdicom needs it: its UIDs, and patient/study attributes left empty."""
+def _evidence(source: SourceInstance, context: Dataset | None) -> Dataset:
+    """The source as highdicom needs it: its UIDs, and its patient and study attributes from
+    ``context`` (the PACS's copy of the source, at push time), else empty."""
     ds = Dataset()
+    for element in context or ():
+        ds.add(element)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = source.study_instance_uid, source.series_instance_uid
     ds.SOPInstanceUID, ds.SOPClassUID = source.sop_instance_uid, source.sop_class_uid
     ds.Modality = source.modality or "US"
     for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate",
                     "StudyTime", "AccessionNumber", "ReferringPhysicianName"):
-        setattr(ds, keyword, "")
+        if keyword not in ds:
+            setattr(ds, keyword, "")
     return ds
 
 
@@ -89,7 +95,10 @@ def _closed(points: list[tuple[float, float]]) -> np.ndarray:
     return np.array([*points, points[0]], dtype=float)
 
 
-def build_sr(document: ResultDocument, source: SourceInstance, *, job_id: str) -> hd.sr.Comprehensive3DSR:
+def build_sr(document: ResultDocument, source: SourceInstance, *, job_id: str,
+             context: Dataset | None = None) -> hd.sr.Comprehensive3DSR:
+    """The SR of a job's result. ``context``: the source's patient and study attributes (the
+    push to a PACS reads them from it); without it they are empty (the service has none)."""
     image = hd.sr.SourceImageForRegion(
         source.sop_class_uid, source.sop_instance_uid,
         referenced_frame_numbers=source.frame_numbers)
@@ -136,7 +145,7 @@ def build_sr(document: ResultDocument, source: SourceInstance, *, job_id: str) -
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=OBSTETRIC_US, imaging_measurements=measurements)  # type: ignore[arg-type]
     return hd.sr.Comprehensive3DSR(
-        evidence=[_evidence(source)], content=report,
+        evidence=[_evidence(source, context)], content=report,
         series_instance_uid=generate_uid(entropy_srcs=[job_id, "series"]), series_number=900,
         sop_instance_uid=generate_uid(entropy_srcs=[job_id, document.model.revision, "sr"]), instance_number=1,
         manufacturer="FADA Serve", is_complete=True)

@@ -19,6 +19,7 @@ from services.jobs import get_result
 from shared.db.models import DeliveryKind
 from shared.schemas.results import ResultDocument
 
+from .pacs_context import SourceNotInPacs, source_context
 from .sealing import SecretBox, SecretUnavailable
 from .signing import webhook_headers
 from .targets import InvalidTarget, PinnedTarget, pin_target
@@ -116,7 +117,11 @@ def _store_sr(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Sess
             raise _Unsendable(f"job {delivery.job_id} has no result")
         source = source_instance(session, delivery.job_id)
         document = ResultDocument.model_validate(result.document)
-    dataset = sr_bytes(build_sr(document, source, job_id=delivery.job_id))
+    try:
+        context = source_context(client, delivery.url, source, authorization)
+    except SourceNotInPacs as exc:
+        raise _Unsendable(str(exc)) from None
+    dataset = sr_bytes(build_sr(document, source, job_id=delivery.job_id, context=context))
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + dataset
             + f"\r\n--{boundary}--\r\n".encode())

@@ -1,9 +1,12 @@
 """Results back in the PACS: with ``pacs_stow_url`` set, a DICOM job's result is stored to a
-real Orthanc by STOW-RS as a Comprehensive 3D SR in the source's study, once."""
+real Orthanc by STOW-RS as a Comprehensive 3D SR in the source's study, once, carrying the
+patient and study attributes the PACS holds for the source (so the study stays one study of
+one patient); while the PACS lacks the source, the SR waits."""
 
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import highdicom as hd
@@ -21,8 +24,14 @@ from .helpers import file_part, png, succeed_job, ultrasound_dicom
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
-def _orthanc_files(orthanc: str) -> list[bytes]:
-    return [httpx.get(f"{orthanc}/instances/{i}/file").content for i in httpx.get(f"{orthanc}/instances").json()]
+def _orthanc_files(orthanc: str, *, modality: str = "SR") -> list[bytes]:
+    files = [httpx.get(f"{orthanc}/instances/{i}/file").content for i in httpx.get(f"{orthanc}/instances").json()]
+    return [f for f in files if pydicom.dcmread(io.BytesIO(f), stop_before_pixels=True).Modality == modality]
+
+
+def _store_source(orthanc: str) -> None:
+    r = httpx.post(f"{orthanc}/instances", content=ultrasound_dicom(), headers={"Content-Type": "application/dicom"})
+    assert r.status_code == 200, r.text
 
 
 def test_a_dicom_job_s_result_is_stored_in_the_pacs_as_an_sr(orthanc: str, make_client: ClientFactory, keys: Keys,
@@ -31,6 +40,7 @@ def test_a_dicom_job_s_result_is_stored_in_the_pacs_as_an_sr(orthanc: str, make_
     overrides = {"pacs_stow_url": f"{orthanc}/dicom-web/studies"}
     client = make_client(**overrides)
     source = pydicom.dcmread(io.BytesIO(ultrasound_dicom()))
+    _store_source(orthanc)  # the PACS holds the source, as when it is the one that sent it to us
     dicom_job = client.post("/v1/jobs", files=file_part(ultrasound_dicom(), "us.dcm"), headers=keys.submitter.headers)
     png_job = client.post("/v1/jobs", files=file_part(png()), headers=keys.submitter.headers)
     assert dicom_job.status_code == png_job.status_code == 202
@@ -44,12 +54,17 @@ def test_a_dicom_job_s_result_is_stored_in_the_pacs_as_an_sr(orthanc: str, make_
     sr = hd.sr.srread(io.BytesIO(stored))  # highdicom reads it back as an SR document
     assert sr.SOPClassUID == COMPREHENSIVE_3D_SR and sr.Modality == "SR"
     assert sr.StudyInstanceUID == source.StudyInstanceUID  # filed in the source's study
+    # ... of the source's patient, as the PACS holds it: one study, one patient, two instances
+    assert (sr.PatientID, str(sr.PatientName), sr.StudyDate) == (source.PatientID, str(source.PatientName),
+                                                                 source.StudyDate)
+    assert len(httpx.get(f"{orthanc}/studies").json()) == 1 and len(httpx.get(f"{orthanc}/patients").json()) == 1
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert any(item.ValueType == "CONTAINER" for item in sr.ContentSequence)  # the imaging measurements
-    # the same SR the API serves for the job
-    served = client.get(f"/v1/jobs/{dicom_job.json()['id']}/sr.dcm", headers=keys.submitter.headers)
-    assert pydicom.dcmread(io.BytesIO(served.content)).SOPInstanceUID == sr.SOPInstanceUID
+    # the same SR the API serves for the job, which carries no identity (the service has none)
+    served = pydicom.dcmread(io.BytesIO(client.get(f"/v1/jobs/{dicom_job.json()['id']}/sr.dcm",
+                                                   headers=keys.submitter.headers).content))
+    assert served.SOPInstanceUID == sr.SOPInstanceUID and served.PatientID == ""
 
     # sent once: later dispatches store nothing more
     dispatch_once(sm, settings, owner="d")
@@ -76,3 +91,31 @@ def test_an_unreachable_pacs_is_retried_then_failed(make_client: ClientFactory, 
     log = client.get(f"/v1/jobs/{job.json()['id']}/deliveries", headers=keys.submitter.headers).json()
     assert log[0]["status"] == "failed" and [t["attempt"] for t in log[0]["tries"]] == [1, 2]
     assert "ConnectError" in log[0]["last_error"]
+
+
+def test_an_sr_waits_while_the_pacs_lacks_its_source(orthanc: str, make_client: ClientFactory, keys: Keys,
+                                                     sm: sessionmaker[Session], db_url: str, tmp_path: Path,
+                                                     broker_url: str) -> None:
+    """An image sent to the service before (or instead of) the PACS: storing the SR then would
+    file a patient-less second copy of the study. The try fails saying so and is retried; once
+    the PACS holds the source, the SR goes in with its patient."""
+    overrides = {"pacs_stow_url": f"{orthanc}/dicom-web/studies", "notify_retry_base_seconds": 0.05}
+    client = make_client(**overrides)
+    job = client.post("/v1/jobs", files=file_part(ultrasound_dicom(), "us.dcm"), headers=keys.submitter.headers)
+    succeed_job(sm, job.json()["id"])
+    settings = make_settings(db_url, tmp_path, broker_url, **overrides)
+    report = dispatch_once(sm, settings, owner="d")
+    assert report.retrying and not report.delivered, report
+    assert httpx.get(f"{orthanc}/instances").json() == []  # nothing filed
+    [delivery] = client.get(f"/v1/jobs/{job.json()['id']}/deliveries", headers=keys.submitter.headers).json()
+    why = delivery["tries"][0]["error"]
+    assert "the PACS has no instance" in why and "patient-less" in why
+    _store_source(orthanc)
+    for _ in range(100):
+        if dispatch_once(sm, settings, owner="d").delivered:
+            break
+        time.sleep(0.05)
+    [stored] = _orthanc_files(orthanc)
+    source = pydicom.dcmread(io.BytesIO(ultrasound_dicom()))
+    assert pydicom.dcmread(io.BytesIO(stored)).PatientID == source.PatientID
+    assert len(httpx.get(f"{orthanc}/studies").json()) == 1

@@ -1,0 +1,66 @@
+"""The patient and study attributes of a job's source instance, read from the PACS when the
+job's SR is pushed there. The service keeps no patient identity (de-identification at ingest),
+but an SR filed in the source's study must carry that study's Patient and General Study
+values: a study belongs to one patient (PS3.3 A.1.2), and a PACS that receives an SR with the
+study's UID and an empty patient files it as a second, patient-less copy of the study. The
+values pass through this process to the PACS that already holds them; nothing is stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydicom.dataset import Dataset
+
+from services.export.dicom_sr import SourceInstance
+
+# Patient module and General Study module attributes the SR repeats, by tag (DICOM JSON keys);
+# SpecificCharacterSet so that names outside ASCII read back the same.
+CONTEXT_TAGS = {
+    "00080005": "SpecificCharacterSet",
+    "00100010": "PatientName", "00100020": "PatientID", "00100021": "IssuerOfPatientID",
+    "00100030": "PatientBirthDate", "00100040": "PatientSex",
+    "00080020": "StudyDate", "00080030": "StudyTime", "00080050": "AccessionNumber",
+    "00080090": "ReferringPhysicianName", "00200010": "StudyID", "00081030": "StudyDescription",
+}
+
+
+class SourceNotInPacs(Exception):
+    """The PACS does not answer the source instance's metadata: no SR is pushed (yet)."""
+
+
+def metadata_url(stow_url: str, source: SourceInstance) -> str:
+    """WADO-RS instance metadata URL on the same DICOMweb service as the STOW-RS URL
+    (``…/dicom-web/studies`` -> ``…/dicom-web/studies/{study}/series/{series}/instances/{sop}/metadata``)."""
+    base = stow_url.rstrip("/")
+    base = base[: base.rfind("/studies")] if "/studies" in base else base
+    return (f"{base}/studies/{source.study_instance_uid}/series/{source.series_instance_uid}"
+            f"/instances/{source.sop_instance_uid}/metadata")
+
+
+def source_context(client: httpx.Client, stow_url: str, source: SourceInstance,
+                   authorization: str | None) -> Dataset:
+    """The source's patient and study attributes as the PACS holds them. Raises
+    ``SourceNotInPacs`` when the PACS does not have it or will not say, with why."""
+    headers = {"Accept": "application/dicom+json"}
+    if authorization:
+        headers["Authorization"] = authorization
+    url = metadata_url(stow_url, source)
+    response = client.get(url, headers=headers)
+    if response.status_code == 404 or (response.is_success and not _items(response)):
+        raise SourceNotInPacs(
+            f"the PACS has no instance {source.sop_instance_uid} (WADO-RS metadata: HTTP {response.status_code}); "
+            f"an SR with study {source.study_instance_uid} and no patient would start a second, patient-less "
+            "copy of that study there, so it waits until the PACS holds the source")
+    if not response.is_success:
+        raise SourceNotInPacs(f"the PACS answered HTTP {response.status_code} to the source's metadata ({url})")
+    [first, *_] = _items(response)
+    return Dataset.from_json({tag: value for tag, value in first.items() if tag in CONTEXT_TAGS})
+
+
+def _items(response: httpx.Response) -> list[dict[str, Any]]:
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    return [item for item in body if isinstance(item, dict)] if isinstance(body, list) else []

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
 from services.keys import allows
@@ -25,7 +27,6 @@ EvaluationId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, descriptio
 # Documents the bearer scheme in OpenAPI; the middleware does the checking (before the body
 # is read), so this never refuses anything itself.
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <api key>")
-V1_DEPENDENCIES = [Depends(bearer), Depends(known_inputs_only)]
 
 
 def get_ctx(request: Request) -> AppContext:
@@ -36,20 +37,45 @@ def get_ctx(request: Request) -> AppContext:
 Ctx = Annotated[AppContext, Depends(get_ctx)]
 
 
-def require(*roles: Role) -> Callable[[Request], Caller]:
-    """A dependency giving the authenticated caller, or 403 when its role is not one of
-    ``roles`` (admin always passes). The middleware has answered 401 already if no key."""
-    names = ", ".join(r.value for r in roles)
+class RoleCheck:
+    """The dependency ``require`` gives: the authenticated caller, or 403 when its role is not
+    one of ``roles`` (admin always passes). The middleware has answered 401 already if no key."""
 
-    def dependency(request: Request) -> Caller:
+    def __init__(self, roles: tuple[Role, ...]) -> None:
+        self.roles = roles
+
+    def __call__(self, request: Request) -> Caller:
         caller: Caller | None = getattr(request.state, "caller", None)
         if caller is None:  # only reachable if the route is mounted outside /v1
             raise Problem(401, "unauthorized", "missing API key")
-        if not allows(caller.role, *roles):
+        if not allows(caller.role, *self.roles):
+            names = ", ".join(r.value for r in self.roles)
             raise Problem(403, "forbidden", f"this needs the role {names} (or admin); the key has {caller.role}")
         return caller
 
-    return dependency
+
+def require(*roles: Role) -> Callable[[Request], Caller]:
+    return RoleCheck(roles)
+
+
+async def roles_first(request: Request) -> None:
+    """Run the route's role checks before anything else looks at its inputs: a known key with
+    the wrong role gets 403, not a 422 that would also list what the route takes. (FastAPI
+    parses a JSON or form body before any dependency, so a body that does not parse is still
+    refused with 422 first.)"""
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute):
+        for check in _role_checks(route.dependant):
+            check(request)
+
+
+def _role_checks(dependant: Dependant) -> list[RoleCheck]:
+    found = [d.call for d in dependant.dependencies if isinstance(d.call, RoleCheck)]
+    return found + [c for d in dependant.dependencies for c in _role_checks(d)]
+
+
+# Every /v1 route: the bearer scheme documented, the role checked, unknown inputs refused.
+V1_DEPENDENCIES = [Depends(bearer), Depends(roles_first), Depends(known_inputs_only)]
 
 
 def set_audit_job(request: Request, job_id: str, **detail: object) -> None:

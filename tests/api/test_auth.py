@@ -193,3 +193,17 @@ def test_submitters_see_only_their_own_batches(client: TestClient, keys: Keys) -
     assert client.get(f"/v1/batches/{batch}", headers=keys.reviewer.headers).status_code == 200
     listed = client.get("/v1/jobs", params={"batch_id": batch}, headers=keys.other_submitter.headers).json()
     assert listed["items"] == []
+
+
+@pytest.mark.parametrize(("method", "path", "role"), [
+    ("GET", "/v1/reports/scores?x=1", "submitter"),  # wrong role and an unknown parameter
+    ("POST", "/v1/jobs?x=1", "reviewer"),
+    ("GET", "/v1/reviews/queue?page=2", "submitter"),
+])
+def test_the_role_is_checked_before_the_inputs(client: TestClient, keys: Keys, method: str, path: str,
+                                               role: str) -> None:
+    """Known key, wrong role: 403, not a 422 that lists what the route takes to a key that may
+    not use it."""
+    files = file_part(png()) if method == "POST" else None
+    r = client.request(method, path, files=files, headers=getattr(keys, role).headers)
+    assert_problem(r, 403, "forbidden")

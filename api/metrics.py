@@ -13,10 +13,15 @@ LATENCY = Histogram("fada_http_request_duration_seconds", "HTTP request latency"
 JOBS_SUBMITTED = Counter("fada_jobs_submitted_total", "jobs accepted by this gateway process", ["mode"])
 
 
+# Label values must be few: any other method a client invents is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def observe_request(scope: Scope, status: int, seconds: float) -> None:
     route = getattr(scope.get("route"), "path", None) or "unmatched"  # templates, never raw ids
-    REQUESTS.labels(scope["method"], route, str(status)).inc()
-    LATENCY.labels(scope["method"], route).observe(seconds)
+    method = scope["method"] if scope["method"] in METHODS else "other"
+    REQUESTS.labels(method, route, str(status)).inc()
+    LATENCY.labels(method, route).observe(seconds)
 
 
 def render(job_counts: dict[str, int], live_workers: int) -> bytes:

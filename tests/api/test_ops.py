@@ -121,6 +121,12 @@ def test_metrics(client: TestClient, keys: Keys, sm: sessionmaker[Session]) -> N
     cancel_key = ("fada_http_requests_total",
                   (("method", "POST"), ("route", "/v1/jobs/{job_id}/cancel"), ("status", "200")))
     assert after[cancel_key] >= 1
+    # a method a client invents does not become a label value of its own
+    for invented in ("BREW", "X-SCAN-1", "X-SCAN-2"):
+        client.request(invented, "/healthz")
+    methods = {dict(labels).get("method") for name, labels in _samples(client.get("/metrics").text)
+               if name == "fada_http_requests_total"}
+    assert "other" in methods and not methods & {"BREW", "X-SCAN-1", "X-SCAN-2"}
 
 
 def test_unknown_route_is_a_404_problem(client: TestClient, keys: Keys, subtests: pytest.Subtests) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
@@ -82,7 +83,9 @@ class DeliveryOut(BaseModel):
     id: str  # the webhook-id header of every try
     kind: DeliveryKind
     event: str
-    url: str | None  # the webhook URL; the PACS address is not shown to callers
+    # The webhook URL; the PACS address is not shown to callers. Its query (where receivers
+    # often keep a token) only to the job's own key and admins.
+    url: str | None
     status: DeliveryStatus
     attempts: int
     next_attempt_at: datetime | None
@@ -93,16 +96,23 @@ class DeliveryOut(BaseModel):
     tries: list[DeliveryTry]
 
     @classmethod
-    def of(cls, delivery: Delivery, tries: list[DeliveryAttempt]) -> DeliveryOut:
+    def of(cls, delivery: Delivery, tries: list[DeliveryAttempt], *, owner: bool) -> DeliveryOut:
+        url = delivery.url if delivery.kind is DeliveryKind.webhook else None
         return cls(
             id=delivery.id, kind=delivery.kind, event=delivery.event,
-            url=delivery.url if delivery.kind is DeliveryKind.webhook else None, status=delivery.status,
+            url=url if owner or url is None else _without_query(url), status=delivery.status,
             attempts=delivery.attempts,
             next_attempt_at=delivery.next_attempt_at if delivery.status is DeliveryStatus.pending else None,
             last_status_code=delivery.last_status_code, last_error=delivery.last_error,
             created_at=delivery.created_at, delivered_at=delivery.delivered_at,
             tries=[DeliveryTry(attempt=t.attempt, at=t.at, status_code=t.status_code, error=t.error,
                                duration_ms=t.duration_ms) for t in tries])
+
+
+def _without_query(url: str) -> str:
+    parts = urlsplit(url)
+    hidden = "?(hidden)" if parts.query else ""
+    return parts._replace(query="", fragment="").geturl() + hidden
 
 
 class Health(BaseModel):

@@ -166,10 +166,12 @@ def structured_report(ctx: Ctx, caller: Reader, job_id: JobId) -> Response:
 @router.get("/{job_id}/deliveries", response_model=list[DeliveryOut], responses={404: PROBLEM})
 def deliveries(ctx: Ctx, caller: Reader, job_id: JobId) -> list[DeliveryOut]:
     """The job's notification log: each webhook event (and SR push to the PACS) with every try
-    and what the receiver answered."""
-    _visible(ctx, caller, job_id)
+    and what the receiver answered. Readers other than the job's own key see webhook URLs
+    without their query."""
+    job = _visible(ctx, caller, job_id)
+    owner = caller.role is Role.admin or job.api_key_id == caller.key_id
     with ctx.sm() as session:
-        return [DeliveryOut.of(d, tries) for d, tries in deliveries_of(session, job_id)]
+        return [DeliveryOut.of(d, tries, owner=owner) for d, tries in deliveries_of(session, job_id)]
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={404: PROBLEM, 409: PROBLEM})

@@ -432,3 +432,21 @@ def test_through_a_proxy_from_the_environment_the_webhook_goes_by_name(
     monkeypatch.setenv("NO_PROXY", "exempt.test")
     assert pin_target("http://exempt.test/x", []).via_proxy is False
     assert pin_target("http://other.test/x", []).via_proxy is True
+
+
+def test_other_readers_see_a_webhook_url_without_its_query(make_client: ClientFactory, keys: Keys,
+                                                           sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+                                                           tmp_path: Path, broker_url: str) -> None:
+    """Receivers often keep a token in the URL's query: the job's own key and admins see it,
+    reviewers and QA see where the events went, not the token."""
+    _hook_key(sm, keys, None, tmp_path)
+    client = make_client(webhook_allowed_hosts=LOCAL)
+    url = receiver.url + "?token=s3cret"
+    job_id = _submit(client, keys, callback_url=url)
+    succeed_job(sm, job_id)
+    dispatch_once(sm, _settings(db_url, tmp_path, broker_url), owner="d")
+    assert receiver.wait_for(1)[0].path.endswith("?token=s3cret")  # the receiver got it whole
+    seen = {role: client.get(f"/v1/jobs/{job_id}/deliveries", headers=getattr(keys, role).headers).json()[0]["url"]
+            for role in ("submitter", "admin", "qa", "reviewer")}
+    assert seen == {"submitter": url, "admin": url, "qa": receiver.url + "?(hidden)",
+                    "reviewer": receiver.url + "?(hidden)"}

@@ -125,8 +125,8 @@ def process_batch(
 
     Never raises for the jobs' own errors: a bad image or a rejected resume fails that job
     alone; any other error of a job releases it for a retry (``Outcome.requeued``: the caller
-    enqueues it again) until its attempts run out; an error of the whole batch (e.g. CUDA out
-    of memory) releases every job of it.
+    enqueues it again) until its attempts run out; when the batch fails as a whole (e.g. CUDA
+    out of memory), each job is run alone and gets its own outcome.
     """
     lease = _lease(lease_seconds)
     with sm.begin() as session:
@@ -159,17 +159,9 @@ def _claim_more(sm: sessionmaker[Session], *, owner: str, lease_seconds: int, li
 # -- the model work -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _BatchFailed:
-    """The whole batch failed (e.g. CUDA out of memory): a transient error of every job in
-    it, whatever its type, so each is released for a retry. Logged once, for the batch."""
-
-    detail: str
-
-
-# What became of a job's model run: its document, the exception for it, the failure of the
-# whole batch, or a JobRun when it was settled before the model ran (e.g. an unreadable image).
-_Output: TypeAlias = ResultDocument | Exception | _BatchFailed | JobRun
+# What became of a job's model run: its document, the exception for it, or a JobRun when it
+# was settled before the model ran (e.g. an unreadable image).
+_Output: TypeAlias = ResultDocument | Exception | JobRun
 
 
 def _run(sm: sessionmaker[Session], pipeline: Pipeline, jobs: Sequence[ClaimedJob],
@@ -190,11 +182,12 @@ def _run(sm: sessionmaker[Session], pipeline: Pipeline, jobs: Sequence[ClaimedJo
         results = _infer(pipeline, list(items.values()))
         if len(results) != len(items):
             raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
-    except Exception as exc:
-        log.exception("a batch of %d job(s) failed as a whole", len(items))
-        failed = _BatchFailed(f"{type(exc).__name__}: {exc}")
-        outputs.update((job_id, failed) for job_id in items)
-        return outputs
+    except Exception:
+        # The batch failed as a whole (out of memory, or one input the batched path cannot
+        # take): run each job alone, so that each gets its own outcome and the others of a
+        # bad input are not charged an attempt for it.
+        log.exception("a batch of %d job(s) failed as a whole; running each alone", len(items))
+        results = [output for item in items.values() for output in _infer(pipeline, [item])]
     outputs.update(zip(items, results, strict=True))
     return outputs
 
@@ -252,8 +245,6 @@ def _settle(sm: sessionmaker[Session], job: ClaimedJob, output: _Output) -> JobR
         return _finish_failed(sm, job, BAD_IMAGE_CODE, f"the stored image cannot be read: {output}")
     if isinstance(output, ResumeError):
         return _finish_failed(sm, job, BAD_RESUME_CODE, str(output))
-    if isinstance(output, _BatchFailed):
-        return _release(sm, job, output.detail)
     if isinstance(output, Exception):
         log.error("job %s attempt %d failed", job.id, job.attempts, exc_info=output)
         return _release(sm, job, f"{type(output).__name__}: {output}")

@@ -175,24 +175,43 @@ def test_a_result_the_database_refuses_costs_its_job_one_attempt_and_no_other_jo
     assert "the result could not be stored: RuntimeError: simulated" in (gave_up.error_detail or "")
 
 
-def test_a_failing_batch_releases_every_job_for_retry(sm: sessionmaker[Session], pipeline: Pipeline,
-                                                      submit: Callable[..., str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    ids = [submit(png(11)), submit(png(12), mode="hitl"), submit(png(13), max_attempts=1)]
+def test_a_batch_that_fails_as_a_whole_runs_each_job_alone(sm: sessionmaker[Session], pipeline: Pipeline,
+                                                            submit: Callable[..., str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batched path fails (out of memory, say): each job is then run alone and gets its
+    own outcome, as at batch size 1. One input that also fails alone is released (or fails,
+    its attempts used) by itself; the others are not charged an attempt for it."""
+    ids = [submit(png(11)), submit(png(12), mode="hitl"), submit(png(13), max_attempts=1), submit(png(17))]
+    poison = load_image_sha(sm, ids[2])
+
+    real_run_batch, real_analyze = pipeline.run_batch, pipeline.analyze
 
     def oom(items: Sequence[BatchItem]) -> list[ResultDocument | Exception]:
-        raise ResumeError("CUDA out of memory (simulated; even an error type that fails one job alone)")
+        if len(items) > 1:  # the per-image entry points are batches of one: those fit
+            raise ResumeError("CUDA out of memory (simulated; even an error type that fails one job alone)")
+        return real_run_batch(items)
+
+    def analyze(decoded: Any, **kwargs: Any) -> ResultDocument:
+        if decoded.sha256 == poison:
+            raise RuntimeError("this image breaks the model even alone")
+        return real_analyze(decoded, **kwargs)
 
     monkeypatch.setattr(pipeline, "run_batch", oom)
-    runs = process_batch(sm, pipeline, ids[0], owner=OWNER, lease_seconds=30, batch_size=3)
-    assert outcomes(runs) == {ids[0]: Outcome.requeued, ids[1]: Outcome.requeued, ids[2]: Outcome.failed}
-    for job_id in ids[:2]:
-        job = job_row(sm, job_id)
-        assert job.status is JobStatus.queued and job.attempts == 1 and job.lease_owner is None
-    last = job_row(sm, ids[2])  # its only attempt is used up
-    assert last.error_code == "max_attempts" and "CUDA out of memory" in (last.error_detail or "")
+    monkeypatch.setattr(pipeline, "analyze", analyze)
+    runs = process_batch(sm, pipeline, ids[0], owner=OWNER, lease_seconds=30, batch_size=4)
+    assert outcomes(runs) == {ids[0]: Outcome.succeeded, ids[1]: Outcome.awaiting_review,
+                              ids[2]: Outcome.failed, ids[3]: Outcome.succeeded}
+    for job_id in (ids[0], ids[1], ids[3]):
+        assert job_row(sm, job_id).attempts == 1
+    last = job_row(sm, ids[2])  # its only attempt is used up, by its own error
+    assert last.error_code == "max_attempts" and "breaks the model even alone" in (last.error_detail or "")
     with sm() as s:
-        assert s.scalars(select(Result.id)).all() == []
+        assert len(s.scalars(select(Result.id)).all()) == 3
+
+
+def load_image_sha(sm: sessionmaker[Session], job_id: str) -> str:
+    with sm() as s:
+        return str(s.scalar(select(Image.sha256).join(Job, Job.image_id == Image.id).where(Job.id == job_id)))
 
 
 def test_batch_size_bounds_the_claim(sm: sessionmaker[Session], pipeline: Pipeline,

@@ -122,7 +122,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+        code = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
             exc.status_code, f"http_{exc.status_code}")
         return problem_response(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
 

@@ -100,6 +100,12 @@ def test_not_multipart_at_all(client: TestClient, keys: Keys) -> None:
     assert MARKER not in r.text
 
 
+def test_a_body_that_does_not_parse_is_a_400_malformed_body(client: TestClient, keys: Keys) -> None:
+    r = client.post("/v1/evaluations", content=b'{"name": "\xff\xfe"}',
+                    headers={**keys.qa.headers, "Content-Type": "application/json"})
+    assert_problem(r, 400, "malformed_body")
+
+
 @pytest.mark.usefixtures("nothing_stored")
 def test_file_sent_as_a_plain_field_is_not_echoed(client: TestClient, keys: Keys) -> None:
     r = client.post("/v1/jobs", data={"file": MARKER * 100}, headers=keys.submitter.headers)

@@ -57,7 +57,7 @@ def keys_create(
         min=1, show_default=False,
         help="most jobs this key may have queued or running (default: FADA_MAX_PENDING_PER_KEY)")] = None,
     expires_in_days: Annotated[float | None, typer.Option(
-        min=0.001, show_default=False,
+        min=0.001, max=36500, show_default=False,
         help="refuse the key this many days from now, as if revoked (default: never)")] = None,
 ) -> None:
     """Create a key and print its secret, alone, on stdout (only its hash is stored)."""

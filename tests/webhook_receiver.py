@@ -55,6 +55,8 @@ def running_receiver(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
     receiver = Receiver(url="")
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keeps connections alive, as real receivers do
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             receiver.requests.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
@@ -85,9 +87,9 @@ def running_receiver(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
         server.server_close()
 
 
-def tls_pair(dns_name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def tls_pair(dns_name: str) -> tuple[ssl.SSLContext, bytes]:
     """A server context with a fresh self-signed certificate for ``dns_name`` only (no IP
-    address in it), and a client context that trusts that certificate and checks host names."""
+    address in it), and that certificate (PEM) for a client's trust store."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)])
     now = dt.datetime.now(dt.UTC)
@@ -106,5 +108,4 @@ def tls_pair(dns_name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         key_file.write_bytes(key_pem)
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server.load_cert_chain(cert_file, key_file)
-    client = ssl.create_default_context(cadata=cert_pem.decode())
-    return server, client
+    return server, cert_pem

@@ -83,8 +83,11 @@ def accept_job(
             earlier = find_idempotent(session, api_key_id, idempotency_key, print_)
             if earlier is not None:
                 return Accepted(earlier.id, created=False)
-    with sm() as session:
-        admit(session, api_key_id, 1, max_pending, lock=False)
+    try:
+        with sm() as session:
+            admit(session, api_key_id, 1, max_pending, lock=False)
+    except TooManyPending as refused:
+        return Accepted(_committed_twin(sm, api_key_id, idempotency_key, print_, refused)[0], created=False)
     decoded = decode_image(upload.data, frame=options.frame, max_pixels=max_pixels)
     try:
         with sm.begin() as session:
@@ -99,11 +102,8 @@ def accept_job(
                     raise _LostRace(earlier.id)
     except _LostRace as race:
         return Accepted(race.target_id, created=False)
-    except TooManyPending:
-        twin = _committed_twin(sm, api_key_id, idempotency_key, print_)
-        if twin is None:
-            raise
-        return Accepted(twin[0], created=False)
+    except TooManyPending as refused:
+        return Accepted(_committed_twin(sm, api_key_id, idempotency_key, print_, refused)[0], created=False)
     enqueue(job_id)
     return Accepted(job_id, created=True)
 
@@ -130,8 +130,12 @@ def accept_batch(
             earlier = find_idempotent(session, api_key_id, idempotency_key, print_)
             if isinstance(earlier, Batch):
                 return Accepted(earlier.id, created=False), [j.id for j in earlier.jobs]
-    with sm() as session:
-        admit(session, api_key_id, len(uploads), max_pending, lock=False)
+    try:
+        with sm() as session:
+            admit(session, api_key_id, len(uploads), max_pending, lock=False)
+    except TooManyPending as refused:
+        twin = _committed_twin(sm, api_key_id, idempotency_key, print_, refused)
+        return Accepted(twin[0], created=False), twin[1]
     decoded = []
     for index, upload in enumerate(uploads):
         try:
@@ -160,28 +164,25 @@ def accept_batch(
             if again is None:  # the key named a job, not a batch: the same key for another request
                 raise IdempotencyConflict(idempotency_key or "") from None
             return Accepted(again.id, created=False), [j.id for j in again.jobs]
-    except TooManyPending:
-        twin = _committed_twin(sm, api_key_id, idempotency_key, print_)
-        if twin is None:
-            raise
+    except TooManyPending as refused:
+        twin = _committed_twin(sm, api_key_id, idempotency_key, print_, refused)
         return Accepted(twin[0], created=False), twin[1]
     for job_id in job_ids:
         enqueue(job_id)
     return Accepted(batch_id, created=True), job_ids
 
 
-def _committed_twin(sm: sessionmaker[Session], api_key_id: str, key: str | None,
-                    print_: str) -> tuple[str, list[str]] | None:
-    """What a concurrent request with the same Idempotency-Key committed while this one was
-    decoding (the pending-limit count that refused this one included it): its id and, for a
-    batch, its job ids; None if there is none."""
-    if not key:
-        return None
-    with sm() as session:
-        twin = find_idempotent(session, api_key_id, key, print_)
-        if twin is None:
-            return None
-        return twin.id, [j.id for j in twin.jobs] if isinstance(twin, Batch) else []
+def _committed_twin(sm: sessionmaker[Session], api_key_id: str, key: str | None, print_: str,
+                    refused: TooManyPending) -> tuple[str, list[str]]:
+    """What a concurrent request with the same Idempotency-Key committed while this one was on
+    its way (the pending-limit count that refused this one included it): its id and, for a
+    batch, its job ids. Without such a twin, ``refused`` is the answer: it is raised."""
+    if key:
+        with sm() as session:
+            twin = find_idempotent(session, api_key_id, key, print_)
+            if twin is not None:
+                return twin.id, [j.id for j in twin.jobs] if isinstance(twin, Batch) else []
+    raise refused
 
 
 def _digest(data: bytes) -> bytes:

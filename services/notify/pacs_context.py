@@ -7,9 +7,11 @@ values pass through this process to the PACS that already holds them; nothing is
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from services.export.dicom_sr import SourceInstance
@@ -55,7 +57,31 @@ def source_context(client: httpx.Client, stow_url: str, source: SourceInstance,
     if not response.is_success:
         raise SourceNotInPacs(f"the PACS answered HTTP {response.status_code} to the source's metadata ({url})")
     [first, *_] = _items(response)
-    return Dataset.from_json({tag: value for tag, value in first.items() if tag in CONTEXT_TAGS})
+    context = Dataset()
+    for tag, value in first.items():
+        if tag in CONTEXT_TAGS:
+            element = _element(tag, value)
+            if element is not None:
+                context.add(element)
+    return context
+
+
+def _element(tag: str, value: Any) -> DataElement | None:
+    """One attribute from the PACS's DICOM JSON, or None when it is malformed or a value an SR
+    may not carry (highdicom refuses e.g. PatientSex "U" or a date written 1990-01-01): a
+    missing optional attribute is better than an SR that can never be built."""
+    try:
+        element = Dataset.from_json({tag: value})[int(tag, 16)]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    text = str(element.value) if element.value is not None else ""
+    if element.keyword == "PatientSex" and text not in ("M", "F", "O", ""):
+        return None
+    if element.VR == "DA" and text and not re.fullmatch(r"\d{8}", text):
+        return None
+    if element.VR == "TM" and text and not re.fullmatch(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", text):
+        return None
+    return element
 
 
 def _items(response: httpx.Response) -> list[dict[str, Any]]:

@@ -3,7 +3,11 @@ Returns what happened; never raises for the receiver's behaviour."""
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import os
+import ssl
 import time
 import uuid
 from collections.abc import Sequence
@@ -11,6 +15,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import certifi
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +28,8 @@ from .pacs_context import SourceNotInPacs, source_context
 from .sealing import SecretBox, SecretUnavailable
 from .signing import webhook_headers
 from .targets import InvalidTarget, PinnedTarget, pin_target
+
+log = logging.getLogger(__name__)
 
 ADDRESSES_TRIED = 2  # typically a name's IPv6 and IPv4 address
 
@@ -57,6 +64,9 @@ def send(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Session],
             response = _store_sr(delivery, client, sm, pacs_authorization)
     except (httpx.HTTPError, _Unsendable) as exc:
         return Attempt(False, None, f"{type(exc).__name__}: {exc}"[:1000], _ms(started))
+    except Exception as exc:  # a surprise is this delivery's failed try, never the whole pass's
+        log.exception("delivery %s (%s): unexpected error", delivery.id, delivery.kind.value)
+        return Attempt(False, None, f"unexpected {type(exc).__name__}: {exc}"[:1000], _ms(started))
     ok = 200 <= response.status_code < 300
     error = None if ok else _http_error(response, delivery.kind)
     return Attempt(ok, response.status_code, error, _ms(started), _retry_after(response))
@@ -96,17 +106,37 @@ def _post_pinned(client: httpx.Client, target: PinnedTarget, body: bytes, header
     """POST to the checked addresses only, in order, moving on when one cannot be connected to
     (as a plain connect would over a name's addresses), at most ``ADDRESSES_TRIED`` of them: a
     silent address costs a whole connect timeout, and the try must end within its lease.
-    Where an environment proxy applies, to that proxy by name."""
+    Where an environment proxy applies, to that proxy by name, on the shared client."""
     if target.via_proxy:
         return client.post(target.url, content=body, headers=headers)
     headers = {**headers, "Host": target.host_header()}
     *others, last = target.addresses[:ADDRESSES_TRIED]
-    for address in others:
-        try:
-            return client.post(target.url_for(address), content=body, headers=headers, extensions=target.extensions())
-        except httpx.ConnectError:
-            continue
-    return client.post(target.url_for(last), content=body, headers=headers, extensions=target.extensions())
+    with _direct_client(client.timeout) as direct:
+        for address in others:
+            try:
+                return direct.post(target.url_for(address), content=body, headers=headers,
+                                   extensions=target.extensions())
+            except httpx.ConnectError:
+                continue
+        return direct.post(target.url_for(last), content=body, headers=headers, extensions=target.extensions())
+
+
+def _direct_client(timeout: httpx.Timeout) -> httpx.Client:
+    """A client for one pinned send. No environment proxy: the address is chosen already, and
+    a proxy would judge NO_PROXY by that address instead of the name. No kept-alive
+    connection: the pool keys connections by address, not by TLS server name, so a second
+    host on the same address would ride the first one's certificate check. The trust store
+    the environment names (SSL_CERT_FILE / SSL_CERT_DIR: a hospital's own CA), else certifi's."""
+    return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False,
+                        verify=_trust_store(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")),
+                        limits=httpx.Limits(max_keepalive_connections=0))
+
+
+@functools.cache
+def _trust_store(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    if cafile or capath:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _store_sr(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Session],
@@ -121,7 +151,10 @@ def _store_sr(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Sess
         context = source_context(client, delivery.url, source, authorization)
     except SourceNotInPacs as exc:
         raise _Unsendable(str(exc)) from None
-    dataset = sr_bytes(build_sr(document, source, job_id=delivery.job_id, context=context))
+    try:
+        dataset = sr_bytes(build_sr(document, source, job_id=delivery.job_id, context=context))
+    except (ValueError, TypeError) as exc:  # highdicom refusing a value the PACS holds, say
+        raise _Unsendable(f"the SR cannot be built with the PACS's patient and study attributes: {exc}") from None
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + dataset
             + f"\r\n--{boundary}--\r\n".encode())

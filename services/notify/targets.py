@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -30,6 +31,10 @@ def check_webhook_url(url: str, allowed_hosts: Sequence[str]) -> str:
         raise InvalidTarget(f"webhook URL must be an absolute http(s) URL, got {url!r}")
     if parts.username or parts.password:
         raise InvalidTarget("webhook URL must not carry credentials: receivers check the signature instead")
+    try:
+        httpx.URL(url)  # a host with no IDNA form, say: refused now rather than failing every try
+    except httpx.InvalidURL as exc:
+        raise InvalidTarget(f"webhook URL cannot be sent to: {exc}") from None
     host = parts.hostname.lower()
     listed = _listed(host, allowed_hosts)
     if allowed_hosts and not listed:
@@ -65,10 +70,15 @@ class PinnedTarget:
         return parts._replace(netloc=netloc).geturl()
 
     def host_header(self) -> str:
-        return urlsplit(self.url).netloc.rsplit("@", 1)[-1]  # host[:port] as the URL spells it
+        """host[:port] as it goes on the wire: ASCII, a non-ASCII name in its IDNA form."""
+        return httpx.URL(self.url).netloc.decode("ascii")
 
     def extensions(self) -> dict[str, str]:
-        return {"sni_hostname": self.host} if urlsplit(self.url).scheme == "https" else {}
+        return {"sni_hostname": self.wire_host} if urlsplit(self.url).scheme == "https" else {}
+
+    @property
+    def wire_host(self) -> str:
+        return httpx.URL(self.url).raw_host.decode("ascii")
 
 
 def pin_target(url: str, allowed_hosts: Sequence[str]) -> PinnedTarget:
@@ -80,7 +90,8 @@ def pin_target(url: str, allowed_hosts: Sequence[str]) -> PinnedTarget:
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    wire_host = httpx.URL(url).raw_host.decode("ascii")  # what DNS knows a non-ASCII name by
+    answers = socket.getaddrinfo(wire_host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     # an IPv6 zone id cannot travel in an httpx URL; link-local is refused unless listed anyway
     addresses = list(dict.fromkeys(str(a[4][0]).split("%")[0] for a in answers
                                    if a[0] in (socket.AF_INET, socket.AF_INET6)))

@@ -15,11 +15,13 @@ import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.export.dicom_sr import SourceInstance, build_sr
 from services.notify import dispatch_once
+from services.notify.pacs_context import source_context
 from shared.db.models import Delivery, DeliveryKind, DeliveryStatus
 
 from .conftest import ClientFactory, Keys, make_settings
-from .helpers import file_part, png, succeed_job, ultrasound_dicom
+from .helpers import file_part, make_document, png, succeed_job, ultrasound_dicom
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
@@ -119,3 +121,29 @@ def test_an_sr_waits_while_the_pacs_lacks_its_source(orthanc: str, make_client: 
     source = pydicom.dcmread(io.BytesIO(ultrasound_dicom()))
     assert pydicom.dcmread(io.BytesIO(stored)).PatientID == source.PatientID
     assert len(httpx.get(f"{orthanc}/studies").json()) == 1
+
+
+def test_values_an_sr_may_not_carry_are_left_out_of_the_pacs_context() -> None:
+    """What a PACS answers is not ours to trust: a PatientSex of "U" or a date written with
+    dashes (highdicom refuses both) and a malformed element are left out, so the SR can still
+    be built; the rest is kept. (The PACS here answers from a script: only what it says matters.)"""
+    source = SourceInstance("1.2.3", "1.2.3.4", "1.2.3.4.5", "1.2.840.10008.5.1.4.1.1.6.1", "US", 0)
+    metadata = [{"00100020": {"vr": "LO", "Value": ["PID-7"]},
+                 "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
+                 "00100040": {"vr": "CS", "Value": ["U"]}, "00080020": {"vr": "DA", "Value": ["1990-01-01"]},
+                 "00080030": {"vr": "TM", "Value": ["101500"]}, "00080050": {"vr": "SH", "Value": "not-a-list"},
+                 "7FE00010": {"vr": "OB", "BulkDataURI": "http://pacs/bulk"}}]
+    seen: list[str] = []
+
+    def pacs(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json=metadata)
+
+    with httpx.Client(transport=httpx.MockTransport(pacs)) as client:
+        context = source_context(client, "http://pacs/dicom-web/studies", source, None)
+    assert seen == ["http://pacs/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/metadata"]
+    assert (context.PatientID, str(context.PatientName), context.StudyTime) == ("PID-7", "Doe^Jane", "101500")
+    assert "PatientSex" not in context and "StudyDate" not in context and "AccessionNumber" not in context
+    assert "PixelData" not in context
+    sr = build_sr(make_document(), source, job_id="job-1", context=context)  # builds: nothing refused
+    assert sr.PatientID == "PID-7"

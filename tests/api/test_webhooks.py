@@ -24,6 +24,7 @@ from cli.client import ApiError, FadaClient
 from cli.webhooks import WebhookVerificationError, verify_webhook
 from services.keys import configure_webhook
 from services.notify import dispatch_once, sign
+from services.notify import send as send_module
 from services.notify.dispatch import DispatchReport
 from services.notify.sealing import secret_box
 from services.notify.targets import InvalidTarget, pin_target
@@ -369,23 +370,94 @@ def test_a_webhook_goes_to_the_addresses_checked_not_to_a_second_lookup(
 def test_an_https_webhook_to_a_pinned_address_checks_the_certificate_against_the_url_s_host(
         make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], db_url: str, tmp_path: Path,
         broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    server_tls, client_tls = tls_pair("hooks.test")  # the certificate names hooks.test, not 127.0.0.1
+    """The trust store comes from SSL_CERT_FILE (a hospital's own CA). A second host on the same
+    address gets its own certificate check: the receiver keeps connections alive, and a pooled
+    connection verified for hooks.test must not carry impostor.test's request."""
+    server_tls, cert_pem = tls_pair("hooks.test")  # the certificate names hooks.test, not 127.0.0.1
+    (tmp_path / "ca.pem").write_bytes(cert_pem)
     allowed = ["hooks.test", "impostor.test"]
     _hook_key(sm, keys, None, tmp_path)
     client = make_client(webhook_allowed_hosts=allowed)
     settings = _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=allowed)
-    with running_receiver(tls=server_tls) as receiver, httpx.Client(verify=client_tls, timeout=5) as http:
+    with running_receiver(tls=server_tls) as receiver:
         port = urlsplit(receiver.url).port
-        _resolve_once(monkeypatch, {"hooks.test": ["127.0.0.1"], "impostor.test": ["127.0.0.1"]})
+        _resolve_once(monkeypatch, {"hooks.test": ["127.0.0.1"]})
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
         good = _submit(client, keys, callback_url=f"https://hooks.test:{port}/hooks/fada")
-        bad = _submit(client, keys, callback_url=f"https://impostor.test:{port}/hooks/fada")
-        for job_id in (good, bad):
-            succeed_job(sm, job_id)
-        report = dispatch_once(sm, settings, owner="d", client=http)
-        assert len(report.delivered) == 1 and len(report.retrying) == 1, report
+        succeed_job(sm, good)
+        with httpx.Client(timeout=5) as shared:  # one client for the passes, as the dispatcher's own
+            assert len(dispatch_once(sm, settings, owner="d", client=shared).delivered) == 1
+            _resolve_once(monkeypatch, {"impostor.test": ["127.0.0.1"]})
+            monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+            bad = _submit(client, keys, callback_url=f"https://impostor.test:{port}/hooks/fada")
+            succeed_job(sm, bad)
+            report = dispatch_once(sm, settings, owner="d", client=shared)
+        assert not report.delivered and len(report.retrying) == 1, report
         assert [json.loads(r.body)["data"]["job_id"] for r in receiver.requests] == [good]
     [refused] = client.get(f"/v1/jobs/{bad}/deliveries", headers=keys.submitter.headers).json()
     assert "ConnectError" in refused["tries"][0]["error"] and "certificate" in refused["tries"][0]["error"]
+
+
+def test_a_host_no_proxy_exempts_is_sent_to_directly(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+        tmp_path: Path, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY names a proxy that is down; NO_PROXY exempts the receiver's name. The pinned
+    request must go straight to the checked address, not to the proxy (which would judge
+    NO_PROXY by the address)."""
+    url = f"http://hooks.test:{urlsplit(receiver.url).port}/hooks/fada"
+    _resolve_once(monkeypatch, {"hooks.test": ["127.0.0.1"]})
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "hooks.test")
+    _hook_key(sm, keys, None, tmp_path)
+    client = make_client(webhook_allowed_hosts=["hooks.test"])
+    job_id = _submit(client, keys, callback_url=url)
+    succeed_job(sm, job_id)
+    report = dispatch_once(sm, _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=["hooks.test"]),
+                           owner="d")
+    assert len(report.delivered) == 1, report
+    assert receiver.requests[0].headers["host"] == urlsplit(url).netloc
+
+
+def test_a_non_ascii_host_goes_by_its_idna_name(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+        tmp_path: Path, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A callback host outside ASCII is resolved, sent in Host and checked in TLS by its IDNA
+    form (it escaped as UnicodeEncodeError and aborted every dispatch pass)."""
+    port = urlsplit(receiver.url).port
+    asked = _resolve_once(monkeypatch, {"xn--bcher-kva.test": ["127.0.0.1"]})
+    allowed = ["bücher.test"]
+    _hook_key(sm, keys, None, tmp_path)
+    client = make_client(webhook_allowed_hosts=allowed)
+    job_id = _submit(client, keys, callback_url=f"http://bücher.test:{port}/hooks/fada")
+    succeed_job(sm, job_id)
+    report = dispatch_once(sm, _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=allowed), owner="d")
+    assert len(report.delivered) == 1, report
+    assert receiver.requests[0].headers["host"] == f"xn--bcher-kva.test:{port}" and asked == {"xn--bcher-kva.test": 1}
+
+
+def test_an_unexpected_error_is_one_failed_try_not_a_lost_pass(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+        tmp_path: Path, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever goes wrong building one delivery is recorded as its failed try, and the other
+    deliveries of the pass are sent (an escaping error lost the pass and left every claimed
+    delivery untried until its lease ran out)."""
+    _hook_key(sm, keys, receiver.url, tmp_path)
+    client = make_client()
+    first, second = _submit(client, keys), _submit(client, keys)
+    real = send_module.webhook_headers
+
+    def flaky(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+        if first.encode() in body:
+            raise LookupError("simulated surprise")
+        return real(secret, msg_id, timestamp, body)
+
+    monkeypatch.setattr(send_module, "webhook_headers", flaky)
+    for job_id in (first, second):
+        succeed_job(sm, job_id)
+    report = dispatch_once(sm, _settings(db_url, tmp_path, broker_url), owner="d")
+    assert len(report.delivered) == 1 and len(report.retrying) == 1, report
+    [tried] = client.get(f"/v1/jobs/{first}/deliveries", headers=keys.submitter.headers).json()
+    assert "unexpected LookupError: simulated surprise" in tried["tries"][0]["error"]
 
 
 @pytest.mark.parametrize(("answers", "pinned", "refused"), [

@@ -142,20 +142,23 @@ def test_decode_helper_gives_png() -> None:
 
 
 @pytest.mark.parametrize("kind", ["job", "batch"])
-def test_a_twin_that_committed_while_this_request_decoded_is_its_answer_not_a_429(
-        sm: sessionmaker[Session], api_key_id: str, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
-    """Request B with an Idempotency-Key is held in its decode while its twin A (same key, same
-    content) is accepted and fills the key's pending limit: B answers with A's job or batch,
-    as any replay does, rather than a refusal that A's own job caused."""
+@pytest.mark.parametrize("held_in", ["decode_image", "admit"])
+def test_a_twin_that_committed_while_this_request_was_on_its_way_is_its_answer_not_a_429(
+        sm: sessionmaker[Session], api_key_id: str, monkeypatch: pytest.MonkeyPatch, kind: str,
+        held_in: str) -> None:
+    """Request B with an Idempotency-Key is held after its key lookup (in its decode, or just
+    before the early pending-limit look) while its twin A (same key, same content) is accepted
+    and fills the key's pending limit: B answers with A's job or batch, as any replay does,
+    rather than a refusal that A's own job caused."""
     data, gate, answers = png_bytes(), threading.Event(), {}
-    real_decode = intake.decode_image
+    real = getattr(intake, held_in)
 
     def held(*args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread().name == "B":
+        if threading.current_thread().name == "B" and not gate.is_set():
             assert gate.wait(20)
-        return real_decode(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(intake, "decode_image", held)
+    monkeypatch.setattr(intake, held_in, held)
 
     def run(name: str) -> None:
         options = {"api_key_id": api_key_id, "enqueue": lambda _: None, "max_pixels": 10**8, "max_attempts": 3,
@@ -167,7 +170,7 @@ def test_a_twin_that_committed_while_this_request_decoded_is_its_answer_not_a_42
 
     b = threading.Thread(target=run, args=("B",), name="B")
     b.start()
-    time.sleep(0.3)  # B has looked the key up (nothing yet) and waits in its decode
+    time.sleep(0.3)  # B has looked the key up (nothing yet) and waits
     run("A")
     gate.set()
     b.join(timeout=30)

@@ -4,8 +4,11 @@ deflated dataset is never inflated here, whatever it claims to hold."""
 
 from __future__ import annotations
 
+import io
 import re
 import struct
+
+import pydicom
 
 from .errors import UndecodableImage
 from .sniff import DICOM_PREFIX, DICOM_PREFIX_OFFSET, SNIFF_BYTES
@@ -18,6 +21,9 @@ _LONG_LENGTH_VRS = frozenset(
 # which the standard forbids but some devices write, are tolerated.
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 UID_MAX = 64
+
+DEFLATED_UID = "1.2.840.10008.1.2.1.99"
+META_SCAN_BYTES = 4096  # a File Meta group is a few hundred bytes
 
 # File Meta elements by element number
 MEDIA_STORAGE_SOP_CLASS_UID, MEDIA_STORAGE_SOP_INSTANCE_UID, TRANSFER_SYNTAX_UID = 0x0002, 0x0003, 0x0010
@@ -60,8 +66,22 @@ def part10_uids(data: bytes) -> tuple[str | None, str | None]:
     try:
         meta, _ = read_file_meta(data)
     except (UndecodableImage, struct.error):
+        meta = {}
+    sop_class = valid_uid(meta.get(MEDIA_STORAGE_SOP_CLASS_UID))
+    sop_instance = valid_uid(meta.get(MEDIA_STORAGE_SOP_INSTANCE_UID))
+    if sop_instance is None and DEFLATED_UID.encode() not in data[:META_SCAN_BYTES]:
+        # a File Meta group without the UIDs, or written Implicit VR: ask the dataset itself,
+        # as long as no deflated body (which pydicom would inflate whole) can be behind it
+        sop_class, sop_instance = _dataset_uids(data)
+    return sop_class, sop_instance
+
+
+def _dataset_uids(data: bytes) -> tuple[str | None, str | None]:
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+        return valid_uid(ds.get("SOPClassUID")), valid_uid(ds.get("SOPInstanceUID"))
+    except Exception:  # a probe: whatever pydicom raises on a damaged part, the part fails later with why
         return None, None
-    return valid_uid(meta.get(MEDIA_STORAGE_SOP_CLASS_UID)), valid_uid(meta.get(MEDIA_STORAGE_SOP_INSTANCE_UID))
 
 
 def valid_uid(value: object) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydicom.dataelem import DataElement
@@ -34,10 +35,12 @@ class SourceNotInPacs(Exception):
 def metadata_url(stow_url: str, source: SourceInstance) -> str:
     """WADO-RS instance metadata URL on the same DICOMweb service as the STOW-RS URL
     (``…/dicom-web/studies`` -> ``…/dicom-web/studies/{study}/series/{series}/instances/{sop}/metadata``)."""
-    base = stow_url.rstrip("/")
+    parts = urlsplit(stow_url)
+    base = parts.path.rstrip("/")
     base = base[: base.rfind("/studies")] if "/studies" in base else base
-    return (f"{base}/studies/{source.study_instance_uid}/series/{source.series_instance_uid}"
+    path = (f"{base}/studies/{source.study_instance_uid}/series/{source.series_instance_uid}"
             f"/instances/{source.sop_instance_uid}/metadata")
+    return parts._replace(path=path).geturl()  # the query (an API key some PACS take there) stays
 
 
 def source_context(client: httpx.Client, stow_url: str, source: SourceInstance,

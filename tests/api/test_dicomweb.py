@@ -180,3 +180,18 @@ def test_header_values_longer_than_their_columns_store_and_answer(make_app: AppF
         kept = session.scalars(select(Image).where(Image.dicom_sop_instance_uid == odd.SOPInstanceUID)).one()
         assert (kept.dicom_modality, kept.dicom_manufacturer_model, kept.dicom_study_instance_uid) == (
             "US-WITH-A-LONG-C", "ab", None)
+
+
+def test_a_part_whose_file_meta_lacks_its_uids_is_still_stored(make_app: AppFactory, serve: Serve, keys: Keys,
+                                                              sm: sessionmaker[Session]) -> None:
+    """Some writers leave MediaStorageSOPInstanceUID out of the File Meta group: the dataset's
+    own SOP Instance UID is read instead (the part is not deflated, so nothing is inflated)."""
+    base = serve(make_app())
+    ds = _ultrasound(generate_uid())
+    del ds.file_meta.MediaStorageSOPInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    body, ctype = _related(buf.getvalue())
+    r = httpx.post(f"{base}/dicomweb/studies", content=body, headers={**keys.submitter.headers, "Content-Type": ctype})
+    assert r.status_code == 200, r.text
+    assert [j.external_id for j in _jobs(sm)] == [ds.SOPInstanceUID]

@@ -140,8 +140,9 @@ def test_values_an_sr_may_not_carry_are_left_out_of_the_pacs_context() -> None:
         return httpx.Response(200, json=metadata)
 
     with httpx.Client(transport=httpx.MockTransport(pacs)) as client:
-        context = source_context(client, "http://pacs/dicom-web/studies", source, None)
-    assert seen == ["http://pacs/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/metadata"]
+        context = source_context(client, "http://pacs/dicom-web/studies?apikey=k", source, None)
+    # the same DICOMweb service, its query (an API key, for some PACS) kept
+    assert seen == ["http://pacs/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/metadata?apikey=k"]
     assert (context.PatientID, str(context.PatientName), context.StudyTime) == ("PID-7", "Doe^Jane", "101500")
     assert "PatientSex" not in context and "StudyDate" not in context and "AccessionNumber" not in context
     assert "PixelData" not in context

@@ -104,6 +104,9 @@ def test_a_body_that_does_not_parse_is_a_400_malformed_body(client: TestClient, 
     r = client.post("/v1/evaluations", content=b'{"name": "\xff\xfe"}',
                     headers={**keys.qa.headers, "Content-Type": "application/json"})
     assert_problem(r, 400, "malformed_body")
+    r = client.post("/v1/evaluations", content=b'{"name": ',
+                    headers={**keys.qa.headers, "Content-Type": "application/json"})
+    assert_problem(r, 422)  # JSON that does not parse: FastAPI's validation answer
 
 
 @pytest.mark.usefixtures("nothing_stored")

@@ -24,6 +24,11 @@ class AppContext:
     def profile(self) -> Profile:
         return load_profile(self.settings.profile)
 
+    def pending_limit(self, caller: Caller) -> int | None:
+        """The most jobs this caller's key may have queued or running: its own limit, else
+        ``FADA_MAX_PENDING_PER_KEY`` (None: no limit)."""
+        return caller.max_pending if caller.max_pending is not None else self.settings.max_pending_per_key
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -32,3 +37,4 @@ class Caller:
     key_id: str
     role: Role
     name: str
+    max_pending: int | None = None  # the key's own limit of jobs queued or running, if it has one

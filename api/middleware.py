@@ -104,7 +104,8 @@ class GatewayMiddleware:
         def lookup() -> Caller | None:
             with self.ctx.sm.begin() as session:
                 key = authenticate(session, secret)
-                return Caller(key_id=key.id, role=key.role, name=key.name) if key is not None else None
+                return (Caller(key_id=key.id, role=key.role, name=key.name, max_pending=key.max_pending)
+                        if key is not None else None)
 
         return await anyio.to_thread.run_sync(lookup), secret
 

@@ -52,7 +52,7 @@ def submit_batch(
                                      callback_url=callback_url),
         api_key_id=caller.key_id, enqueue=lambda job_id: enqueue_job(ctx.celery, job_id),
         max_pixels=ctx.settings.max_pixels, max_attempts=ctx.settings.job_max_attempts,
-        idempotency_key=idempotency_key, max_pending=ctx.settings.max_pending_per_key)
+        idempotency_key=idempotency_key, max_pending=ctx.pending_limit(caller))
     set_audit_job(request, accepted.id, batch_id=accepted.id, jobs=len(job_ids), replay=not accepted.created)
     request.state.audit_job_id = None  # a batch id is not a job id
     if accepted.created:

@@ -66,7 +66,7 @@ async def stow(
     outcome = await run_in_threadpool(
         store_instances, ctx.sm, parts, options, api_key_id=caller.key_id,
         enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,
-        max_attempts=ctx.settings.job_max_attempts, max_pending=ctx.settings.max_pending_per_key)
+        max_attempts=ctx.settings.job_max_attempts, max_pending=ctx.pending_limit(caller))
     request.state.audit_detail = {"stored": len(outcome.stored), "failed": len(outcome.failed),
                                   "job_ids": [job_id for _, _, job_id in outcome.stored][:50]}
     if len(outcome.stored) == 1:

@@ -88,7 +88,7 @@ def submit(
         ctx.sm, Upload(file.file.read(), file.filename), options, api_key_id=caller.key_id,
         enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,
         max_attempts=ctx.settings.job_max_attempts, idempotency_key=idempotency_key,
-        max_pending=ctx.settings.max_pending_per_key)
+        max_pending=ctx.pending_limit(caller))
     set_audit_job(request, accepted.id, replay=not accepted.created)
     if accepted.created:
         JOBS_SUBMITTED.labels(mode).inc()

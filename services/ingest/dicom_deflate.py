@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import zlib
 
-from .dicom_meta import DEFLATED_UID, TRANSFER_SYNTAX_UID, read_file_meta
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from .dicom_meta import TRANSFER_SYNTAX_UID, read_file_meta
 from .errors import TooManyPixels, UndecodableImage
 
 _CHUNK = 1 << 20
@@ -25,7 +27,7 @@ def read_transfer_syntax(data: bytes) -> tuple[str | None, int]:
 def check_deflated_size(data: bytes, *, max_inflated_bytes: int) -> None:
     """Raise TooManyPixels if a deflated dataset inflates beyond ``max_inflated_bytes``; else no-op."""
     transfer_syntax, body_at = read_transfer_syntax(data)
-    if transfer_syntax != DEFLATED_UID:
+    if transfer_syntax != DeflatedExplicitVRLittleEndian:
         return
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate, no zlib header (PS3.5 A.5)
     pending = data[body_at:]

@@ -9,6 +9,7 @@ import re
 import struct
 
 import pydicom
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from .errors import UndecodableImage
 from .sniff import DICOM_PREFIX, DICOM_PREFIX_OFFSET, SNIFF_BYTES
@@ -22,7 +23,6 @@ _LONG_LENGTH_VRS = frozenset(
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 UID_MAX = 64
 
-DEFLATED_UID = "1.2.840.10008.1.2.1.99"
 META_SCAN_BYTES = 4096  # a File Meta group is a few hundred bytes
 
 # File Meta elements by element number
@@ -69,7 +69,7 @@ def part10_uids(data: bytes) -> tuple[str | None, str | None]:
         meta = {}
     sop_class = valid_uid(meta.get(MEDIA_STORAGE_SOP_CLASS_UID))
     sop_instance = valid_uid(meta.get(MEDIA_STORAGE_SOP_INSTANCE_UID))
-    if sop_instance is None and DEFLATED_UID.encode() not in data[:META_SCAN_BYTES]:
+    if sop_instance is None and DeflatedExplicitVRLittleEndian.encode() not in data[:META_SCAN_BYTES]:
         # a File Meta group without the UIDs, or written Implicit VR: ask the dataset itself,
         # as long as no deflated body (which pydicom would inflate whole) can be behind it
         sop_class, sop_instance = _dataset_uids(data)

@@ -17,18 +17,16 @@ PENDING = (JobStatus.queued, JobStatus.running)
 
 def admit(session: Session, api_key_id: str, asked: int, limit: int | None, *, lock: bool = True) -> None:
     """Inside the submitting transaction: raises ``TooManyPending`` when ``asked`` more jobs
-    would take the key past its limit: its own (``api_keys.max_pending``) or else ``limit``, the
-    service-wide one (None: no limit). Where a limit applies, the key's row is locked before
-    counting, so two submissions of one key are counted one after the other (PostgreSQL;
-    SQLite transactions here begin IMMEDIATE, which serialises them anyway). ``lock=False``: an early look before
-    the image is decoded, to refuse cheaply; the locked check still decides."""
-    own = session.scalar(select(ApiKey.max_pending).where(ApiKey.id == api_key_id))
-    limit = own if own is not None else limit
+    would take the key past ``limit`` (the key's own or the service-wide one; None: no limit,
+    nothing read). The key's row is locked before counting, so two submissions of one key are
+    counted one after the other (PostgreSQL; SQLite transactions here begin IMMEDIATE, which
+    serialises them anyway). ``lock=False``: an early look before the upload is decoded, to
+    refuse cheaply; the locked check still decides."""
     if limit is None:
         return
     if asked > limit:
         raise TooManyPending(0, asked, limit)
-    if lock:  # only where a limit applies: the lock queues the key's submissions one behind another
+    if lock:
         session.execute(select(ApiKey.id).where(ApiKey.id == api_key_id).with_for_update())
     pending = session.scalar(select(func.count()).select_from(Job)
                              .where(Job.api_key_id == api_key_id, Job.status.in_(PENDING))) or 0

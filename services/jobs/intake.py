@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.ingest import IngestError, decode_image
+from services.ingest import DecodedImage, IngestError, decode_image
 from shared.db.models import Batch, Job, JobMode
 
 from .admission import admit
@@ -84,12 +84,8 @@ def accept_job(
             if earlier is not None:
                 return Accepted(earlier.id, created=False)
     try:
-        with sm() as session:
-            admit(session, api_key_id, 1, max_pending, lock=False)
-    except TooManyPending as refused:
-        return Accepted(_committed_twin(sm, api_key_id, idempotency_key, print_, refused)[0], created=False)
-    decoded = decode_image(upload.data, frame=options.frame, max_pixels=max_pixels)
-    try:
+        _look_early(sm, api_key_id, 1, max_pending)
+        decoded = decode_image(upload.data, frame=options.frame, max_pixels=max_pixels)
         with sm.begin() as session:
             admit(session, api_key_id, 1, max_pending)
             job = submit_job(session, decoded=decoded, original_size=len(upload.data), api_key_id=api_key_id,
@@ -131,19 +127,8 @@ def accept_batch(
             if isinstance(earlier, Batch):
                 return Accepted(earlier.id, created=False), [j.id for j in earlier.jobs]
     try:
-        with sm() as session:
-            admit(session, api_key_id, len(uploads), max_pending, lock=False)
-    except TooManyPending as refused:
-        twin = _committed_twin(sm, api_key_id, idempotency_key, print_, refused)
-        return Accepted(twin[0], created=False), twin[1]
-    decoded = []
-    for index, upload in enumerate(uploads):
-        try:
-            decoded.append(decode_image(upload.data, frame=options.frame, max_pixels=max_pixels))
-        except IngestError as exc:
-            exc.detail = f"file {index}" + (f" ({upload.filename})" if upload.filename else "") + f": {exc.detail}"
-            raise
-    try:
+        _look_early(sm, api_key_id, len(uploads), max_pending)
+        decoded = [_decode(index, upload, options.frame, max_pixels) for index, upload in enumerate(uploads)]
         with sm.begin() as session:
             admit(session, api_key_id, len(uploads), max_pending)
             batch = create_batch(session, api_key_id=api_key_id, external_id=None)
@@ -170,6 +155,23 @@ def accept_batch(
     for job_id in job_ids:
         enqueue(job_id)
     return Accepted(batch_id, created=True), job_ids
+
+
+def _look_early(sm: sessionmaker[Session], api_key_id: str, asked: int, limit: int | None) -> None:
+    """Refuse a submission past the key's limit before its uploads are decoded (unlocked: the
+    check in the storing transaction decides)."""
+    if limit is not None:
+        with sm() as session:
+            admit(session, api_key_id, asked, limit, lock=False)
+
+
+def _decode(index: int, upload: Upload, frame: int, max_pixels: int) -> DecodedImage:
+    """One upload of a batch; its ``IngestError`` names the file by index (and name)."""
+    try:
+        return decode_image(upload.data, frame=frame, max_pixels=max_pixels)
+    except IngestError as exc:
+        exc.detail = f"file {index}" + (f" ({upload.filename})" if upload.filename else "") + f": {exc.detail}"
+        raise
 
 
 def _committed_twin(sm: sessionmaker[Session], api_key_id: str, key: str | None, print_: str,

@@ -12,20 +12,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from services.export.dicom_sr import SourceInstance
 
-# Patient module and General Study module attributes the SR repeats, by tag (DICOM JSON keys);
-# SpecificCharacterSet so that names outside ASCII read back the same.
-CONTEXT_TAGS = {
-    "00080005": "SpecificCharacterSet",
-    "00100010": "PatientName", "00100020": "PatientID", "00100021": "IssuerOfPatientID",
-    "00100030": "PatientBirthDate", "00100040": "PatientSex",
-    "00080020": "StudyDate", "00080030": "StudyTime", "00080050": "AccessionNumber",
-    "00080090": "ReferringPhysicianName", "00200010": "StudyID", "00081030": "StudyDescription",
-}
+# Patient module and General Study module attributes the SR repeats; SpecificCharacterSet so
+# that names outside ASCII read back the same. By tag, as DICOM JSON keys them.
+CONTEXT_KEYWORDS = ("SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
+                    "PatientSex", "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID",
+                    "StudyDescription")
+CONTEXT_TAGS = frozenset(f"{tag_for_keyword(keyword):08X}" for keyword in CONTEXT_KEYWORDS)
 
 
 class SourceNotInPacs(Exception):

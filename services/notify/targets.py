@@ -57,28 +57,21 @@ class PinnedTarget:
     check) stay the URL's host."""
 
     url: str
-    host: str
     addresses: tuple[str, ...]
     # An HTTP(S)_PROXY from the environment applies to the URL (NO_PROXY does not exempt its
     # host): the request goes to the proxy by name, as before pinning, and the proxy connects.
     via_proxy: bool = False
 
     def url_for(self, address: str) -> str:
-        parts = urlsplit(self.url)
-        literal = f"[{address}]" if ":" in address else address
-        netloc = literal if parts.port is None else f"{literal}:{parts.port}"
-        return parts._replace(netloc=netloc).geturl()
+        return str(httpx.URL(self.url).copy_with(host=address))  # an IPv6 address in brackets
 
     def host_header(self) -> str:
         """host[:port] as it goes on the wire: ASCII, a non-ASCII name in its IDNA form."""
         return httpx.URL(self.url).netloc.decode("ascii")
 
     def extensions(self) -> dict[str, str]:
-        return {"sni_hostname": self.wire_host} if urlsplit(self.url).scheme == "https" else {}
-
-    @property
-    def wire_host(self) -> str:
-        return httpx.URL(self.url).raw_host.decode("ascii")
+        url = httpx.URL(self.url)
+        return {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
 
 
 def pin_target(url: str, allowed_hosts: Sequence[str]) -> PinnedTarget:
@@ -102,7 +95,7 @@ def pin_target(url: str, allowed_hosts: Sequence[str]) -> PinnedTarget:
             ip = _ip(address)
             if ip is not None and (why := _forbidden(ip)):
                 raise InvalidTarget(_unlisted(f"{host} ({ip})", why))
-    return PinnedTarget(url=url, host=host, addresses=tuple(addresses), via_proxy=_proxied(parts.scheme, host))
+    return PinnedTarget(url=url, addresses=tuple(addresses), via_proxy=_proxied(parts.scheme, host))
 
 
 def _proxied(scheme: str, host: str) -> bool:

@@ -11,8 +11,8 @@ from typing import Protocol
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from shared.db.clock import db_now
 from shared.db.models import WorkerHeartbeat
-from shared.db.types import utcnow
 
 
 def worker_name(queues: str = "gpu") -> str:
@@ -31,7 +31,7 @@ class ModelIdentity(Protocol):
 
 def beat(session: Session, name: str, *, provenance: ModelIdentity, queues: str) -> None:
     """Insert or refresh this worker's heartbeat."""
-    now = utcnow()
+    now = db_now(session)
     changed = session.execute(
         update(WorkerHeartbeat).where(WorkerHeartbeat.id == name).values(heartbeat_at=now).returning(WorkerHeartbeat.id)
     ).first()
@@ -46,6 +46,6 @@ def forget(session: Session, name: str) -> None:
 
 
 def live_workers(session: Session, *, within_seconds: float) -> list[WorkerHeartbeat]:
-    since = utcnow() - timedelta(seconds=within_seconds)
+    since = db_now(session) - timedelta(seconds=within_seconds)
     return list(session.scalars(
         select(WorkerHeartbeat).where(WorkerHeartbeat.heartbeat_at >= since).order_by(WorkerHeartbeat.id)))

@@ -17,8 +17,9 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared.db.clock import db_now
 from shared.db.models import Job, JobMode, JobStatus, Result, ReviewState
-from shared.db.types import new_id, utcnow
+from shared.db.types import new_id
 from shared.schemas.results import PhaseReport, ResultDocument
 
 from ._common import LATER_PHASES, expire_job, failed_values
@@ -110,7 +111,7 @@ def claim(
     has EXPIRED (its worker died) may be claimed again while attempts remain. Returns None,
     changing nothing, for any other state: finished, canceled, awaiting review, or running
     under a live lease."""
-    now = now or utcnow()
+    now = now or db_now(session)
     expires = now + timedelta(seconds=lease_seconds)
     stmt = _claim_stmt(and_(Job.id == job_id, _claimable(now)), owner=owner, now=now, expires=expires)
     row = session.execute(stmt, execution_options=_SYNC).first()
@@ -144,7 +145,7 @@ def claim_ready(
     """
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
-    now = now or utcnow()
+    now = now or db_now(session)
     batch: list[ClaimedJob] = []
     if first is not None:
         head = claim(session, first, owner=owner, lease_seconds=lease_seconds, now=now)
@@ -184,7 +185,7 @@ def renew_leases(
     A job missing from the answer is no longer ``owner``'s (stop working on it)."""
     if not job_ids:
         return set()
-    now = now or utcnow()
+    now = now or db_now(session)
     stmt = (
         update(Job)
         .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.running, Job.lease_owner == owner)
@@ -218,7 +219,7 @@ def complete(
 
     One result per job: a HITL job resumed after review updates its result in place.
     """
-    now = now or utcnow()
+    now = now or db_now(session)
     new_status = JobStatus.awaiting_review if awaiting_review else JobStatus.succeeded
     doc = document.model_copy(update={"job_id": job_id, "status": new_status.value})
     payload = _storable(doc.model_dump(mode="json"))
@@ -272,7 +273,7 @@ def fail(
     session: Session, job_id: str, owner: str, code: str, detail: str | None, *, now: datetime | None = None
 ) -> bool:
     """running -> failed with an error code and detail; only by the lease owner."""
-    now = now or utcnow()
+    now = now or db_now(session)
     stmt = update(Job).where(_owned(job_id, owner)).values(**failed_values(now, code, detail)).returning(Job.id)
     done = session.execute(stmt, execution_options=_SYNC).first() is not None
     if done:
@@ -286,7 +287,7 @@ def release_for_retry(
     """After a transient error: running -> queued (lease cleared) while attempts remain, else
     -> failed with code ``max_attempts``. Returns the new status (re-enqueue when queued), or
     None when ``owner`` no longer holds the job."""
-    now = now or utcnow()
+    now = now or db_now(session)
     requeued = session.execute(
         update(Job)
         .where(_owned(job_id, owner), Job.attempts < Job.max_attempts)
@@ -321,7 +322,7 @@ def cancel(session: Session, job_id: str, *, now: datetime | None = None) -> boo
     was canceled already (a repeated request). Raises ``InvalidTransition`` (409) for any other
     status, ``JobNotFound`` when there is no such job. A worker holding a message for the job
     finds it canceled at claim time and drops it."""
-    now = now or utcnow()
+    now = now or db_now(session)
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.status.in_([JobStatus.queued, JobStatus.awaiting_review]))
@@ -343,7 +344,7 @@ def resume_hitl(session: Session, job_id: str, choice: dict[str, Any], *, now: d
     """awaiting_review -> queued with the reviewer's ``choice`` (next phases, group) saved; the
     caller commits, then enqueues the id. The second stage gets a fresh attempt budget
     (attempts reset to 0). False when the job is not awaiting review (e.g. a repeated call)."""
-    now = now or utcnow()
+    now = now or db_now(session)
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.awaiting_review)
@@ -363,7 +364,7 @@ def finish_hitl(session: Session, job_id: str, choice: dict[str, Any], *, detail
     ``succeeded`` with map/detect/keypoints/segment ``skipped`` and ``detail`` saying why, and
     ``choice`` is kept in ``hitl_choice``. False, changing nothing, when the job is not
     awaiting review (e.g. another reviewer's choice came first)."""
-    now = now or utcnow()
+    now = now or db_now(session)
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.awaiting_review)

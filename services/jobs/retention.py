@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.db.clock import db_now
 from shared.db.models import FINAL_STATUSES, Image, Job
-from shared.db.types import utcnow
 
 BATCH = 500
 
@@ -35,7 +35,7 @@ def purgeable(older_than: timedelta, now: datetime) -> ColumnElement[bool]:
 
 def count_purgeable(session: Session, *, older_than: timedelta, now: datetime | None = None) -> int:
     return int(session.scalar(select(func.count()).select_from(Image)
-                              .where(purgeable(older_than, now or utcnow()))) or 0)
+                              .where(purgeable(older_than, now or db_now(session)))) or 0)
 
 
 def purge_images(session: Session, *, older_than: timedelta, now: datetime | None = None,
@@ -43,7 +43,7 @@ def purge_images(session: Session, *, older_than: timedelta, now: datetime | Non
     """Delete the pixels of at most ``limit`` images whose job finished more than
     ``older_than`` ago; returns their ids. The update checks again, so of two workers purging
     at once each returns only the images it purged. Run it again for the rest."""
-    now = now or utcnow()
+    now = now or db_now(session)
     ids = list(session.scalars(select(Image.id).where(purgeable(older_than, now)).order_by(Image.created_at)
                                .limit(limit)))
     if not ids:
@@ -58,10 +58,10 @@ def purge_all(sm: sessionmaker[Session], *, older_than: timedelta, now: datetime
               batch: int = BATCH) -> int:
     """Purge until nothing is left, ``batch`` images per transaction (a first run over a long
     backlog holds no huge transaction); returns how many images lost their pixels."""
-    now = now or utcnow()
     total = 0
     while True:
         with sm.begin() as session:
+            now = now or db_now(session)  # one cutoff for the whole pass
             purged = len(purge_images(session, older_than=older_than, now=now, limit=batch))
         total += purged
         if purged < batch:

@@ -11,8 +11,9 @@ import io
 from sqlalchemy.orm import Session
 
 from services.ingest import DecodedImage
+from shared.db.clock import db_now
 from shared.db.models import Batch, Image, ImageFormat, Job, JobMode, JobStatus, ReviewState
-from shared.db.types import new_id, utcnow
+from shared.db.types import new_id
 
 
 def encode_png(decoded: DecodedImage) -> bytes:
@@ -45,7 +46,7 @@ def store_image(session: Session, decoded: DecodedImage, *, original_size: int) 
         dicom_manufacturer_model=(dicom.manufacturer_model_name or "")[:64] or None if dicom else None,
         data=encode_png(decoded),
         original_size_bytes=original_size,
-        created_at=utcnow(),
+        created_at=db_now(session),
     )
     session.add(image)
     return image
@@ -70,7 +71,7 @@ def submit_job(
         raise ValueError("max_attempts must be 1 or more")
     job_mode = JobMode(mode)
     image = store_image(session, decoded, original_size=original_size)
-    now = utcnow()
+    now = db_now(session)
     job = Job(
         id=new_id(),
         status=JobStatus.queued,
@@ -95,7 +96,7 @@ def submit_job(
 
 def create_batch(session: Session, *, api_key_id: str, external_id: str | None = None) -> Batch:
     """Add an empty Batch and flush; submit its jobs with ``batch_id=batch.id``."""
-    batch = Batch(id=new_id(), api_key_id=api_key_id, external_id=external_id, created_at=utcnow())
+    batch = Batch(id=new_id(), api_key_id=api_key_id, external_id=external_id, created_at=db_now(session))
     session.add(batch)
     session.flush()
     return batch

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
+from shared.db.clock import db_now
 from shared.db.models import Job, JobStatus
-from shared.db.types import utcnow
 
 from ._common import failed_values
 from .lifecycle import MAX_ATTEMPTS_CODE, TIME_LIMIT_CODE
@@ -52,7 +52,7 @@ def sweep(
 
     At most ``limit`` rows per step; a later pass takes the rest.
     """
-    now = now or utcnow()
+    now = now or db_now(session)
     report = SweepReport()
     running = Job.status == JobStatus.running
 

@@ -19,8 +19,8 @@ import httpx
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.db.clock import db_now
 from shared.db.models import ApiKey, Delivery, DeliveryAttempt, DeliveryKind, DeliveryStatus, Job
-from shared.db.types import utcnow
 from shared.settings import Settings
 
 from .outbox import collect_events
@@ -81,7 +81,7 @@ def claim_due(session: Session, *, owner: str, lease: timedelta, now: datetime |
     """Pending deliveries whose time has come and whose lease (if any) has run out, oldest due
     first: locked (SKIP LOCKED on PostgreSQL), leased in one UPDATE that re-checks the state
     (RETURNING says which rows were really taken), with their keys' secrets in one read."""
-    now = now or utcnow()
+    now = now or db_now(session)
     free = and_(Delivery.status == DeliveryStatus.pending,
                 or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at < now))
     candidates = session.scalars(
@@ -113,7 +113,7 @@ def claim_due(session: Session, *, owner: str, lease: timedelta, now: datetime |
 def record_attempt(session: Session, delivery: DueDelivery, attempt: Attempt, *, owner: str, settings: Settings,
                    now: datetime | None = None) -> DeliveryStatus:
     """Log the try and move the delivery on: delivered, retried later, or failed for good."""
-    now = now or utcnow()
+    now = now or db_now(session)
     number = delivery.attempts + 1
     session.add(DeliveryAttempt(delivery_id=delivery.id, attempt=number, at=now, status_code=attempt.status_code,
                                 error=attempt.error, duration_ms=attempt.duration_ms))

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from shared.db.clock import db_now
 from shared.db.models import FINAL_STATUSES, Delivery, DeliveryKind, Image, Job, JobStatus
-from shared.db.types import utcnow
 
 # Running and queued are not announced: they change too often to be worth a request.
 ANNOUNCED = (JobStatus.awaiting_review, JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
@@ -26,7 +26,7 @@ SCAN_LIMIT = 200
 def collect_events(session: Session, *, pacs_stow_url: str, public_url: str, now: datetime | None = None) -> int:
     """Record deliveries for every job whose announced status has not been handled yet.
     Returns how many deliveries were created."""
-    now = now or utcnow()
+    now = now or db_now(session)
     query = (
         select(Job.id, Job.status, Job.notified_status, Job.webhook_url, Job.batch_id, Image.dicom_sop_instance_uid)
         .join(Image, Image.id == Job.image_id)

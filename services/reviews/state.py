@@ -17,8 +17,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from services.jobs import JobNotFound
+from shared.db.clock import db_now
 from shared.db.models import Job, JobMode, JobStatus, Review, ReviewDimension, ReviewState
-from shared.db.types import utcnow
 
 from .hitl import finished_without_phases
 
@@ -51,7 +51,7 @@ def refresh_review_state(session: Session, job_id: str) -> ReviewState:
         raise JobNotFound(job_id)
     state = review_state_for(job, reviewed_dimensions(session, job_id))
     if state != job.review_state:
-        session.execute(update(Job).where(Job.id == job_id).values(review_state=state, updated_at=utcnow()),
+        session.execute(update(Job).where(Job.id == job_id).values(review_state=state, updated_at=db_now(session)),
                         execution_options={"synchronize_session": False})
         session.expire(job)
     return state

@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from services.jobs import JobNotFound
 from services.pipeline.profile import Profile
+from shared.db.clock import db_now
 from shared.db.models import Job, JobStatus, Result, Review, ReviewDecision, ReviewDimension, ReviewRevision
-from shared.db.types import new_id, utcnow
+from shared.db.types import new_id
 
 from .corrections import Corrections, check_corrections
 from .errors import InvalidReview, ReviewConflict, ReviewExists, ReviewNotFound
@@ -61,7 +62,7 @@ def submit_review(session: Session, *, job_id: str, reviewer_key_id: str, dimens
     """Store a new review of ``job_id`` by ``reviewer_key_id``. Raises ``JobNotFound``,
     ``ReviewConflict`` (no result yet, annotation before the job succeeded, phases chosen
     already), ``ReviewExists`` and ``InvalidReview``."""
-    now = now or utcnow()
+    now = now or db_now(session)
     job = _locked_job(session, job_id)
     result = session.scalars(select(Result).where(Result.job_id == job_id)).first()
     if job.status not in REVIEWABLE or result is None:
@@ -98,7 +99,7 @@ def amend_review(session: Session, *, job_id: str, reviewer_key_id: str, dimensi
     ``review_revisions`` and ``revision`` goes up by one. ``next_phases`` and ``group`` record
     what the job ran, so they may be repeated or left out (kept) but not changed; the review
     that decided a HITL job's phases cannot switch between reject and accept/correct."""
-    now = now or utcnow()
+    now = now or db_now(session)
     job = _locked_job(session, job_id)
     review = _current(session, job_id, reviewer_key_id, dimension)
     if review is None:

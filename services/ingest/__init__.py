@@ -10,6 +10,7 @@ from .errors import (
     NoPixelData,
     TooManyPixels,
     UndecodableImage,
+    UnsupportedAspectRatio,
     UnsupportedDicom,
     UnsupportedMediaType,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "NoPixelData",
     "TooManyPixels",
     "UndecodableImage",
+    "UnsupportedAspectRatio",
     "UnsupportedDicom",
     "UnsupportedMediaType",
     "decode_image",

@@ -6,11 +6,14 @@ import hashlib
 
 from .decoded import DecodedImage
 from .dicom import decode_dicom
-from .errors import EmptyInput, FrameOutOfRange, UnsupportedMediaType
+from .errors import EmptyInput, FrameOutOfRange, UnsupportedAspectRatio, UnsupportedMediaType
 from .raster import decode_raster
 from .sniff import SNIFF_BYTES, sniff_format
 
 DEFAULT_MAX_PIXELS = 40_000_000
+# The Qwen vision processor (smart_resize) refuses images whose long side is more than 200
+# times the short one; such an upload could never be read, so it is refused here.
+MAX_ASPECT_RATIO = 200
 
 
 def decode_image(data: bytes, *, frame: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
@@ -38,6 +41,9 @@ def decode_image(data: bytes, *, frame: int = 0, max_pixels: int = DEFAULT_MAX_P
     else:
         image, frame_count = decode_raster(data, fmt, frame=frame, max_pixels=max_pixels)
         spacing, info = None, None
+    if max(image.size) > MAX_ASPECT_RATIO * min(image.size):
+        raise UnsupportedAspectRatio(f"the image is {image.width}x{image.height}: the model reads images whose long "
+                                     f"side is at most {MAX_ASPECT_RATIO} times the short one")
     return DecodedImage(
         image=image,
         format=fmt,

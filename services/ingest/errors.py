@@ -66,3 +66,11 @@ class UnsupportedDicom(IngestError):
 
     status = 422
     code = "unsupported_dicom"
+
+
+class UnsupportedAspectRatio(IngestError):
+    """An image so elongated (e.g. 65500x1) that the model's vision processor refuses it; refused
+    at upload, not after three failed tries in the worker."""
+
+    status = 422
+    code = "unsupported_aspect_ratio"

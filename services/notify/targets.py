@@ -127,6 +127,10 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(host.split("%")[0])  # an IPv6 zone id is not part of the address
     except ValueError:
+        pass
+    try:  # the other IPv4 spellings resolvers take as addresses: 127.1, 2130706433, 0x7f.1
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
         return None
 
 

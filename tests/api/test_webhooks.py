@@ -248,6 +248,9 @@ def test_callback_urls_the_service_will_not_call(make_client: ClientFactory, key
     ("http://[::ffff:127.0.0.1]/x", "own host"), ("http://0.0.0.0/x", "own host"),
     ("http://169.254.169.254/latest/meta-data/", "link-local"), ("http://[fe80::1%25eth0]/x", "link-local"),
     ("http://224.0.0.1/x", "multicast"),
+    # loopback and metadata in the short and numeric forms resolvers take as addresses
+    ("http://127.1:8799/x", "own host"), ("http://2130706433:8799/x", "own host"), ("http://0x7f.1/x", "own host"),
+    ("http://0/x", "own host"), ("http://169.254.43518/x", "link-local"),
 ])
 def test_with_no_list_the_service_s_own_host_and_link_local_are_refused(
         make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], url: str, why: str, tmp_path: Path) -> None:
@@ -264,15 +267,20 @@ def test_with_no_list_the_service_s_own_host_and_link_local_are_refused(
 
 def test_a_name_that_resolves_to_the_service_s_own_host_is_refused_when_sent(
         make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], receiver: Receiver, db_url: str,
-        tmp_path: Path, broker_url: str) -> None:
+        tmp_path: Path, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = _hook_key(sm, keys, None, tmp_path)
-    sneaky = receiver.url.replace("127.0.0.1", "127.1")  # not an address literal; resolves to 127.0.0.1
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **k: real(
+        "127.0.0.1" if host == "sneaky.test" else host, port, *a, **k))
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    sneaky = receiver.url.replace("127.0.0.1", "sneaky.test")  # a name, not an address; resolves to 127.0.0.1
     client = make_client()
     job_id = _submit(client, keys, callback_url=sneaky)
     succeed_job(sm, job_id)
     dispatch_once(sm, _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=[]), owner="d")
     [delivery] = client.get(f"/v1/jobs/{job_id}/deliveries", headers=keys.submitter.headers).json()
-    assert "127.1 (127.0.0.1) is the service's own host" in delivery["tries"][0]["error"]
+    assert "sneaky.test (127.0.0.1) is the service's own host" in delivery["tries"][0]["error"]
     assert not receiver.requests
     # an allowed-hosts list set after submission is applied when sending too
 
@@ -283,7 +291,7 @@ def test_a_name_that_resolves_to_the_service_s_own_host_is_refused_when_sent(
     _dispatch_until(sm, _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=[".hospital.example"]),
                     refused_by_the_list)
     assert not receiver.requests
-    _dispatch_until(sm, _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=["127.1"]),
+    _dispatch_until(sm, _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=["sneaky.test"]),
                     lambda: len(receiver.requests) == 1)
     assert verify_webhook(secret, receiver.requests[0].headers, receiver.requests[0].body)["data"]["job_id"] == job_id
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from services.ingest import FrameOutOfRange, TooManyPixels, UndecodableImage, decode_image
+from services.ingest import FrameOutOfRange, TooManyPixels, UndecodableImage, UnsupportedAspectRatio, decode_image
 
 from .builders import encode, forge_jpeg_size, forge_png_size, noise_rgb
 
@@ -212,3 +212,22 @@ def test_animated_png_limit_counts_frames_decoded_to_reach_the_index() -> None:
 def test_single_frame_jpeg_has_no_frame_1() -> None:
     with pytest.raises(FrameOutOfRange):
         decode_image(encode(noise_rgb(), "JPEG"), frame=1)
+
+
+@pytest.mark.parametrize("size", [(4001, 20), (1, 65500)])
+def test_an_image_the_vision_processor_cannot_read_is_refused_at_upload(size: tuple[int, int]) -> None:
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    width, height = size
+    with pytest.raises(ValueError, match="aspect ratio"):  # the model's own processor: the oracle
+        smart_resize(height, width, factor=32)
+    with pytest.raises(UnsupportedAspectRatio, match=f"{width}x{height}") as refused:
+        decode_image(encode(Image.new("L", size), "PNG"))
+    assert (refused.value.status, refused.value.code) == (422, "unsupported_aspect_ratio")
+
+
+def test_the_most_elongated_image_the_processor_reads_is_accepted() -> None:
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    smart_resize(20, 4000, factor=32)  # 200:1 exactly
+    assert decode_image(encode(Image.new("RGB", (4000, 20)), "PNG")).width == 4000

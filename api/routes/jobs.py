@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 
 from services.export.coco import to_coco
-from services.export.dicom_sr import NotFromDicom, build_sr, source_instance, sr_bytes
+from services.export.dicom_sr import NotFromDicom, build_sr, content_time, source_instance, sr_bytes
 from services.jobs import cancel, current_document, get_job, list_jobs
 from services.jobs.intake import JobOptions, Upload, accept_job
 from services.notify import InvalidTarget, plan_notifications
@@ -158,7 +158,8 @@ def structured_report(ctx: Ctx, caller: Reader, job_id: JobId) -> Response:
             source = source_instance(session, job_id)
         except NotFromDicom as exc:
             raise Problem(409, "not_dicom", str(exc)) from exc
-    sr = build_sr(document, source, job_id=job_id)
+        made = content_time(session, job_id)
+    sr = build_sr(document, source, job_id=job_id, made=made)
     return Response(sr_bytes(sr), media_type="application/dicom",
                     headers={"Content-Disposition": f'attachment; filename="{job_id}.sr.dcm"'})
 

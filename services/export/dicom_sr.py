@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
-from sqlalchemy import select
+from pydicom.valuerep import DA, DT, TM
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.db.models import Image, Job
+from shared.db.models import Image, Job, Result
 from shared.schemas.results import ResultDocument
 
 SCHEME = "99FADA"  # private coding scheme for the profile's labels (PS3.16 8.2: 99 prefix)
@@ -65,6 +67,17 @@ def source_instance(session: Session, job_id: str) -> SourceInstance:
                           row.dicom_sop_class_uid, row.dicom_modality, row.frame, row.frame_count)
 
 
+def content_time(session: Session, job_id: str) -> datetime:
+    """When the job's result was made: its finish, or the first stage's result while a HITL job
+    waits. The SR's content and creation times are this, not the time of the download, so
+    every copy of one SOP Instance UID is the same object."""
+    made = session.scalar(select(func.coalesce(Job.finished_at, Result.created_at))
+                          .join(Result, Result.job_id == Job.id).where(Job.id == job_id))
+    if made is None:
+        raise ValueError(f"job {job_id} has no result")
+    return made if made.tzinfo else made.replace(tzinfo=UTC)
+
+
 def sr_bytes(sr: hd.sr.Comprehensive3DSR) -> bytes:
     buf = io.BytesIO()
     sr.save_as(buf, enforce_file_format=True)
@@ -95,10 +108,11 @@ def _closed(points: list[tuple[float, float]]) -> np.ndarray:
     return np.array([*points, points[0]], dtype=float)
 
 
-def build_sr(document: ResultDocument, source: SourceInstance, *, job_id: str,
+def build_sr(document: ResultDocument, source: SourceInstance, *, job_id: str, made: datetime,
              context: Dataset | None = None) -> hd.sr.Comprehensive3DSR:
-    """The SR of a job's result. ``context``: the source's patient and study attributes (the
-    push to a PACS reads them from it); without it they are empty (the service has none)."""
+    """The SR of a job's result, made at ``made`` (``content_time``). ``context``: the source's
+    patient and study attributes (the push to a PACS reads them from it); without it they are
+    empty (the service has none)."""
     image = hd.sr.SourceImageForRegion(
         source.sop_class_uid, source.sop_instance_uid,
         referenced_frame_numbers=source.frame_numbers)
@@ -144,8 +158,16 @@ def build_sr(document: ResultDocument, source: SourceInstance, *, job_id: str,
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=OBSTETRIC_US, imaging_measurements=measurements)  # type: ignore[arg-type]
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=[_evidence(source, context)], content=report,
         series_instance_uid=generate_uid(entropy_srcs=[job_id, "series"]), series_number=900,
         sop_instance_uid=generate_uid(entropy_srcs=[job_id, document.model.revision, "sr"]), instance_number=1,
         manufacturer="FADA Serve", is_complete=True)
+    # highdicom stamps the host's local time of the call; one UID must mean one content
+    made = made.astimezone(UTC)
+    sr.ContentDate = sr.InstanceCreationDate = DA(made.date())
+    sr.ContentTime = sr.InstanceCreationTime = TM(made.time())
+    sr.TimezoneOffsetFromUTC = "+0000"
+    for equipment in sr.get("ContributingEquipmentSequence", []):  # highdicom's own entry, stamped now
+        equipment.ContributionDateTime = DT(made)
+    return sr

@@ -19,7 +19,7 @@ import certifi
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.export.dicom_sr import build_sr, source_instance, sr_bytes
+from services.export.dicom_sr import build_sr, content_time, source_instance, sr_bytes
 from services.jobs import get_result
 from shared.db.models import DeliveryKind
 from shared.schemas.results import ResultDocument
@@ -146,13 +146,14 @@ def _store_sr(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Sess
         if result is None:
             raise _Unsendable(f"job {delivery.job_id} has no result")
         source = source_instance(session, delivery.job_id)
+        made = content_time(session, delivery.job_id)
         document = ResultDocument.model_validate(result.document)
     try:
         context = source_context(client, delivery.url, source, authorization)
     except SourceNotInPacs as exc:
         raise _Unsendable(str(exc)) from None
     try:
-        dataset = sr_bytes(build_sr(document, source, job_id=delivery.job_id, context=context))
+        dataset = sr_bytes(build_sr(document, source, job_id=delivery.job_id, made=made, context=context))
     except (ValueError, TypeError) as exc:  # highdicom refusing a value the PACS holds, say
         raise _Unsendable(f"the SR cannot be built with the PACS's patient and study attributes: {exc}") from None
     boundary = uuid.uuid4().hex

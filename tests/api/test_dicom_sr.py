@@ -4,6 +4,8 @@ with pydicom and highdicom and references the instance the job was made from."""
 from __future__ import annotations
 
 import io
+import time
+from datetime import UTC
 from pathlib import Path
 
 import highdicom as hd
@@ -11,7 +13,10 @@ import pydicom
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from pydicom.uid import Comprehensive3DSRStorage
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.models import Job
 
 from .conftest import Keys
 from .helpers import assert_problem, file_part, png, succeed_job, ultrasound_dicom
@@ -54,8 +59,15 @@ def test_structured_report_reads_back_and_references_the_source(client: TestClie
     assert "FADA-SKD" in text and document.model.revision in text and "untrained" in text
     assert "head" in text  # the view label
 
+    time.sleep(1.1)  # a download a second later is still the same object, byte for byte
     again = client.get(f"/v1/jobs/{job_id}/sr.dcm", headers=keys.qa.headers)
-    assert pydicom.dcmread(io.BytesIO(again.content)).SOPInstanceUID == ds.SOPInstanceUID  # stable identity
+    assert again.content == r.content
+    with sm() as session:
+        finished = session.scalar(select(Job.finished_at).where(Job.id == job_id))
+    assert finished is not None  # the content and creation times are the job's finish, in UTC
+    stamp = (finished.astimezone(UTC).strftime("%Y%m%d"), finished.astimezone(UTC).strftime("%H%M%S"))
+    assert (ds.ContentDate, ds.ContentTime[:6]) == stamp == (ds.InstanceCreationDate, ds.InstanceCreationTime[:6])
+    assert ds.TimezoneOffsetFromUTC == "+0000"
 
 
 def test_jobs_not_made_from_dicom_have_no_structured_report(client: TestClient, keys: Keys,

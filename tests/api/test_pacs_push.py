@@ -19,6 +19,7 @@ from services.export.dicom_sr import SourceInstance, build_sr
 from services.notify import dispatch_once
 from services.notify.pacs_context import source_context
 from shared.db.models import Delivery, DeliveryKind, DeliveryStatus
+from shared.db.types import utcnow
 
 from .conftest import ClientFactory, Keys, make_settings
 from .helpers import file_part, make_document, png, succeed_job, ultrasound_dicom
@@ -146,5 +147,5 @@ def test_values_an_sr_may_not_carry_are_left_out_of_the_pacs_context() -> None:
     assert (context.PatientID, str(context.PatientName), context.StudyTime) == ("PID-7", "Doe^Jane", "101500")
     assert "PatientSex" not in context and "StudyDate" not in context and "AccessionNumber" not in context
     assert "PixelData" not in context
-    sr = build_sr(make_document(), source, job_id="job-1", context=context)  # builds: nothing refused
+    sr = build_sr(make_document(), source, job_id="job-1", made=utcnow(), context=context)  # builds: nothing refused
     assert sr.PatientID == "PID-7"

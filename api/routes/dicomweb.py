@@ -15,6 +15,7 @@ from shared.db.models import Role
 
 from ..context import Caller
 from ..deps import Ctx, require, set_audit_job
+from ..metrics import JOBS_SUBMITTED
 from ..problems import Problem, pending_retry_after, problem_doc
 from .jobs import job_options
 
@@ -67,6 +68,7 @@ async def stow(
         store_instances, ctx.sm, parts, options, api_key_id=caller.key_id,
         enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,
         max_attempts=ctx.settings.job_max_attempts, max_pending=ctx.pending_limit(caller))
+    JOBS_SUBMITTED.labels(options.mode.value).inc(outcome.created)
     request.state.audit_detail = {"stored": len(outcome.stored), "failed": len(outcome.failed),
                                   "job_ids": [job_id for _, _, job_id in outcome.stored][:50]}
     if len(outcome.stored) == 1:

@@ -34,6 +34,7 @@ OUT_OF_RESOURCES = 0xA700  # the key's pending-job limit (FADA_MAX_PENDING_PER_K
 class StowOutcome:
     stored: list[tuple[str, str, str]] = field(default_factory=list)  # (class UID, instance UID, job id)
     failed: list[tuple[str | None, str | None, int, str]] = field(default_factory=list)  # (..., reason, why)
+    created: int = 0  # stored instances that made a new job (the others were replays of a push)
 
     @property
     def status(self) -> int:
@@ -94,6 +95,7 @@ def store_instances(
                                    f"processing failed: {type(exc).__name__}"))
             continue
         outcome.stored.append((sop_class or "", sop_instance, accepted.id))
+        outcome.created += accepted.created
     return outcome
 
 

@@ -13,6 +13,7 @@ import httpx
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.data import get_testdata_file
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
@@ -58,6 +59,12 @@ def _jobs(sm: sessionmaker[Session]) -> list[Job]:
         return list(session.scalars(select(Job).order_by(Job.created_at)))
 
 
+def _submitted(base: str) -> float:
+    """The gateway's ``fada_jobs_submitted_total``, all modes."""
+    families = text_string_to_metric_families(httpx.get(f"{base}/metrics").text)
+    return sum(s.value for f in families for s in f.samples if s.name == "fada_jobs_submitted_total")
+
+
 def test_dicomweb_client_stores_a_study_each_instance_a_job(make_app: AppFactory, serve: Serve, keys: Keys,
                                                             sm: sessionmaker[Session]) -> None:
     app = make_app()
@@ -65,7 +72,9 @@ def test_dicomweb_client_stores_a_study_each_instance_a_job(make_app: AppFactory
     app.state.ctx.settings.public_url = base  # links in the answer must reach this very server
     client = DICOMwebClient(url=f"{base}/dicomweb", headers=keys.submitter.headers)
     first, second = _ultrasound(generate_uid()), _ultrasound(generate_uid())
+    before = _submitted(base)
     answer = client.store_instances(datasets=[first, second])
+    assert _submitted(base) - before == 2  # STOW-RS jobs count as submitted, as uploads do
     stored = answer.ReferencedSOPSequence
     assert [item.ReferencedSOPInstanceUID for item in stored] == [first.SOPInstanceUID, second.SOPInstanceUID]
     assert all(item.ReferencedSOPClassUID == first.SOPClassUID for item in stored)
@@ -79,6 +88,7 @@ def test_dicomweb_client_stores_a_study_each_instance_a_job(make_app: AppFactory
     again = client.store_instances(datasets=[first])
     assert again.ReferencedSOPSequence[0].RetrieveURL == stored[0].RetrieveURL
     assert len(_jobs(sm)) == 2
+    assert _submitted(base) - before == 2  # a replay is not a new job
 
 
 def test_some_failed_is_202_none_stored_is_409(make_app: AppFactory, serve: Serve, keys: Keys,

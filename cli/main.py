@@ -222,7 +222,14 @@ def serve(
 ) -> None:
     """Gateway plus one worker process. With no configuration: SQLite and a serverless broker
     under ./var, and the tiny local model (built on first start)."""
-    from cli.processes import ensure_model, exit_cleanly_on_signals, run_api, start_worker, stop_process
+    from cli.processes import (
+        ensure_model,
+        exit_cleanly_on_signals,
+        run_api,
+        start_worker,
+        stop_process,
+        watch_worker,
+    )
     from shared.db.migrate import upgrade
     from shared.settings import Settings
 
@@ -232,10 +239,19 @@ def serve(
     model_env = ensure_model(settings)
     exit_cleanly_on_signals()
     worker = start_worker(model_env)
+    stopping, died = watch_worker(worker)
     try:
         run_api(host, port)
+    except SystemExit:
+        if not died.is_set():
+            raise
     finally:
+        stopping.set()
         stop_process(worker)
+    if died.is_set():  # jobs accepted meanwhile stay queued in the database for the next start
+        typer.echo(f"error: the worker process exited (status {worker.returncode}); the gateway stopped with it",
+                   err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from shared.settings import Settings
@@ -48,6 +49,23 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def watch_worker(proc: subprocess.Popen[bytes]) -> tuple[threading.Event, threading.Event]:
+    """Stop this process (SIGTERM to itself: the gateway shuts down as on a signal) when the
+    worker exits without being asked, so a gateway never goes on taking jobs nobody runs and
+    a supervisor restarts both. Returns (``stopping``: set it before stopping the worker on
+    purpose, ``died``: set when the worker went on its own)."""
+    stopping, died = threading.Event(), threading.Event()
+
+    def _watch() -> None:
+        proc.wait()
+        if not stopping.is_set():
+            died.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=_watch, name="watch-worker", daemon=True).start()
+    return stopping, died
 
 
 def exit_cleanly_on_signals() -> None:

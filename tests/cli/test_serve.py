@@ -72,3 +72,33 @@ def test_fada_serve_on_the_embedded_default(tmp_path: Path) -> None:
     # the worker it started went with it
     leftover = subprocess.run(["pgrep", "-g", str(serve.pid)], capture_output=True, text=True).stdout.split()
     assert leftover == [], f"processes left behind: {leftover}"
+
+
+def test_fada_serve_stops_when_its_worker_dies(tmp_path: Path) -> None:
+    """A worker killed (the kernel's OOM killer, say) takes the gateway down with it, exit
+    status 1, instead of leaving a gateway that accepts jobs nobody runs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FADA_")}
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        serve = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], cwd=tmp_path,
+                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        _wait(ready, 120, "/readyz", log)
+        [worker] = subprocess.run(["pgrep", "-P", str(serve.pid)], capture_output=True, text=True).stdout.split()
+        os.kill(int(worker), signal.SIGKILL)
+        serve.wait(60)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+    text = log.read_text(errors="replace")
+    assert serve.returncode == 1, text[-3000:]
+    assert "the worker process exited" in text
+    _wait(lambda: not subprocess.run(["pgrep", "-g", str(serve.pid)], capture_output=True).stdout, 30,
+          "the worker's pool processes to go", log)

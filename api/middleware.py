@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids, authentication with an audit trail, and the body limit.
+"""ASGI middleware: request ids, authentication with an audit trail, and the body limit (which
+also catches a form body cut off before its end).
 
 Authentication happens here, before any body is read, so an unknown key uploads nothing;
 routes then check the role (403). Every ``/v1`` request writes one audit event (who, what,
@@ -138,6 +139,28 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than the limit of {limit} bytes")
 
 
+class CutOffMultipart(HTTPException):
+    """A multipart/form-data body that ends before its closing boundary: cut off in transit.
+    The form parser would hand the route the parts that did arrive, and the client would be
+    told a field is missing; the problem handler answers 400 ``malformed_body`` instead."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "the multipart/form-data body ends before its closing boundary: it was cut off; "
+                              "send the whole request again")
+
+
+def _form_boundary(scope: Scope) -> bytes | None:
+    content_type = _header(scope, b"content-type") or ""
+    kind, _, params = content_type.partition(";")
+    if kind.strip().lower() != "multipart/form-data":
+        return None
+    for param in params.split(";"):
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "boundary" and value:
+            return value.strip('"').encode("latin-1", "replace")
+    return None
+
+
 class BodyLimitMiddleware:
     """Refuses a body over ``limit`` bytes: at once from its Content-Length, or while it
     streams (chunked uploads) by counting what arrives; it is never held in memory whole."""
@@ -157,14 +180,22 @@ class BodyLimitMiddleware:
             await response(scope, receive, send)
             return
         received = 0
+        boundary = _form_boundary(scope)
+        closing = b"--" + boundary + b"--" if boundary else b""
+        tail = b""  # enough of the body's end to hold its closing delimiter (and a short epilogue)
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, tail
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > self.limit:
                     raise BodyTooLarge(self.limit)
+                if closing:
+                    tail = (tail + chunk)[-(len(closing) + 256):]
+                    if not message.get("more_body", False) and closing not in tail:
+                        raise CutOffMultipart()
             return message
 
         await self.app(scope, counting_receive, send)

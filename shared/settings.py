@@ -37,7 +37,8 @@ class Settings(BaseSettings):
         "linear-attention kernels that fail on this host by PyTorch's; auto = on CUDA")
     profile: str = Field("fada-skd", description="bundled profile name or path to a profile JSON file")
 
-    max_pixels: int = Field(40_000_000, ge=1, description="largest accepted image frame (width x height of the one frame analysed)")
+    max_pixels: int = Field(40_000_000, ge=1,
+                            description="largest accepted image frame (width x height of the one frame analysed)")
 
     # The database that holds the truth (jobs, images, results, reviews, keys, audit).
     database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite at {data_dir}/fada.db")

@@ -180,3 +180,25 @@ def test_chunked_body_under_the_limit_is_accepted(make_app: AppFactory, serve: S
     assert r.status_code == 202, r.text
     assert stored(sm)["jobs"] == 1
     assert r.json()["id"] in enqueued_job_ids(broker_url)
+
+
+@pytest.mark.usefixtures("nothing_stored")
+def test_a_form_body_cut_off_before_its_end_is_a_400_not_a_missing_field(client: TestClient, keys: Keys) -> None:
+    head = (b'--zz\r\nContent-Disposition: form-data; name="mode"\r\n\r\nautonomous\r\n'
+            b'--zz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n")
+    whole = head + png() + b"\r\n--zz--\r\n"
+    headers = {**keys.submitter.headers, "Content-Type": "multipart/form-data; boundary=zz"}
+    for cut in (len(head) + 8, len(head) - 20, len(whole) - 4):  # in the file, in its headers, in the end line
+        detail = assert_problem(client.post("/v1/jobs", content=whole[:cut], headers=headers), 400,
+                                "malformed_body")["detail"]
+        assert "cut off" in detail
+
+
+def test_a_whole_form_body_with_a_quoted_boundary_and_an_epilogue_is_accepted(client: TestClient,
+                                                                               keys: Keys) -> None:
+    body = (b'--z z\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + png() + b"\r\n--z z--\r\nan epilogue\r\n")
+    r = client.post("/v1/jobs", content=body,
+                    headers={**keys.submitter.headers, "Content-Type": 'multipart/form-data; boundary="z z"'})
+    assert r.status_code == 202, r.text

@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 from fastapi import HTTPException
+from python_multipart.multipart import parse_options_header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.keys import authenticate
@@ -150,15 +151,11 @@ class CutOffMultipart(HTTPException):
 
 
 def _form_boundary(scope: Scope) -> bytes | None:
-    content_type = _header(scope, b"content-type") or ""
-    kind, _, params = content_type.partition(";")
-    if kind.strip().lower() != "multipart/form-data":
+    """The boundary of a multipart/form-data request, read as the form parser reads it."""
+    kind, params = parse_options_header(_header(scope, b"content-type") or "")
+    if kind.lower() != b"multipart/form-data":
         return None
-    for param in params.split(";"):
-        name, _, value = param.strip().partition("=")
-        if name.lower() == "boundary" and value:
-            return value.strip('"').encode("latin-1", "replace")
-    return None
+    return params.get(b"boundary") or None
 
 
 class BodyLimitMiddleware:

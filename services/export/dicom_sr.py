@@ -75,7 +75,7 @@ def content_time(session: Session, job_id: str) -> datetime:
                           .join(Result, Result.job_id == Job.id).where(Job.id == job_id))
     if made is None:
         raise ValueError(f"job {job_id} has no result")
-    return made if made.tzinfo else made.replace(tzinfo=UTC)
+    return made
 
 
 def sr_bytes(sr: hd.sr.Comprehensive3DSR) -> bytes:

@@ -7,6 +7,7 @@ a row that never committed would be a worker error, a lost message is recovered 
 from __future__ import annotations
 
 import io
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
@@ -25,7 +26,7 @@ def encode_png(decoded: DecodedImage) -> bytes:
     return buf.getvalue()
 
 
-def store_image(session: Session, decoded: DecodedImage, *, original_size: int) -> Image:
+def store_image(session: Session, decoded: DecodedImage, *, original_size: int, now: datetime) -> Image:
     spacing = decoded.pixel_spacing_mm
     dicom = decoded.dicom
     image = Image(
@@ -46,7 +47,7 @@ def store_image(session: Session, decoded: DecodedImage, *, original_size: int) 
         dicom_manufacturer_model=(dicom.manufacturer_model_name or "")[:64] or None if dicom else None,
         data=encode_png(decoded),
         original_size_bytes=original_size,
-        created_at=db_now(session),
+        created_at=now,
     )
     session.add(image)
     return image
@@ -70,8 +71,8 @@ def submit_job(
     if max_attempts < 1:
         raise ValueError("max_attempts must be 1 or more")
     job_mode = JobMode(mode)
-    image = store_image(session, decoded, original_size=original_size)
     now = db_now(session)
+    image = store_image(session, decoded, original_size=original_size, now=now)
     job = Job(
         id=new_id(),
         status=JobStatus.queued,

@@ -26,13 +26,23 @@ def _wait(predicate, timeout: float, what: str, log: Path) -> None:  # type: ign
     raise AssertionError(f"timed out waiting for {what}\n{log.read_text(errors='replace')[-4000:]}")
 
 
-def test_fada_serve_on_the_embedded_default(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FADA_")}
-    port = free_port()
-    log = tmp_path / "serve.log"
+def _unconfigured() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("FADA_")}
+
+
+def _start_serve(folder: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """``fada serve`` with no configuration in ``folder`` (its own process group); its log."""
+    log = folder / "serve.log"
     with log.open("wb") as out:
-        serve = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], cwd=tmp_path,
-                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        serve = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], cwd=folder,
+                                 env=_unconfigured(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return serve, log
+
+
+def test_fada_serve_on_the_embedded_default(tmp_path: Path) -> None:
+    env = _unconfigured()
+    port = free_port()
+    serve, log = _start_serve(tmp_path, port)
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=10) as client:
@@ -77,12 +87,8 @@ def test_fada_serve_on_the_embedded_default(tmp_path: Path) -> None:
 def test_fada_serve_stops_when_its_worker_dies(tmp_path: Path) -> None:
     """A worker killed (the kernel's OOM killer, say) takes the gateway down with it, exit
     status 1, instead of leaving a gateway that accepts jobs nobody runs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FADA_")}
     port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        serve = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)], cwd=tmp_path,
-                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    serve, log = _start_serve(tmp_path, port)
     try:
         def ready() -> bool:
             try:

@@ -19,6 +19,9 @@ from .strict_inputs import known_inputs_only
 
 # PostgreSQL text cannot hold NUL; refusing it at the edge gives a 422 instead of a 500 there.
 NO_NUL = r"^[^\x00]*$"
+# A caller's reference (accession number, SOP Instance UID) is one line of printable text: a
+# control character in it breaks CSV reports, logs and the DICOM SR's text values downstream.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 ID_MAX = 64
 JobId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="job id")]
 BatchId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="batch id")]

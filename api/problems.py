@@ -89,7 +89,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(IngestError)
     async def _ingest(_: Request, exc: IngestError) -> JSONResponse:
-        return problem_response(exc.status, exc.code, exc.detail)
+        where: dict[str, Any] = {} if exc.file_index is None else {"file_index": exc.file_index}
+        return problem_response(exc.status, exc.code, exc.detail, **where)
 
     @app.exception_handler(IdempotencyConflict)
     async def _idem(_: Request, exc: IdempotencyConflict) -> JSONResponse:

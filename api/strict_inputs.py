@@ -1,5 +1,5 @@
 """Refusing request parts a /v1 route does not take: unknown query parameters and form fields,
-and a single-valued one sent more than once.
+a single-valued one sent more than once, and a form field sent empty.
 
 FastAPI ignores the unknown and keeps the last of a repeated one. A misspelt filter
 (``?stauts=failed``, ``?group-by=label``) would answer with everything, or with the default
@@ -48,6 +48,7 @@ async def known_inputs_only(request: Request) -> None:
         fields = [name for name, _ in form.multi_items()]
         _refuse("form field", fields, takes.form, "unknown_form_field")
         _refuse_repeats("form field", fields, takes.lists, "repeated_form_field")
+        _refuse_empty([name for name, value in form.multi_items() if value == ""])
 
 
 def document_strict_forms(app: FastAPI) -> None:
@@ -113,6 +114,15 @@ def _refuse_repeats(what: str, sent: list[str], lists: frozenset[str], code: str
     if repeated:
         raise Problem(422, code, f"{what}(s) sent more than once: {', '.join(repeated)}; each takes one value",
                       repeated=repeated)
+
+
+def _refuse_empty(empty: list[str]) -> None:
+    # FastAPI reads an empty form value as "not sent": `-F mode=$MODE` with MODE unset would
+    # run the job autonomously, `-F frame=` would analyse frame 0. Leaving the field out says that.
+    if empty:
+        names = sorted(set(empty))
+        detail = f"form field(s) {', '.join(names)} sent empty; leave a field out to take its default"
+        raise Problem(422, "empty_form_field", detail, empty=names)
 
 
 def _is_array(schema: dict[str, Any]) -> bool:

@@ -17,7 +17,7 @@ from shared.db.models import Job, JobMode, JobStatus, ReviewState, Role
 from shared.schemas.results import ResultDocument
 
 from ..context import AppContext, Caller
-from ..deps import ID_MAX, NO_NUL, Ctx, JobId, require, set_audit_job
+from ..deps import ID_MAX, NO_NUL, PRINTABLE, Ctx, JobId, require, set_audit_job
 from ..metrics import JOBS_SUBMITTED
 from ..problems import PROBLEM, Problem, problem_doc
 from ..schemas import DeliveryOut, JobOut, JobPage
@@ -29,10 +29,11 @@ Reader = Annotated[Caller, Depends(require(Role.submitter, Role.reviewer, Role.q
 IdempotencyKeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255, min_length=1,
                                                    pattern=NO_NUL)]
 ModeField = Annotated[Literal["autonomous", "hitl"], Form()]
-ExternalIdField = Annotated[str | None, Form(max_length=128, pattern=NO_NUL)]
+# min_length documents what strict_inputs enforces (FastAPI itself reads an empty form value as absent)
+ExternalIdField = Annotated[str | None, Form(min_length=1, max_length=128, pattern=PRINTABLE)]
 FrameField = Annotated[int, Form(ge=0, le=100_000)]
 CallbackUrlField = Annotated[str | None, Form(
-    max_length=2048, pattern=NO_NUL,
+    min_length=1, max_length=2048, pattern=NO_NUL,
     description="http(s) URL for this job's signed webhook events instead of the key's own (the key needs a "
                 "webhook secret)")]
 
@@ -104,7 +105,7 @@ def list_(
     caller: Reader,
     status: JobStatus | None = None,
     mode: JobMode | None = None,
-    external_id: Annotated[str | None, Query(max_length=128)] = None,
+    external_id: Annotated[str | None, Query(max_length=128, pattern=PRINTABLE)] = None,
     review_state: ReviewState | None = None,
     batch_id: Annotated[str | None, Query(max_length=ID_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

@@ -3,7 +3,9 @@ answer as DICOM PS3.18 says: 200 all stored, 202 some failed, 409 none stored, w
 JSON body naming what was stored (ReferencedSOPSequence) and what failed (FailedSOPSequence).
 
 A repeated push of the same instance (a PACS retrying) answers with the job already made:
-each instance is submitted under the Idempotency-Key ``stow:<SOP Instance UID>``.
+each instance is submitted under the Idempotency-Key ``stow:<SOP Instance UID>``. Unless that
+job failed or was canceled: then the push is how the PACS (or a person resending the study)
+retries, and it makes a new job; the old one stays, with its error, under the same external_id.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.ingest import IngestError, part10_uids
-from services.jobs import IdempotencyConflict, TooManyPending
+from services.jobs import IdempotencyConflict, TooManyPending, forget_if_ended_without_result
 from services.jobs.intake import Enqueue, JobOptions, Upload, accept_job
 
 from .multipart_related import DICOM_TYPE, Part
@@ -73,12 +75,15 @@ def store_instances(
             outcome.failed.append((sop_class, None, CANNOT_UNDERSTAND,
                                    "not a DICOM Part-10 instance with a valid SOP Instance UID in its File Meta"))
             continue
+        key = f"stow:{sop_instance}"
         try:
+            with sm.begin() as session:
+                forget_if_ended_without_result(session, api_key_id, key)
             accepted = accept_job(
                 sm, Upload(bytes(part.data), f"{sop_instance}.dcm"),
                 replace(options, external_id=sop_instance[:128]),
                 api_key_id=api_key_id, enqueue=enqueue, max_pixels=max_pixels, max_attempts=max_attempts,
-                idempotency_key=f"stow:{sop_instance}", max_pending=max_pending)
+                idempotency_key=key, max_pending=max_pending)
         except IngestError as exc:
             outcome.failed.append((sop_class, sop_instance, CANNOT_UNDERSTAND, f"{exc.code}: {exc.detail}"))
             continue

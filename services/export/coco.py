@@ -31,7 +31,9 @@ def to_coco(document: ResultDocument, profile: Profile, *, image_id: str) -> dic
     return {
         "info": {"description": "FADA Serve result", "model": document.model.model_dump(mode="json")},
         "images": [{"id": image_id, "width": document.image.width, "height": document.image.height,
-                    "file_name": f"{image_id}.{document.image.format}"}],
+                    "file_name": f"{image_id}.{document.image.format}",
+                    # not COCO keys: which frame of a multi-frame upload the annotations are on
+                    "frame_index": document.image.frame, "frame_count": document.image.frame_count}],
         "categories": [{"id": i + 1, "name": label, "supercategory": "fetal_ultrasound"}
                        for i, label in enumerate(profile.classes)],
         "annotations": annotations,

@@ -36,5 +36,5 @@ class DecodedImage:
     sha256: str  # hex digest of the original bytes, not of the decoded pixels
     pixel_spacing_mm: tuple[float, float] | None  # (row, col), i.e. (vertical, horizontal)
     frame: int  # 0-based index of the decoded frame
-    frame_count: int
+    frame_count: int | None  # frames in the upload; None: not recorded (an image stored before it was)
     dicom: DicomInfo | None = None

@@ -18,6 +18,8 @@ class IngestError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+        # Set when the input was one of several files (a batch): its 0-based position.
+        self.file_index: int | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, detail={self.detail!r})"

@@ -3,7 +3,7 @@ retry, cancel, resume, sweep, and reading jobs back. Plain functions over a SQLA
 ``Session``; none of them commits."""
 
 from .errors import IdempotencyConflict, InvalidCursor, InvalidTransition, JobNotFound, JobsError, TooManyPending
-from .idempotency import find_idempotent, fingerprint, remember_idempotent
+from .idempotency import find_idempotent, fingerprint, forget_if_ended_without_result, remember_idempotent
 from .lifecycle import (
     MAX_ATTEMPTS_CODE,
     REJECTED_DETAIL,
@@ -52,6 +52,7 @@ __all__ = [
     "find_idempotent",
     "fingerprint",
     "finish_hitl",
+    "forget_if_ended_without_result",
     "get_job",
     "get_result",
     "list_jobs",

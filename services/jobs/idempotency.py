@@ -7,11 +7,11 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.db.models import Batch, IdempotencyKey, Job
+from shared.db.models import Batch, IdempotencyKey, Job, JobStatus
 from shared.db.types import new_id, utcnow
 
 from .errors import IdempotencyConflict
@@ -85,3 +85,14 @@ def remember_idempotent(
             raise
         return existing
     return None
+
+
+def forget_if_ended_without_result(session: Session, api_key_id: str, key: str) -> bool:
+    """Forget ``key`` when the job it names failed or was canceled, so that the same request
+    makes a new job. For keys a sender cannot choose (STOW-RS derives one from the SOP
+    Instance UID), sending again is its only way to retry. True when a key was forgotten."""
+    ended = select(Job.id).where(Job.id == IdempotencyKey.job_id,
+                                 Job.status.in_((JobStatus.failed, JobStatus.canceled))).exists()
+    done = session.execute(delete(IdempotencyKey).where(
+        IdempotencyKey.api_key_id == api_key_id, IdempotencyKey.key == key, ended))
+    return bool(getattr(done, "rowcount", 0))

@@ -42,5 +42,5 @@ def load_decoded(session: Session, image_id: str) -> DecodedImage:
         sha256=row.sha256,
         pixel_spacing_mm=spacing,
         frame=row.frame,
-        frame_count=1,  # only the chosen frame is stored
+        frame_count=row.frame_count,
     )

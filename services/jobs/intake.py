@@ -117,7 +117,7 @@ def accept_batch(
     max_pending: int | None = None,
 ) -> tuple[Accepted, list[str]]:
     """Several uploads -> one batch of queued jobs, all or nothing: one bad file refuses the
-    whole batch (its ``IngestError`` names the file by index). Returns the batch and its job
+    whole batch (its ``IngestError`` names the file). Returns the batch and its job
     ids in upload order."""
     print_ = ""
     if idempotency_key:
@@ -128,7 +128,7 @@ def accept_batch(
                 return Accepted(earlier.id, created=False), [j.id for j in earlier.jobs]
     try:
         _look_early(sm, api_key_id, len(uploads), max_pending)
-        decoded = [_decode(index, upload, options.frame, max_pixels) for index, upload in enumerate(uploads)]
+        decoded = [_decode(index, uploads, options.frame, max_pixels) for index in range(len(uploads))]
         with sm.begin() as session:
             admit(session, api_key_id, len(uploads), max_pending)
             batch = create_batch(session, api_key_id=api_key_id, external_id=None)
@@ -165,12 +165,16 @@ def _look_early(sm: sessionmaker[Session], api_key_id: str, asked: int, limit: i
             admit(session, api_key_id, asked, limit, lock=False)
 
 
-def _decode(index: int, upload: Upload, frame: int, max_pixels: int) -> DecodedImage:
-    """One upload of a batch; its ``IngestError`` names the file by index (and name)."""
+def _decode(index: int, uploads: Sequence[Upload], frame: int, max_pixels: int) -> DecodedImage:
+    """One upload of a batch; its ``IngestError`` names the file as people count ("file 2 of
+    3", and its name) and carries its 0-based position for programs (``file_index``)."""
+    upload = uploads[index]
     try:
         return decode_image(upload.data, frame=frame, max_pixels=max_pixels)
     except IngestError as exc:
-        exc.detail = f"file {index}" + (f" ({upload.filename})" if upload.filename else "") + f": {exc.detail}"
+        name = f" ({upload.filename})" if upload.filename else ""
+        exc.detail = f"file {index + 1} of {len(uploads)}{name}: {exc.detail}"
+        exc.file_index = index
         raise
 
 

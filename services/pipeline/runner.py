@@ -230,7 +230,8 @@ class Pipeline:
             model=ModelInfo(base=p.base, adapter=p.adapter, revision=p.revision,
                             profile=f"{self.profile.name}@{self.profile.version}", untrained=p.untrained),
             image=ImageInfo(width=decoded.width, height=decoded.height, sha256=decoded.sha256,
-                            format=decoded.format, pixel_spacing_mm=decoded.pixel_spacing_mm),
+                            format=decoded.format, pixel_spacing_mm=decoded.pixel_spacing_mm,
+                            frame=decoded.frame, frame_count=decoded.frame_count),
         )
 
     def _map(self, doc: ResultDocument) -> MapDecision:

@@ -33,6 +33,10 @@ class ImageInfo(_Doc):
     sha256: str
     format: Literal["png", "jpeg", "dicom"]
     pixel_spacing_mm: tuple[float, float] | None = None
+    # Which frame of the upload was analysed (a DICOM cine or an APNG has many): a result says
+    # what it annotates. Documents written before these fields existed read as frame 0, count unknown.
+    frame: int = Field(default=0, ge=0, description="0-based index of the analysed frame in the upload")
+    frame_count: int | None = Field(default=None, ge=1, description="frames in the upload; null if not recorded")
 
 
 class Classification(_Doc):

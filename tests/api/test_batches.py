@@ -84,8 +84,8 @@ def test_one_bad_file_refuses_the_whole_batch(client: TestClient, keys: Keys, sm
     before = enqueued_job_ids(broker_url)
     r = client.post("/v1/batches", files=_files(png(1), bad, png(2)), headers=keys.submitter.headers)
     body = assert_problem(r, status, code)
-    assert "file 1" in body["detail"] and "scan-1.bin" in body["detail"]
-    assert "file 0" not in body["detail"] and "file 2" not in body["detail"]
+    assert body["detail"].startswith("file 2 of 3 (scan-1.bin): ")  # counted as people count
+    assert body["file_index"] == 1  # the 0-based position of its part, for programs
     assert stored(sm) == NOTHING_STORED
     assert enqueued_job_ids(broker_url) == before
 

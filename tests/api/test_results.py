@@ -80,8 +80,9 @@ def test_result_of_a_succeeded_job(client: TestClient, keys: Keys, submit: Submi
     assert body["interpretation"] is None and body["mapping"] is None  # nulls are present, not dropped
     assert body["model"] == {"base": "tiny/base", "adapter": "tiny/adapter", "revision": "rev-7",
                              "profile": "fada-skd", "untrained": True}
+    # a document stored before results named their frame reads as frame 0, count unknown
     assert body["image"] == {"width": 48, "height": 32, "sha256": "a" * 64, "format": "png",
-                             "pixel_spacing_mm": [0.1, 0.1]}
+                             "pixel_spacing_mm": [0.1, 0.1], "frame": 0, "frame_count": None}
     assert body["classification"] == {"label": "head"}
     assert [d["bbox"] for d in body["detections"]] == [[1, 2, 10, 4], [20, 5, 6, 8]]
     assert [d["category_id"] for d in body["detections"]] == [category_id("NT"), category_id("NB")]
@@ -104,7 +105,8 @@ def test_coco_document(client: TestClient, keys: Keys, submit: Submit, sm: sessi
     assert r.status_code == 200, r.text
     coco = r.json()
     assert {"images", "categories", "annotations"} <= coco.keys()
-    assert coco["images"] == [{"id": job, "width": 48, "height": 32, "file_name": f"{job}.png"}]
+    assert coco["images"] == [{"id": job, "width": 48, "height": 32, "file_name": f"{job}.png", "frame_index": 0,
+                               "frame_count": None}]
     assert [c["id"] for c in coco["categories"]] == list(range(1, len(PROFILE.classes) + 1))
     assert [c["name"] for c in coco["categories"]] == PROFILE.classes
     annotations = coco["annotations"]

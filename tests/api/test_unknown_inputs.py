@@ -83,6 +83,41 @@ def test_a_single_valued_field_sent_twice_submits_nothing(client: TestClient, ke
     assert client.post("/v1/batches", files=two_files, headers=keys.submitter.headers).status_code == 202
 
 
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/batches"])
+def test_a_form_field_sent_empty_submits_nothing(client: TestClient, keys: Keys, sm: sessionmaker[Session],
+                                                 broker_url: str, path: str) -> None:
+    """``-F mode=$MODE`` with MODE unset sends ``mode=``, which FastAPI reads as "not sent": the
+    job ran autonomous when the script meant a human in the loop. Leaving the field out still
+    takes the default."""
+    before = enqueued_job_ids(broker_url)
+    for empty in ({"mode": ""}, {"frame": "", "external_id": "ACC-1"}, {"external_id": "", "mode": "hitl"}):
+        body = assert_problem(client.post(path, files=file_part(png()), data=empty, headers=keys.submitter.headers),
+                              422, "empty_form_field")
+        assert body["empty"] == [name for name, value in sorted(empty.items()) if value == ""]
+        assert "leave a field out to take its default" in body["detail"]
+    assert stored(sm) == NOTHING_STORED and enqueued_job_ids(broker_url) == before
+    r = client.post(path, files=file_part(png()), data={"external_id": "ACC-1"}, headers=keys.submitter.headers)
+    assert r.status_code == 202, r.text
+
+
+@pytest.mark.parametrize("external_id", ["ACC\n0001", "ACC\t1", "ACC\r", "\x1b[31mACC", "ACC\x7f", "ACC\x00"])
+def test_an_external_id_with_a_control_character_is_refused(client: TestClient, keys: Keys,
+                                                            sm: sessionmaker[Session], external_id: str) -> None:
+    """It would break the CSV reports, the logs and the SR's text downstream; a filter with one
+    can match nothing stored, so it is refused too (and a NUL is not a PostgreSQL error)."""
+    r = client.post("/v1/jobs", files=file_part(png()), data={"external_id": external_id},
+                    headers=keys.submitter.headers)
+    assert_problem(r, 422, "invalid_request")
+    assert stored(sm) == NOTHING_STORED
+    assert_problem(client.get("/v1/jobs", params={"external_id": external_id}, headers=keys.qa.headers), 422,
+                   "invalid_request")
+    ok = "ACC-0001 ÄÖ 胎儿 ^2.25.1"  # printable text of any script passes
+    assert client.post("/v1/jobs", files=file_part(png()), data={"external_id": ok},
+                       headers=keys.submitter.headers).status_code == 202
+    assert [j["external_id"] for j in client.get("/v1/jobs", params={"external_id": ok},
+                                                  headers=keys.qa.headers).json()["items"]] == [ok]
+
+
 def test_the_key_is_checked_first_and_health_routes_are_left_alone(client: TestClient) -> None:
     assert_problem(client.get("/v1/jobs", params={"stauts": "x"}), 401, "unauthorized")
     assert client.get("/healthz", params={"probe": "lb"}).status_code == 200

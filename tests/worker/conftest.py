@@ -39,10 +39,11 @@ def submit(sm: sessionmaker[Session]) -> Callable[..., str]:
     with sm.begin() as s:
         s.add(ApiKey(id=key_id, name="test", role=Role.submitter, key_prefix="fada_t", key_hash=new_id()))
 
-    def _submit(data: bytes | None = None, **kwargs: Any) -> str:
+    def _submit(data: bytes | None = None, frame: int = 0, **kwargs: Any) -> str:
         raw = data if data is not None else encode(noise_rgb(40, 30), "PNG")
         with sm.begin() as s:
-            job: Job = submit_job(s, decoded=decode_image(raw), original_size=len(raw), api_key_id=key_id, **kwargs)
+            job: Job = submit_job(s, decoded=decode_image(raw, frame=frame), original_size=len(raw), api_key_id=key_id,
+                                  **kwargs)
             return job.id
 
     return _submit

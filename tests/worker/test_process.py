@@ -6,12 +6,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.data import get_testdata_file
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.export.coco import to_coco
 from services.jobs import resume_hitl
 from services.jobs.process import BAD_IMAGE_CODE, BAD_RESUME_CODE, Outcome, process_job
 from services.pipeline.runner import Pipeline
@@ -48,8 +51,22 @@ def test_job_succeeds_with_one_result(sm: sessionmaker[Session], pipeline: Pipel
     doc = ResultDocument.model_validate(result.document)
     assert doc.job_id == job_id and doc.status == "succeeded" and doc.model.untrained is True
     assert doc.image.width == 40 and doc.image.height == 30 and doc.image.format == "png"
+    assert (doc.image.frame, doc.image.frame_count) == (0, 1)
     assert {"interpret", "classify", "map"} <= set(doc.phases)
     assert job.model_revision == doc.model.revision == pipeline.provenance.revision
+
+
+def test_the_result_and_its_coco_name_the_analysed_frame_of_a_cine(sm: sessionmaker[Session], pipeline: Pipeline,
+                                                                  submit: Callable[..., str]) -> None:
+    """Annotations of a multi-frame upload are on one of its frames: the result says which."""
+    cine = Path(str(get_testdata_file("examples_ybr_color.dcm"))).read_bytes()  # US multi-frame, 30 frames
+    job_id = submit(cine, frame=3)
+    assert process_job(sm, pipeline, job_id, owner=OWNER, lease_seconds=30).outcome is Outcome.succeeded
+    [result] = _results(sm, job_id)
+    doc = ResultDocument.model_validate(result.document)
+    assert (doc.image.format, doc.image.frame, doc.image.frame_count) == ("dicom", 3, 30)
+    [image] = to_coco(doc, pipeline.profile, image_id=job_id)["images"]
+    assert (image["id"], image["frame_index"], image["frame_count"]) == (job_id, 3, 30)
 
 
 def test_redelivered_message_changes_nothing(sm: sessionmaker[Session], pipeline: Pipeline,

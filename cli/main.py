@@ -63,15 +63,18 @@ def keys_create(
     """Create a key and print its secret, alone, on stdout (only its hash is stored)."""
     from datetime import timedelta
 
-    from services.keys import create_key
+    from services.keys import InvalidKeyName, create_key
     from shared.db.models import Role
     from shared.db.types import utcnow
 
     if role not in Role.__members__:
         raise typer.BadParameter(f"role must be one of {', '.join(Role.__members__)}", param_hint="--role")
     expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days is not None else None
-    with _session() as session, session.begin():
-        new = create_key(session, name=name, role=role, max_pending=max_pending, expires_at=expires_at)
+    try:
+        with _session() as session, session.begin():
+            new = create_key(session, name=name, role=role, max_pending=max_pending, expires_at=expires_at)
+    except InvalidKeyName as exc:  # refused before anything was added; the transaction is rolled back
+        raise typer.BadParameter(str(exc), param_hint="--name") from exc
     if expires_at is not None:
         typer.echo(f"the key expires at {expires_at.isoformat(timespec='seconds')}", err=True)
     typer.echo(new.secret)
@@ -102,14 +105,20 @@ def keys_limit(
                "or running", err=True)
 
 
+KEYS_LIST_COLUMNS = ("id", "prefix", "role", "name", "created", "revoked", "expires", "max_pending")
+
+
 @keys_app.command("list")
 def keys_list() -> None:
-    """List keys: id, prefix, role, name, created, revoked, expires, own pending-job limit
-    ("-": none, or the service-wide limit)."""
+    """List keys, tab-separated, after a header row naming the columns: id, prefix, role, name,
+    created, revoked, expires, max_pending (the key's own pending-job limit; "-": none, or the
+    service-wide limit)."""
     from services.keys import list_keys
 
     with _session() as session:
-        for key in list_keys(session):
+        keys = list_keys(session)
+        typer.echo("\t".join(KEYS_LIST_COLUMNS))
+        for key in keys:
             revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
             expires = key.expires_at.isoformat() if key.expires_at else "-"
             limit = "-" if key.max_pending is None else str(key.max_pending)

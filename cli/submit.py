@@ -1,15 +1,17 @@
 """``fada submit``: send a folder of images to a running service, resumably.
 
 Files are recognised by content (PNG, JPEG, DICOM Part-10); anything else is skipped and
-counted. Every file's state is kept in ``<out>/manifest.json`` (path -> sha256, job id,
-status, error), rewritten atomically after each change, so a rerun after a crash or a failure
-skips what is done (succeeded, result written), waits again on jobs already submitted and
-resubmits what failed. The ``Idempotency-Key`` of a file is derived from its content and the
-submission's fields (mode, frame, external id; plus a retry counter once a job of it failed), so
-a rerun never creates a second job for a submission the server already stored. A service with
-a per-key limit of pending jobs (``FADA_MAX_PENDING_PER_KEY``) refuses images while the key has
-that many queued (429): the command waits and sends them again, with the same key, until
-``--timeout``.
+counted, except an empty file (0 bytes) whose name says it is an image (``.png``, ``.jpg``,
+``.jpeg``, ``.dcm``, ``.dicom``): that is a failed input (a copy cut short, say), never sent,
+named with the reason on stderr and counted as failed (exit 1). Every file's state is kept in
+``<out>/manifest.json`` (path -> sha256, job id, status, error), rewritten atomically after each
+change, so a rerun after a crash or a failure skips what is done (succeeded, result written),
+waits again on jobs already submitted and resubmits what failed. The ``Idempotency-Key`` of a
+file is derived from its content and the submission's fields (mode, frame, external id; plus a
+retry counter once a job of it failed), so a rerun never creates a second job for a submission
+the server already stored. A service with a per-key limit of pending jobs
+(``FADA_MAX_PENDING_PER_KEY``) refuses images while the key has that many queued (429): the
+command waits and sends them again, with the same key, until ``--timeout``.
 
 Per-job fields: ``--frame N`` (sent as the ``frame`` field of every job: the 0-based frame of a
 multi-frame DICOM; a file with fewer frames is refused by the service, 422, and recorded as an
@@ -54,6 +56,7 @@ DONE = "succeeded"
 ADMISSION_PAUSE = 5.0  # seconds between submissions the service refused for the key's pending limit
 EXTERNAL_ID_SOURCES = ("none", "name", "stem", "relpath")
 EXTERNAL_ID_MAX = 128  # the contract's limit on external_id
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})  # an empty file named so has failed
 
 
 def sniff(head: bytes) -> str | None:
@@ -68,8 +71,9 @@ def sniff(head: bytes) -> str | None:
 
 
 def collect(paths: Iterable[Path], recursive: bool) -> tuple[list[tuple[Path, str]], int, int]:
-    """The images under ``paths`` as (file, name relative to its argument); how many files were
-    skipped (not an image); how many subfolders were not searched (no --recursive)."""
+    """The images under ``paths`` as (file, name relative to its argument), with the empty files
+    named as images (:data:`IMAGE_SUFFIXES`; :meth:`Runner.process` fails them); how many files
+    were skipped (not an image); how many subfolders were not searched (no --recursive)."""
     found: list[tuple[Path, str]] = []
     skipped = folders = 0
     for root in paths:
@@ -86,10 +90,10 @@ def collect(paths: Iterable[Path], recursive: bool) -> tuple[list[tuple[Path, st
             except OSError:
                 skipped += 1
                 continue
-            if sniff(head) is None:
-                skipped += 1
-            else:
+            if sniff(head) is not None or (not head and path.suffix.lower() in IMAGE_SUFFIXES):
                 found.append((path, rel))
+            else:
+                skipped += 1
     return found, skipped, folders
 
 
@@ -195,6 +199,7 @@ class Runner:
             client, manifest, out, mode, wait, deadline)
         self.frame, self.external_id_from = frame, external_id_from
         self.auth_error: ApiError | None = None
+        self.rejected: list[str] = []  # why files were failed here, without a job: one line each, naming the file
 
     @staticmethod
     def same(entry: dict[str, Any], sha256: str, external_id: str | None) -> bool:
@@ -216,6 +221,12 @@ class Runner:
         data = path.read_bytes()
         sha256 = hashlib.sha256(data).hexdigest()
         external_id = external_id_for(path, rel, self.external_id_from)
+        if not data:  # named as an image (see collect): a failed input, not something to skip or send
+            detail = f"{path}: empty file (0 bytes) named as an image; not sent"
+            self.rejected.append(detail)
+            self.manifest.update(key, name=rel, sha256=sha256, external_id=external_id, retry=0, job_id=None,
+                                 status="failed", error={"code": "empty_file", "detail": detail})
+            return "failed"
         entry = self.manifest.get(key)
         if self.done(key, entry, sha256, external_id):
             return "skipped"
@@ -319,6 +330,8 @@ def submit(
 ) -> None:
     """Submit PNG, JPEG and DICOM files (found by content), resumably: rerun the same command
     to finish what a crash, a timeout or a failure left undone; no image is submitted twice.
+    Other files are skipped; an empty file named as an image (.png, .jpg, .jpeg, .dcm, .dicom)
+    is not sent and counts as failed.
     An --out folder holds one set of options (--mode, --frame, --external-id-from): a rerun with
     others is refused; use another --out.
 
@@ -384,6 +397,8 @@ def submit(
     if folders:
         table.add_row("subfolders not searched (--recursive)", str(folders))
     console.print(table)
+    for detail in sorted(runner.rejected):
+        typer.echo(f"error: {detail}", err=True)
     console.print(f"manifest: {manifest.path}")
     if runner.auth_error is not None:
         typer.echo(f"error: the service refused the key ({runner.auth_error})", err=True)

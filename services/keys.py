@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,10 +20,30 @@ from shared.db.types import utcnow
 
 SECRET_PREFIX = "fada_"
 PREFIX_CHARS = 12  # shown in listings, enough to tell keys apart, useless to an attacker
+NAME_MAX = 128  # the column's length
+_UNPRINTABLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # control and format characters, line and paragraph separators
 
 
 class UnknownKey(LookupError):
     """No key with that id or prefix."""
+
+
+class InvalidKeyName(ValueError):
+    """A key's name is empty, blank, too long or holds control characters."""
+
+
+def check_name(name: str) -> str:
+    """The name, if it can name a key: not empty or only whitespace, at most 128 characters, and
+    no control characters (a tab or a newline would also break ``fada keys list``'s rows)."""
+    if not name.strip():
+        raise InvalidKeyName("a key's name must not be empty or only whitespace")
+    if len(name) > NAME_MAX:
+        raise InvalidKeyName(f"a key's name is at most {NAME_MAX} characters, not {len(name)}")
+    bad = sorted({c for c in name if unicodedata.category(c) in _UNPRINTABLE})
+    if bad:
+        raise InvalidKeyName("a key's name must not contain control characters "
+                             f"({', '.join(f'U+{ord(c):04X}' for c in bad)})")
+    return name
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,8 @@ def hash_secret(secret: str) -> str:
 
 def create_key(session: Session, *, name: str, role: Role | str, max_pending: int | None = None,
                expires_at: datetime | None = None) -> NewKey:
+    """A new key; :class:`InvalidKeyName` (nothing added) for a name :func:`check_name` refuses."""
+    check_name(name)
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(name=name, role=Role(role), key_prefix=secret[:PREFIX_CHARS], key_hash=hash_secret(secret),
                  max_pending=_checked_limit(max_pending), expires_at=expires_at)
@@ -119,6 +142,7 @@ def authenticate(session: Session, secret: str) -> ApiKey | None:
 
 def ensure_key(session: Session, *, secret: str, name: str, role: Role | str) -> bool:
     """Make sure a live key with this secret exists (deployment bootstrap); True if created."""
+    check_name(name)
     if session.scalars(select(ApiKey.id).where(ApiKey.key_hash == hash_secret(secret))).first() is not None:
         return False
     session.add(ApiKey(name=name, role=Role(role), key_prefix=secret[:PREFIX_CHARS], key_hash=hash_secret(secret)))

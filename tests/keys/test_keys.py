@@ -9,7 +9,7 @@ from sqlalchemy import select, text, update
 from typer.testing import CliRunner
 
 from cli.main import app
-from services.keys import allows, authenticate, hash_secret
+from services.keys import InvalidKeyName, allows, authenticate, create_key, ensure_key, hash_secret
 from services.notify.sealing import secret_box
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import ApiKey, Role
@@ -48,8 +48,11 @@ def test_keys_lifecycle_through_the_cli(database_url: str) -> None:
         assert authenticate(session, secret) is not None
         assert authenticate(session, secret + "x") is None
 
-    listing = _cli(database_url, "keys", "list").stdout
-    assert stored.key_prefix in listing and "pacs-bridge" in listing and "submitter" in listing
+    header, *rows = _cli(database_url, "keys", "list").stdout.splitlines()
+    assert header.split("\t") == ["id", "prefix", "role", "name", "created", "revoked", "expires", "max_pending"]
+    [row] = [line.split("\t") for line in rows]
+    assert len(row) == len(header.split("\t"))
+    assert row[:4] == [stored.id, stored.key_prefix, "submitter", "pacs-bridge"] and row[5:] == ["-", "-", "-"]
 
     _cli(database_url, "keys", "revoke", stored.key_prefix)
     with sessions() as session, session.begin():
@@ -88,6 +91,45 @@ def test_unknown_role_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-d
     assert result.exit_code != 0 and "role must be one of" in result.output
 
 
+def test_keys_list_with_no_keys_prints_the_header_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    _cli(url, "migrate")
+    assert _cli(url, "keys", "list").stdout == "id\tprefix\trole\tname\tcreated\trevoked\texpires\tmax_pending\n"
+
+
+BAD_NAMES = ["", "   ", "\t", "pacs\nbridge", "pacs\x00bridge", "pacs\x1b[31mbridge", "tab\there", "x\u2028y",
+             "n" * 129]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_blank_or_unprintable_key_name_is_a_usage_error_and_nothing_is_stored(database_url: str,
+                                                                                 name: str) -> None:
+    _cli(database_url, "migrate")
+    refused = runner.invoke(app, ["keys", "create", "--role", "submitter", "--name", name],
+                            env={"FADA_DATABASE_URL": database_url})
+    assert refused.exit_code == 2, refused.output
+    assert refused.stdout == "", "no secret printed"
+    assert "Invalid value for --name" in refused.stderr and "a key's name" in refused.stderr, refused.stderr
+    with make_sessionmaker(make_engine(database_url))() as session:
+        assert session.scalars(select(ApiKey)).all() == []
+    # a name with spaces inside, or up to the column's 128 characters, is fine
+    for good in ("pacs bridge (ward 3)", "n" * 128):
+        _cli(database_url, "keys", "create", "--role", "submitter", "--name", good)
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_the_key_service_refuses_such_names_for_every_caller(database_url: str, name: str) -> None:
+    _cli(database_url, "migrate")
+    sessions = make_sessionmaker(make_engine(database_url))
+    with sessions() as session, session.begin():
+        with pytest.raises(InvalidKeyName):
+            create_key(session, name=name, role="submitter")
+        with pytest.raises(InvalidKeyName):
+            ensure_key(session, secret="fada_bootstrap-secret-for-the-test", name=name, role="admin")
+    with sessions() as session:
+        assert session.scalars(select(ApiKey)).all() == []
+
+
 def test_roles() -> None:
     assert allows(Role.admin, Role.submitter) and allows("reviewer", "reviewer", "qa")
     assert not allows(Role.submitter, Role.qa)
@@ -104,7 +146,7 @@ def test_a_key_s_own_pending_limit_through_the_cli(database_url: str) -> None:
             return {k.name: k.max_pending for k in session.scalars(select(ApiKey))}
 
     assert limits() == {"batch-script": 50, "pacs-bridge": None}
-    rows = [line.split("\t") for line in _cli(database_url, "keys", "list").stdout.splitlines()]
+    rows = [line.split("\t") for line in _cli(database_url, "keys", "list").stdout.splitlines()[1:]]
     assert {row[3]: row[-1] for row in rows} == {"batch-script": "50", "pacs-bridge": "-"}
     with sessions() as session:
         pacs = session.scalars(select(ApiKey).where(ApiKey.name == "pacs-bridge")).one().key_prefix
@@ -128,8 +170,8 @@ def test_a_key_created_to_expire_works_until_then(database_url: str) -> None:
         key = session.scalars(select(ApiKey)).one()
         assert key.expires_at is not None
         assert timedelta(days=29.99) < key.expires_at - utcnow() <= timedelta(days=30)
-    [row] = [line.split("\t") for line in _cli(database_url, "keys", "list").stdout.splitlines()]
-    assert row[6] == key.expires_at.isoformat()
+    header, row = [line.split("\t") for line in _cli(database_url, "keys", "list").stdout.splitlines()]
+    assert header[6] == "expires" and row[6] == key.expires_at.isoformat()
     with sessions() as session, session.begin():
         assert authenticate(session, secret) is not None
         session.execute(update(ApiKey).values(expires_at=utcnow()))  # the day has come

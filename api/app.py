@@ -13,7 +13,8 @@ from shared.settings import Settings
 from . import problems
 from .context import AppContext
 from .deps import V1_DEPENDENCIES
-from .middleware import BodyLimitMiddleware, GatewayMiddleware
+from .docs import install_docs
+from .middleware import BodyLimitMiddleware, GatewayMiddleware, HeadMiddleware
 from .problems import V1_PROBLEMS
 from .routes import batches, dicomweb, evaluations, jobs, ops, reports, reviews
 from .strict_inputs import document_strict_forms
@@ -31,6 +32,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Fetal-ultrasound AI as a hospital service: submit images, get structured results.",
         description="The HTTP contract v1. Errors are application/problem+json (RFC 9457). "
                     "Every /v1 route needs `Authorization: Bearer <api key>`.",
+        docs_url=None,  # /docs and /redoc are served with local assets (install_docs): no CDN
+        redoc_url=None,
     )
     app.state.ctx = ctx
     problems.install(app)
@@ -38,8 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (jobs.router, batches.router, reviews.router, reports.router, evaluations.router, dicomweb.router):
         app.include_router(router, dependencies=V1_DEPENDENCIES, responses=V1_PROBLEMS)
     app.include_router(ops.router)
+    install_docs(app)
     document_strict_forms(app)
-    # Outermost first on the way in: ids, auth and audit, then the body limit.
+    # Outermost first on the way in: ids, auth and audit, then the body limit, then HEAD as GET.
+    app.add_middleware(HeadMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(GatewayMiddleware, ctx=ctx)
     return app

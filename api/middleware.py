@@ -1,5 +1,5 @@
-"""ASGI middleware: request ids, authentication with an audit trail, and the body limit (which
-also catches a form body cut off before its end).
+"""ASGI middleware: request ids, authentication with an audit trail, the body limit (which
+also catches a form body cut off before its end), and HEAD answered as GET.
 
 Authentication happens here, before any body is read, so an unknown key uploads nothing;
 routes then check the role (403). Every ``/v1`` request writes one audit event (who, what,
@@ -130,6 +130,44 @@ class GatewayMiddleware:
             await anyio.to_thread.run_sync(write)
         except Exception:  # the answer still goes out; the failure is logged loudly
             log.exception("could not write the audit event for %s %s", scope["method"], scope["path"])
+
+
+class HeadMiddleware:
+    """HEAD answers exactly as GET would, with no body (RFC 9110 9.3.2). Starlette routes and
+    static files take HEAD themselves, FastAPI's API routes do not (405). So a HEAD request
+    is routed and run as a GET, and its body dropped; its status and headers (Content-Type,
+    Content-Length of the GET body, Allow on a 405) go out as they are. The OpenAPI document
+    stays as it is: one operation per route.
+
+    It sits inside ``GatewayMiddleware``, which thus authenticates, audits and counts the
+    request as the HEAD it is; the route the GET matched is handed back to that scope, so the
+    audit event and the metrics name its template."""
+
+    SHARED = ("route", "endpoint", "path_params")  # what routing writes that the outer scope reads
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        inner: Scope = {**scope, "method": "GET"}  # "state" is the same dict: caller, audit detail
+
+        def hand_back() -> None:
+            scope.update({key: inner[key] for key in self.SHARED if key in inner})
+
+        async def send_head(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                hand_back()
+            elif message["type"] in ("http.response.body", "http.response.pathsend"):  # pathsend: a file
+                message = {"type": "http.response.body", "body": b"", "more_body": message.get("more_body", False)}
+            await send(message)
+
+        try:
+            await self.app(inner, receive, send_head)
+        finally:
+            hand_back()
 
 
 class BodyTooLarge(HTTPException):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.clock import db_now
@@ -46,9 +46,13 @@ def sweep(
     1. running jobs started more than ``hard_time_limit_seconds`` ago -> failed ``time_limit``;
     2. running jobs whose lease expired -> queued (lease cleared) and reported for re-enqueue,
        or failed ``max_attempts`` when their attempts are used up;
-    3. queued jobs not touched for ``queued_grace_seconds`` (their message may be lost) are
+    3. queued jobs not touched for ``queued_grace_seconds`` whose message looks lost are
        reported for re-enqueue and their ``updated_at`` touched, so each is re-enqueued at
-       most once per grace period.
+       most once per grace period. Looks lost: no job was claimed within the grace period (the
+       workers are idle or gone), or a job submitted after this one's last enqueue was (the
+       broker hands messages out oldest first, so this one's should have come before it). A
+       job merely waiting its turn behind a long backlog is left alone: re-enqueueing the
+       whole backlog every grace period filled the broker with duplicates.
 
     At most ``limit`` rows per step; a later pass takes the rest.
     """
@@ -98,8 +102,12 @@ def sweep(
         )
         report.failed_ids.extend(rows.scalars())
 
-    # 3. queued jobs whose message may be lost
-    stale = (Job.status == JobStatus.queued, Job.updated_at < now - timedelta(seconds=queued_grace_seconds))
+    # 3. queued jobs whose message looks lost
+    recent = now - timedelta(seconds=queued_grace_seconds)
+    stale: tuple[ColumnElement[bool], ...] = (Job.status == JobStatus.queued, Job.updated_at < recent)
+    newest_taken = session.scalar(select(func.max(Job.created_at)).where(Job.started_at >= recent))
+    if newest_taken is not None:  # the workers are taking messages: only those passed over
+        stale = (*stale, Job.updated_at < newest_taken)
     ids = _locked_ids(session, *stale, limit=limit)
     if ids:
         rows = session.execute(

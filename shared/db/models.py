@@ -220,7 +220,8 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
-    started_at: Mapped[datetime | None]
+    # indexed for the sweeper's "has any job been claimed lately?" (services.jobs.sweeper)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
     finished_at: Mapped[datetime | None]
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_detail: Mapped[str | None] = mapped_column(Text)

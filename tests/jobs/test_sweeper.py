@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -97,3 +97,51 @@ def test_lost_queued_message_requeued_once_per_grace(sm: sessionmaker[Session], 
     with sm() as s:
         job = get_job(s, job_id)
         assert job is not None and job.status is JobStatus.queued and job.attempts == 0
+
+
+def _claim_at(sm: sessionmaker[Session], job_id: str, when: datetime) -> None:
+    with sm.begin() as s:
+        assert claim(s, job_id, owner="w", lease_seconds=3600, now=when) is not None
+
+
+def test_a_backlog_being_worked_through_is_not_re_enqueued(sm: sessionmaker[Session],
+                                                           submit: Callable[..., str]) -> None:
+    """Five jobs submitted together, one worker taking them oldest first: those still waiting
+    after the grace period are waiting their turn, not lost. Re-enqueueing them every grace
+    period sent a duplicate message for the whole backlog each time."""
+    jobs = [submit() for _ in range(5)]
+    t0 = utcnow()
+    _claim_at(sm, jobs[0], t0 + timedelta(seconds=GRACE))  # the worker is taking messages
+    with sm.begin() as s:
+        report = sweep(s, now=t0 + timedelta(seconds=GRACE + 1), queued_grace_seconds=GRACE,
+                       hard_time_limit_seconds=HARD)
+    assert report.requeue_ids == []
+
+
+def test_a_job_passed_over_by_a_later_one_is_re_enqueued(sm: sessionmaker[Session],
+                                                         submit: Callable[..., str]) -> None:
+    """The broker hands messages out oldest first: when a job submitted later has been taken,
+    the older ones still queued lost their message; the newer ones are waiting their turn."""
+    jobs = [submit() for _ in range(5)]
+    t0 = utcnow()
+    _claim_at(sm, jobs[2], t0 + timedelta(seconds=GRACE))
+    t1 = t0 + timedelta(seconds=GRACE + 1)
+    with sm.begin() as s:
+        report = sweep(s, now=t1, queued_grace_seconds=GRACE, hard_time_limit_seconds=HARD)
+    assert sorted(report.requeue_ids) == sorted(jobs[:2])
+    with sm.begin() as s:  # touched: re-enqueued after the job that passed them, not again
+        again = sweep(s, now=t1 + timedelta(seconds=1), queued_grace_seconds=GRACE, hard_time_limit_seconds=HARD)
+    assert again.requeue_ids == []
+
+
+def test_with_no_job_taken_for_a_grace_period_every_stale_job_is_re_enqueued(sm: sessionmaker[Session],
+                                                                             submit: Callable[..., str]) -> None:
+    """Workers idle or gone, or the broker lost everything: nothing is being taken, so every
+    queued job past the grace period gets a new message, a backlog included."""
+    jobs = [submit() for _ in range(3)]
+    t0 = utcnow()
+    _claim_at(sm, jobs[2], t0)  # taken long ago: no sign of the workers taking messages now
+    with sm.begin() as s:
+        report = sweep(s, now=t0 + timedelta(seconds=GRACE + 1), queued_grace_seconds=GRACE,
+                       hard_time_limit_seconds=HARD)
+    assert sorted(report.requeue_ids) == sorted(jobs[:2])

@@ -21,7 +21,9 @@ from .strict_inputs import known_inputs_only
 NO_NUL = r"^[^\x00]*$"
 # A caller's reference (accession number, SOP Instance UID) is one line of printable text: a
 # control character in it breaks CSV reports, logs and the DICOM SR's text values downstream.
-PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+# C1 controls (U+0080-U+009F) included: they are what bytes of invalid UTF-8 become when the
+# form parser falls back to Latin-1.
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"
 ID_MAX = 64
 JobId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="job id")]
 BatchId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="batch id")]

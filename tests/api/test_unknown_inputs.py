@@ -100,7 +100,8 @@ def test_a_form_field_sent_empty_submits_nothing(client: TestClient, keys: Keys,
     assert r.status_code == 202, r.text
 
 
-@pytest.mark.parametrize("external_id", ["ACC\n0001", "ACC\t1", "ACC\r", "\x1b[31mACC", "ACC\x7f", "ACC\x00"])
+@pytest.mark.parametrize("external_id", ["ACC\n0001", "ACC\t1", "ACC\r", "\x1b[31mACC", "ACC\x7f", "ACC\x00",
+                                         "ACC\x85", "ACC\x9b"])
 def test_an_external_id_with_a_control_character_is_refused(client: TestClient, keys: Keys,
                                                             sm: sessionmaker[Session], external_id: str) -> None:
     """It would break the CSV reports, the logs and the SR's text downstream; a filter with one
@@ -116,6 +117,19 @@ def test_an_external_id_with_a_control_character_is_refused(client: TestClient, 
                        headers=keys.submitter.headers).status_code == 202
     assert [j["external_id"] for j in client.get("/v1/jobs", params={"external_id": ok},
                                                   headers=keys.qa.headers).json()["items"]] == [ok]
+
+
+def test_an_external_id_that_is_not_utf8_is_refused(client: TestClient, keys: Keys, sm: sessionmaker[Session]) -> None:
+    """Starlette reads form text that is not UTF-8 as Latin-1: the accession b"ACC\x80\x81" (a
+    Windows-1252 tool's bytes, say) would be stored as other text. Bytes 0x80-0x9F become C1
+    control characters there, which the field refuses."""
+    body = (b'--b0undary\r\nContent-Disposition: form-data; name="external_id"\r\n\r\nACC\x80\x81\r\n'
+            b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + png() + b"\r\n--b0undary--\r\n")
+    r = client.post("/v1/jobs", content=body,
+                    headers={**keys.submitter.headers, "Content-Type": "multipart/form-data; boundary=b0undary"})
+    assert_problem(r, 422, "invalid_request")
+    assert stored(sm) == NOTHING_STORED
 
 
 def test_the_key_is_checked_first_and_health_routes_are_left_alone(client: TestClient) -> None:

@@ -35,13 +35,17 @@ ORIGINAL image's pixels (as in the results): `bbox` = [x, y, width, height], pol
 [x1, y1, x2, y2, ...].
 
 - `images`: `[{{"id": "<job id>", "width"?, "height"?, "view_label"?}}]`, 1 to {MAX_IMAGES}. Every id must
-  be a job with a result. `width`/`height`, if given, must equal the job's image size.
+  be a job that has succeeded (queued, running, awaiting_review, failed and canceled jobs are
+  refused: `jobs_not_finished`). `width`/`height`, if given, must equal the job's image size.
   **`view_label`** is the image's classification ground truth (a view label of the profile,
   e.g. `BPD_PLANE`); images without one are not counted in the classification accuracy.
 - `categories`: `[{{"id", "name"}}]`: profile classes, `id` = the class's 1-based index in the
   profile's class list (the results' `category_id`). Only these classes are evaluated.
 - `annotations`: `[{{"image_id", "category_id", "bbox"?, "segmentation"?}}]`, at most {MAX_ANNOTATIONS}; each
   has a bbox or polygons (`[[x1, y1, ...], ...]`, 3 points or more; RLE and `iscrowd: 1` are refused).
+  Boxes, polygon points and labelled keypoints must lie inside the job's image (0 <= x <= width,
+  0 <= y <= height) and polygons must have an area (cover at least one pixel), else
+  `invalid_ground_truth` names the annotation.
 
 What is measured where: box mAP (ground truth: the annotations with a `bbox`; predictions: the
 results' detections and keypoint boxes) over the images with at least one `bbox`; mask mAP,
@@ -89,8 +93,9 @@ def _read(ctx: AppContext, evaluation_id: str) -> EvaluationOut:
 def create(request: Request, response: Response, ctx: Ctx, caller: QA, body: EvaluationIn) -> EvaluationOut:
     """Measure the results of the ground truth's jobs (pycocotools mAP at IoU 0.50 and 0.75,
     Dice/IoU, view-label accuracy) and store the evaluation. A ground truth that is malformed,
-    empty, names a class or view label the profile does not know, or an image id that is not a
-    job with a result, is a 422 saying which."""
+    empty, names a class or view label the profile does not know, an image id that is not a
+    job (``unknown_jobs``) or a job that has not succeeded (``jobs_not_finished``), or has geometry
+    outside its image, is a 422 saying which."""
     try:
         gt = parse_ground_truth(body.ground_truth, ctx.profile)
         with ctx.sm() as session:

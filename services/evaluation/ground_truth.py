@@ -13,8 +13,10 @@ Accepted form (anything else is refused with a precise reason, never guessed at)
   geometry in original-image pixels, ``bbox`` = [x, y, w, h] with w, h > 0, ``segmentation`` a
   list of flat polygons [x1, y1, x2, y2, ...] (at least 3 points each; RLE is not accepted).
   Each needs a bbox or a polygon: the bbox is the object for box mAP, the polygons for masks.
-  ``iscrowd`` must be 0 when given. ``id``, ``area``, ``keypoints`` and other COCO fields are
-  accepted and not used.
+  ``iscrowd`` must be 0 when given. ``keypoints``, when given, is COCO's flat [x, y, v, ...]
+  (v 0, 1 or 2) and is checked but not used. ``id`` names the annotation in errors; ``area``
+  and other COCO fields are accepted and not used. Geometry must lie inside the job's image and
+  polygons must have an area: that needs the job, so ``geometry`` checks it.
 - Other top-level COCO fields (``info``, ``licenses``) are accepted and not used.
 """
 
@@ -48,6 +50,7 @@ MAX_ANNOTATIONS = 200_000
 MAX_CATEGORIES = 1_000
 MAX_POLYGONS_PER_ANNOTATION = 100
 MAX_POLYGON_COORDS = 2_000  # 1,000 points (the model gives at most 64)
+MAX_KEYPOINT_VALUES = 3_000  # 1,000 points
 MAX_TOTAL_COORDS = 2_000_000  # over all polygons: rasterising costs about their perimeter
 MAX_LABEL_CHARS = 128
 MAX_JOB_ID_CHARS = 64
@@ -58,6 +61,15 @@ def _even(polygon: list[float]) -> list[float]:
     if len(polygon) % 2:
         raise ValueError("a polygon is a flat list of x, y pairs: it needs an even number of coordinates")
     return polygon
+
+
+def _triples(values: list[float]) -> list[float]:
+    if len(values) % 3:
+        raise ValueError("keypoints is a flat list [x1, y1, v1, x2, y2, v2, ...]: 3 numbers per point")
+    bad = [k // 3 for k in range(2, len(values), 3) if values[k] not in (0, 1, 2)]
+    if bad:
+        raise ValueError(f"keypoint {bad[0]} has visibility {values[3 * bad[0] + 2]}; it must be 0, 1 or 2")
+    return values
 
 
 Coordinate = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -91,12 +103,15 @@ class GTCategory(_Coco):
 
 
 class GTAnnotation(_Coco):
+    id: Any = Field(None, description="the annotation's id, named in errors (not used otherwise)")
     image_id: JobId
     category_id: StrictInt
     bbox: tuple[Coordinate, Coordinate, Coordinate, Coordinate] | None = Field(
         None, description="[x, y, width, height] in original-image pixels")
     segmentation: Annotated[list[Polygon], Field(max_length=MAX_POLYGONS_PER_ANNOTATION)] | None = Field(
         None, description="polygons, each flat [x1, y1, x2, y2, ...] with 3 points or more")
+    keypoints: Annotated[list[Coordinate], Field(max_length=MAX_KEYPOINT_VALUES), AfterValidator(_triples)] | None = (
+        Field(None, description="COCO keypoints [x1, y1, v1, ...] inside the image (checked, not used)"))
     iscrowd: StrictInt = Field(0, description="0 only")
 
     @field_validator("bbox", mode="before")

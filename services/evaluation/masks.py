@@ -2,8 +2,14 @@
 image array).
 
 Per image and class, all polygons of that class are merged into one mask (prediction and
-ground truth each); Dice = 2|P∩G| / (|P| + |G|), IoU = |P∩G| / |P∪G|, and a pair where both
-masks are empty (e.g. a zero-area polygon) scores 1.0 on both.
+ground truth each); Dice = 2|P∩G| / (|P| + |G|), IoU = |P∩G| / |P∪G|.
+
+Which pairs count, and the empty case: an (image, class) pair is scored only when the ground
+truth or the prediction has at least one annotation of that class on that image (a class that
+neither side mentions is no pair, not a perfect one). A pair whose two masks are nevertheless
+both empty scores 0.0, not 1.0: the ground truth's polygons always cover pixels (a zero-area
+one is refused), so an empty union means the prediction claimed the class with polygons that
+cover nothing where the ground truth has none, a false positive, as mask AP counts it.
 """
 
 from __future__ import annotations
@@ -43,6 +49,16 @@ def rasterise(polygons: Sequence[Sequence[float]], height: int, width: int) -> R
     return merged
 
 
+def polygon_pixels(polygon: Sequence[float], height: int, width: int) -> int:
+    """Pixels one polygon of finite coordinates covers once rasterised in a ``width`` x
+    ``height`` image (0 for fewer than 3 points). Meant for polygons already inside the image:
+    they are not clamped."""
+    if len(polygon) < 6 or len(polygon) % 2:
+        return 0
+    rles = mask_utils.frPyObjects([list(polygon)], height, width)
+    return int(mask_utils.area(rles[0]))
+
+
 def empty(height: int, width: int) -> Rle:
     rle: Rle = mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
     return rle
@@ -53,10 +69,11 @@ def area(rle: Rle | None) -> int:
 
 
 def dice_iou(prediction: Rle | None, truth: Rle | None) -> tuple[float, float]:
-    """(Dice, IoU) of two masks of the same image; (1.0, 1.0) when both are empty."""
+    """(Dice, IoU) of two masks of the same image; (0.0, 0.0) when both are empty (see the
+    module's docstring: a pair is only formed when one side has an annotation of the class)."""
     p, g = area(prediction), area(truth)
     if p + g == 0:
-        return 1.0, 1.0
+        return 0.0, 0.0
     inter = 0
     if prediction is not None and truth is not None and p and g:
         inter = int(mask_utils.area(mask_utils.merge([prediction, truth], intersect=True)))

@@ -15,6 +15,10 @@ does: detection, segmentation and classification samples):
 - Only the classes the ground truth declares in ``categories`` are evaluated; predictions of
   other classes are left out (as COCOeval does).
 - A metric with nothing to measure it on is None (e.g. no annotations: no mAP).
+- Only final results are measured: every job must have succeeded (``load_results``). A HITL job
+  the reviewer rejected has succeeded with its later phases skipped: it is measured as it is
+  (no detections or segmentations, so its ground-truth boxes and masks count as missed; its
+  first-stage view label counts).
 """
 
 from __future__ import annotations
@@ -26,15 +30,16 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
-from shared.db.models import Job, Result
+from shared.db.models import Job, JobStatus, Result
 from shared.schemas.results import ResultDocument
 
 from .classification import accuracy
 from .detection import AveragePrecision, average_precision
 from .errors import EvaluationError
+from .geometry import check_geometry, check_image_sizes
 from .ground_truth import GroundTruth, GTAnnotation
 from .masks import area, dice_iou, empty, rasterise
 
@@ -61,8 +66,9 @@ class Metrics(BaseModel):
     map75: float | None = Field(description="box mAP at IoU 0.75")
     mask_map50: float | None = Field(description="mask mAP at IoU 0.50 (null when no annotation has a polygon)")
     mask_map75: float | None = Field(description="mask mAP at IoU 0.75")
-    dice: float | None = Field(description="mean Dice over (image, class) pairs present in prediction or ground "
-                               "truth, masks of a class merged per image; both empty = 1.0")
+    dice: float | None = Field(description="mean Dice over (image, class) pairs where the prediction or the ground "
+                               "truth has an annotation of the class, masks of a class merged per image; a pair "
+                               "whose masks are both empty (predicted polygons covering no pixel) scores 0")
     iou: float | None = Field(description="mean mask IoU over the same pairs")
     classification_accuracy: float | None = Field(description="exact view-label match (null: no view labels)")
     classification_accuracy_ci: float | None = Field(description="view-label match ignoring case")
@@ -89,33 +95,51 @@ def _chunks(values: list[str], size: int = _IN_CHUNK) -> Iterable[list[str]]:
 
 
 def load_results(session: Session, job_ids: list[str]) -> dict[str, ResultDocument]:
-    """The result document of each job; ``EvaluationError('unknown_jobs')`` naming every id that
-    is not a job, or is a job without a result."""
-    found: dict[str, ResultDocument] = {}
+    """The result document of each job. Only a ``succeeded`` job's result is final: a job that is
+    queued, running or awaiting review (a HITL job's first-stage result, its detections not run
+    yet) has none yet, and a failed or canceled one will never have one (whatever it stored
+    before). Raises ``EvaluationError``: ``unknown_jobs`` (``job_ids``) for ids that are no job
+    (or a succeeded job without a stored result), else ``jobs_not_finished`` (``job_ids`` and
+    ``jobs``: [{"id", "status"}]) for jobs in any other status than succeeded."""
+    statuses: dict[str, JobStatus] = {}
+    documents: dict[str, Any] = {}
     for chunk in _chunks(job_ids):
-        for job_id, document in session.execute(select(Result.job_id, Result.document)
-                                                .where(Result.job_id.in_(chunk))):
-            try:
-                found[job_id] = ResultDocument.model_validate(document)
-            except ValidationError as exc:
-                raise EvaluationError("unreadable_result", f"the stored result of job {job_id} cannot be read "
-                                      f"({exc.error_count()} schema errors)", job_ids=[job_id]) from exc
-    missing = [job for job in job_ids if job not in found]
-    if not missing:
-        return found
-    statuses: dict[str, str] = {}
-    for chunk in _chunks(missing):
-        statuses.update((job_id, str(status)) for job_id, status in
-                        session.execute(select(Job.id, Job.status).where(Job.id.in_(chunk))))
-    no_job = [job for job in missing if job not in statuses]
-    no_result = [job for job in missing if job in statuses]
-    parts = []
-    if no_job:
-        parts.append(f"no such job: {_listing(no_job)}")
-    if no_result:
-        parts.append("no result yet: " + _listing([f"{job} ({statuses[job]})" for job in no_result]))
-    raise EvaluationError("unknown_jobs", f"{len(missing)} ground-truth image id(s) are not jobs with a result; "
-                          + "; ".join(parts), job_ids=missing[:1000])
+        rows = session.execute(
+            select(Job.id, Job.status, Result.document)
+            .outerjoin(Result, and_(Result.job_id == Job.id, Job.status == JobStatus.succeeded))
+            .where(Job.id.in_(chunk)))
+        for job_id, status, document in rows:
+            statuses[job_id] = JobStatus(status)
+            if document is not None:
+                documents[job_id] = document
+    no_job = [job for job in job_ids if job not in statuses]
+    no_result = [job for job in job_ids if statuses.get(job) is JobStatus.succeeded and job not in documents]
+    unfinished = [job for job in job_ids if job in statuses and statuses[job] is not JobStatus.succeeded]
+    listed_unfinished = _listing([f"{job} ({statuses[job].value})" for job in unfinished])
+    if no_job or no_result:
+        missing = [job for job in job_ids if job in set(no_job) | set(no_result)]
+        parts = []
+        if no_job:
+            parts.append(f"no such job: {_listing(no_job)}")
+        if no_result:
+            parts.append(f"succeeded without a stored result: {_listing(no_result)}")
+        if unfinished:
+            parts.append(f"besides, {len(unfinished)} job(s) have no final result yet: {listed_unfinished}")
+        raise EvaluationError("unknown_jobs", f"{len(missing)} ground-truth image id(s) are not jobs with a result; "
+                              + "; ".join(parts), job_ids=missing[:1000])
+    if unfinished:
+        raise EvaluationError(
+            "jobs_not_finished", f"{len(unfinished)} ground-truth image(s) are jobs without a final result (only "
+            f"succeeded jobs are evaluated: wait for them, or leave them out): {listed_unfinished}",
+            job_ids=unfinished[:1000], jobs=[{"id": job, "status": statuses[job].value} for job in unfinished[:1000]])
+    found: dict[str, ResultDocument] = {}
+    for job_id in job_ids:
+        try:
+            found[job_id] = ResultDocument.model_validate(documents[job_id])
+        except ValidationError as exc:
+            raise EvaluationError("unreadable_result", f"the stored result of job {job_id} cannot be read "
+                                  f"({exc.error_count()} schema errors)", job_ids=[job_id]) from exc
+    return found
 
 
 def _listing(values: list[str], limit: int = 10) -> str:
@@ -136,15 +160,10 @@ def _score(value: float | None) -> float:
 def compute_metrics(gt: GroundTruth, documents: Mapping[str, ResultDocument]) -> Metrics:
     """The metrics of ``documents`` (by job id, one per ground-truth image) against ``gt``."""
     int_id = {job: n + 1 for n, job in enumerate(gt.job_ids)}  # pycocotools needs integer image ids
-    size: dict[str, tuple[int, int]] = {}  # job -> (height, width) of the original image
-    for image in gt.images:
-        info = documents[image.id].image
-        if (image.width is not None and image.width != info.width) or (
-                image.height is not None and image.height != info.height):
-            raise EvaluationError("image_size_mismatch", f"image {image.id}: the ground truth says "
-                                  f"{image.width}x{image.height}, the job's image is {info.width}x{info.height} "
-                                  "(ground-truth geometry must be in the original image's pixels)")
-        size[image.id] = (info.height, info.width)
+    sizes = {job: (documents[job].image.width, documents[job].image.height) for job in gt.job_ids}
+    check_image_sizes(gt, sizes)
+    check_geometry(gt, sizes)
+    size = {job: (height, width) for job, (width, height) in sizes.items()}  # as pycocotools takes them
     categories = list(gt.category_names)
     declared = set(categories)
     by_image: dict[str, list[GTAnnotation]] = defaultdict(list)

@@ -116,7 +116,7 @@ def _has_unnamed_query_parameter(response: schemathesis.Response) -> bool:
 
 
 EVALUATION_CODES = {"invalid_ground_truth", "empty_ground_truth", "unknown_category", "unknown_view_label",
-                    "unknown_jobs", "image_size_mismatch"}
+                    "unknown_jobs", "jobs_not_finished", "image_size_mismatch"}
 
 Tolerance = Callable[[str, schemathesis.Response, str], bool]  # (failure code, response, "METHOD path")
 

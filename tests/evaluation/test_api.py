@@ -15,7 +15,7 @@ from tests.api.conftest import Keys
 from tests.api.helpers import assert_problem, count
 
 from .builders import box_ann, coco, document, mask_ann, rect
-from .conftest import StoreJob
+from .conftest import JobIn, StoreJob
 
 EVALUATIONS = "/v1/evaluations"
 
@@ -113,10 +113,11 @@ def test_unknown_jobs_are_named(client: TestClient, keys: Keys, store_job: Store
                                 sm: sessionmaker[Session]) -> None:
     done = store_job(document(label="head"))
     queued = store_job(None)
-    gt = coco([{"id": i, "view_label": "head"} for i in (done, queued, "no-such-job")], [], [])
+    gt = coco([{"id": i, "view_label": "head"} for i in (done, "no-such-job", queued, "nor-this")], [], [])
     body = assert_problem(post(client, keys, gt), 422, "unknown_jobs")
-    assert body["job_ids"] == [queued, "no-such-job"]
-    assert "no such job: no-such-job" in body["detail"] and f"{queued} (queued)" in body["detail"]
+    # a queued job is a job: jobs_not_finished, named here too but not among the unknown ids
+    assert body["job_ids"] == ["no-such-job", "nor-this"]
+    assert "no such job: no-such-job, nor-this" in body["detail"] and f"{queued} (queued)" in body["detail"]
     assert count(sm, Evaluation) == 0
 
 
@@ -179,3 +180,77 @@ def test_text_no_database_can_store_is_422_not_500(client: TestClient, keys: Key
     body = assert_problem(r, 422)
     if where is not None:
         assert body["code"] == "invalid_ground_truth" and body["detail"].startswith(where + ": text may not")
+
+
+# --- only final results are evaluated --------------------------------------------------------
+
+
+NOT_FINISHED = {  # job_in state -> the job's status
+    "queued": "queued", "failed": "failed", "canceled": "canceled", "awaiting_review": "awaiting_review",
+    "resumed_queued": "queued", "resumed_running": "running", "resumed_failed": "failed",
+    "canceled_in_review": "canceled",
+}
+
+
+def test_jobs_without_a_final_result_are_refused_naming_them(client: TestClient, keys: Keys, store_job: StoreJob,
+                                                             job_in: JobIn, sm: sessionmaker[Session]) -> None:
+    done = store_job(document(boxes=[("head", (0, 0, 50, 50), 0.9)], label="BPD_PLANE"))
+    jobs = {state: job_in(state) for state in NOT_FINISHED}
+    order = [done, *jobs.values()]
+    gt = coco([{"id": j, "view_label": "BPD_PLANE"} for j in order],
+              [box_ann(j, "head", [0, 0, 50, 50]) for j in order], ["head"])
+    body = assert_problem(post(client, keys, gt), 422, "jobs_not_finished")
+    assert body["job_ids"] == list(jobs.values())
+    assert body["jobs"] == [{"id": jobs[state], "status": status} for state, status in NOT_FINISHED.items()]
+    assert body["detail"].startswith("8 ground-truth image(s) are jobs without a final result")
+    assert f"{jobs['awaiting_review']} (awaiting_review)" in body["detail"]
+    assert f"{jobs['resumed_running']} (running)" in body["detail"]
+    assert count(sm, Evaluation) == 0
+
+
+@pytest.mark.parametrize("state", ["awaiting_review", "resumed_queued", "resumed_failed", "canceled_in_review"])
+def test_a_first_stage_result_is_not_scored(client: TestClient, keys: Keys, store_job: StoreJob, job_in: JobIn,
+                                            state: str) -> None:
+    # The job has a stored (first-stage) result, but its detections have not run: scoring it
+    # would count its ground-truth boxes as misses.
+    done = store_job(document(boxes=[("head", (0, 0, 50, 50), 0.9)]))
+    pending = job_in(state)
+    gt = coco([done, pending], [box_ann(done, "head", [0, 0, 50, 50]), box_ann(pending, "head", [0, 0, 50, 50])],
+              ["head"])
+    body = assert_problem(post(client, keys, gt), 422, "jobs_not_finished")
+    assert body["jobs"] == [{"id": pending, "status": NOT_FINISHED[state]}]
+
+
+def test_unknown_ids_come_first_and_mention_unfinished_jobs(client: TestClient, keys: Keys, job_in: JobIn) -> None:
+    review = job_in("awaiting_review")
+    gt = coco([{"id": i, "view_label": "head"} for i in (review, "no-such-job")], [], [])
+    body = assert_problem(post(client, keys, gt), 422, "unknown_jobs")
+    assert body["job_ids"] == ["no-such-job"]
+    assert f"besides, 1 job(s) have no final result yet: {review} (awaiting_review)" in body["detail"]
+
+
+def test_a_job_the_reviewer_rejected_is_scored_as_it_is(client: TestClient, keys: Keys, job_in: JobIn) -> None:
+    # succeeded, its later phases skipped ("rejected by the reviewer"): no detections, so its
+    # boxes are missed; its first-stage view label counts.
+    rejected = job_in("rejected")
+    gt = coco([{"id": rejected, "view_label": "BPD_PLANE"}], [box_ann(rejected, "head", [0, 0, 5, 5])], ["head"])
+    r = post(client, keys, gt)
+    assert r.status_code == 201, r.text
+    m = r.json()["metrics"]
+    assert (m["map50"], m["n_pred_boxes"], m["classification_accuracy"]) == (0.0, 0, 1.0)
+
+
+def test_geometry_outside_the_image_is_422_naming_the_annotation(client: TestClient, keys: Keys,
+                                                                  store_job: StoreJob,
+                                                                  sm: sessionmaker[Session]) -> None:
+    job = store_job(document(width=64, height=48))
+    gt = coco([job], [box_ann(job, "NT", [0, 0, 5, 5]), box_ann(job, "NT", [164, 148, 50, 50]),
+                      mask_ann(job, "head", [[10, 10, 20, 10, 30, 10]])], ["NT", "head"])
+    body = assert_problem(post(client, keys, gt), 422, "invalid_ground_truth")
+    assert body["errors"] == [
+        {"loc": "ground_truth.annotations[1].bbox",
+         "msg": f"annotation (id 2) of job {job}: [164, 148, 50, 50] is not inside the 64x48 image"},
+        {"loc": "ground_truth.annotations[2].segmentation[0]",
+         "msg": f"annotation (id 3) of job {job}: has all its points on one line (it has no area)"},
+    ]
+    assert count(sm, Evaluation) == 0

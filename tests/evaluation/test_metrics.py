@@ -156,14 +156,15 @@ def test_dice_and_iou_by_hand_on_rectangles() -> None:
             mask_ann("img-1", "head", [rect(0, 0, 10, 10)]),
             mask_ann("img-1", "head", [rect(20, 0, 10, 10)]),
             mask_ann("img-1", "abdomen", [rect(0, 50, 50, 50)]),  # missed: Dice 0, IoU 0
-            mask_ann("img-1", "stomach", [[10, 10, 20, 10, 30, 10]]),  # zero area, no prediction: both empty, 1.0
             mask_ann("img-2", "head", [rect(0, 0, 40, 40)]),  # exact: 1.0
         ],
         ["head", "abdomen", "stomach", "thorax"],
     )
     docs = {
         "img-1": document(width=100, height=100, masks=[("head", [rect(0, 0, 30, 10)], 0.8),
-                                                        ("thorax", [rect(60, 0, 20, 20)], 0.7)]),  # no GT: 0
+                                                        ("thorax", [rect(60, 0, 20, 20)], 0.7),  # no GT: 0
+                                                        # zero area, no GT: both masks empty, a false positive: 0
+                                                        ("stomach", [[10, 10, 20, 10, 30, 10]], 0.6)]),
         "img-2": document(width=100, height=100, masks=[("head", [rect(0, 0, 20, 40), rect(20, 0, 20, 40)], None)]),
     }
     m = metrics(gt, docs)
@@ -172,11 +173,11 @@ def test_dice_and_iou_by_hand_on_rectangles() -> None:
     assert m.per_class["head"].iou == pytest.approx((head_iou + 1.0) / 2)
     assert (m.per_class["abdomen"].dice, m.per_class["abdomen"].iou) == (0.0, 0.0)
     assert (m.per_class["thorax"].dice, m.per_class["thorax"].iou) == (0.0, 0.0)
-    assert (m.per_class["stomach"].dice, m.per_class["stomach"].iou) == (1.0, 1.0)
+    assert (m.per_class["stomach"].dice, m.per_class["stomach"].iou) == (0.0, 0.0)
     assert m.n_mask_pairs == 5
-    assert m.dice == pytest.approx((head_dice + 0 + 1.0 + 0 + 1.0) / 5)
-    assert m.iou == pytest.approx((head_iou + 0 + 1.0 + 0 + 1.0) / 5)
-    assert (m.n_segmentation_images, m.n_gt_masks, m.n_pred_masks) == (2, 5, 3)
+    assert m.dice == pytest.approx((head_dice + 0 + 0 + 0 + 1.0) / 5)
+    assert m.iou == pytest.approx((head_iou + 0 + 0 + 0 + 1.0) / 5)
+    assert (m.n_segmentation_images, m.n_gt_masks, m.n_pred_masks) == (2, 4, 4)
     # mask AP is computed as well (exact masks on img-2 make head's AP positive)
     assert m.mask_map50 is not None and m.per_class["head"].mask_ap50 is not None
     assert m.per_class["head"].mask_ap50 > 0
@@ -256,9 +257,10 @@ def test_quiet_restores_stdout_after_an_error() -> None:
     assert cid("head") == PROFILE.classes.index("head") + 1
 
 
-def test_points_far_outside_the_image_are_clamped_not_traced() -> None:
+def test_predicted_points_far_outside_the_image_are_clamped_not_traced() -> None:
     # pycocotools traces every edge at 5x resolution before clipping: 1e9 would take forever.
-    gt = coco(["a"], [mask_ann("a", "head", [rect(-1e9, -1e9, 2e9, 2e9)])], ["head"])
-    m = metrics(gt, {"a": document(width=100, height=100, masks=[("head", [rect(0, 0, 100, 100)], 0.9)])})
+    # (Ground-truth points outside the image are refused: see test_geometry.)
+    gt = coco(["a"], [mask_ann("a", "head", [rect(0, 0, 100, 100)])], ["head"])
+    m = metrics(gt, {"a": document(width=100, height=100, masks=[("head", [rect(-1e9, -1e9, 2e9, 2e9)], 0.9)])})
     assert (m.dice, m.iou) == (1.0, 1.0)
     assert m.mask_map50 == pytest.approx(1.0)

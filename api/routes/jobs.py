@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Resp
 
 from services.export.coco import to_coco
 from services.export.dicom_sr import NotFromDicom, build_sr, content_time, source_instance, sr_bytes
-from services.jobs import cancel, current_document, get_job, list_jobs
+from services.jobs import cancel, current_document, get_job, list_jobs, rejected_by_reviewer
 from services.jobs.intake import JobOptions, Upload, accept_job
 from services.notify import InvalidTarget, plan_notifications
 from services.notify.log import deliveries_of
@@ -152,8 +152,13 @@ def coco(ctx: Ctx, caller: Reader, job_id: JobId) -> dict[str, Any]:
     404: PROBLEM, 409: PROBLEM})
 def structured_report(ctx: Ctx, caller: Reader, job_id: JobId) -> Response:
     """The result as a DICOM Comprehensive 3D SR / TID 1500 measurement report referencing the
-    source instance (jobs made from DICOM only; 409 otherwise or before a result exists)."""
+    source instance (jobs made from DICOM only; 409 otherwise, before a result exists, or when
+    the HITL reviewer rejected the interpretation)."""
     document = _document(ctx, caller, job_id)
+    job = _visible(ctx, caller, job_id)
+    if rejected_by_reviewer(job.hitl_choice):
+        raise Problem(409, "result_rejected", f"the reviewer rejected the interpretation of job {job_id}: no "
+                      "structured report is made of a rejected result", current_status=job.status.value)
     with ctx.sm() as session:
         try:
             source = source_instance(session, job_id)

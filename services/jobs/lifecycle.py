@@ -340,6 +340,14 @@ def cancel(session: Session, job_id: str, *, now: datetime | None = None) -> boo
     raise InvalidTransition(job_id, current.value, "cancel")
 
 
+def rejected_by_reviewer(choice: dict[str, Any] | None) -> bool:
+    """True when a HITL job's reviewer rejected its interpretation (the job then ends
+    ``succeeded`` without later phases, but its result is no finding to store or announce as
+    one). ``choice`` is the job's ``hitl_choice``; choices saved before the decision was kept
+    in it read as not rejected."""
+    return choice is not None and choice.get("decision") == "reject"
+
+
 def resume_hitl(session: Session, job_id: str, choice: dict[str, Any], *, now: datetime | None = None) -> bool:
     """awaiting_review -> queued with the reviewer's ``choice`` (next phases, group) saved; the
     caller commits, then enqueues the id. The second stage gets a fresh attempt budget

@@ -202,7 +202,9 @@ def _infer(pipeline: Pipeline, items: Sequence[BatchItem]) -> list[ResultDocumen
     try:
         if item.resume_state is None:
             return [pipeline.analyze(item.decoded, mode=item.mode)]
-        return [pipeline.resume(item.decoded, item.resume_state, phases=item.phases, group=item.group)]
+        return [pipeline.resume(item.decoded, item.resume_state, phases=item.phases, group=item.group,
+                                corrected_label=item.corrected_label,
+                                corrected_interpretation=item.corrected_interpretation)]
     except Exception as exc:
         return [exc]
 
@@ -231,7 +233,8 @@ def _batch_item(session: Session, job: ClaimedJob) -> BatchItem:
         raise ResumeError("the job has a reviewer's choice but no saved pipeline state")
     choice = job.hitl_choice or {}
     return BatchItem(decoded, mode=mode, resume_state=ResultDocument.model_validate(job.hitl_state),
-                     phases=choice.get("next_phases") or [], group=choice.get("group"))
+                     phases=choice.get("next_phases") or [], group=choice.get("group"),
+                     corrected_label=choice.get("label"), corrected_interpretation=choice.get("interpretation"))
 
 
 # -- storing the outcome --------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from services.jobs import rejected_by_reviewer
 from shared.db.clock import db_now
 from shared.db.models import FINAL_STATUSES, Delivery, DeliveryKind, Image, Job, JobStatus
 
@@ -28,7 +29,8 @@ def collect_events(session: Session, *, pacs_stow_url: str, public_url: str, now
     Returns how many deliveries were created."""
     now = now or db_now(session)
     query = (
-        select(Job.id, Job.status, Job.notified_status, Job.webhook_url, Job.batch_id, Image.dicom_sop_instance_uid)
+        select(Job.id, Job.status, Job.notified_status, Job.webhook_url, Job.batch_id, Job.hitl_choice,
+               Image.dicom_sop_instance_uid)
         .join(Image, Image.id == Job.image_id)
         .where(Job.notify.is_(True), Job.status.in_(ANNOUNCED),
                or_(Job.notified_status.is_(None), Job.notified_status != Job.status))
@@ -41,14 +43,17 @@ def collect_events(session: Session, *, pacs_stow_url: str, public_url: str, now
         status = JobStatus(row.status)
         if not _mark_handled(session, row.id, status, row.notified_status):
             continue  # another dispatcher handled it, or the status moved on: next scan
+        # A result whose interpretation the reviewer rejected is no finding: no SR of it goes to
+        # the PACS, and its event says so.
+        rejected = status is JobStatus.succeeded and rejected_by_reviewer(row.hitl_choice)
         if row.webhook_url:
             session.add(Delivery(job_id=row.id, kind=DeliveryKind.webhook, event=f"job.{status.value}",
                                  url=row.webhook_url, payload=event_payload(row.id, status, row.batch_id, public_url,
                                                                            has_sr=bool(row.dicom_sop_instance_uid),
-                                                                           now=now),
+                                                                           now=now, rejected=rejected),
                                  next_attempt_at=now))
             created += 1
-        if status is JobStatus.succeeded and pacs_stow_url and row.dicom_sop_instance_uid:
+        if status is JobStatus.succeeded and pacs_stow_url and row.dicom_sop_instance_uid and not rejected:
             session.add(Delivery(job_id=row.id, kind=DeliveryKind.pacs_sr, event="result.sr", url=pacs_stow_url,
                                  payload={"job_id": row.id}, next_attempt_at=now))
             created += 1
@@ -69,17 +74,20 @@ def _mark_handled(session: Session, job_id: str, status: JobStatus, seen: str | 
 
 
 def event_payload(job_id: str, status: JobStatus, batch_id: str | None, public_url: str, *, has_sr: bool,
-                  now: datetime) -> dict[str, Any]:
+                  now: datetime, rejected: bool = False) -> dict[str, Any]:
     """A thin event: ids, status and links, never patient data or results (the receiver
-    fetches those with its own key)."""
+    fetches those with its own key). A job whose reviewer rejected the interpretation says
+    ``rejected_by_reviewer`` and has no SR link (there is no SR of it)."""
     base = f"{public_url.rstrip('/')}/v1/jobs/{job_id}"
     links = {"job": base}
     if status in (JobStatus.succeeded, JobStatus.awaiting_review):
         links["result"] = f"{base}/result"
     if status is JobStatus.succeeded:
         links["coco"] = f"{base}/coco"
-        if has_sr:
+        if has_sr and not rejected:
             links["sr"] = f"{base}/sr.dcm"
-    return {"type": f"job.{status.value}", "timestamp": now.isoformat().replace("+00:00", "Z"),
-            "data": {"job_id": job_id, "status": status.value, "batch_id": batch_id, "links": links}}
+    data: dict[str, Any] = {"job_id": job_id, "status": status.value, "batch_id": batch_id, "links": links}
+    if rejected:
+        data["rejected_by_reviewer"] = True
+    return {"type": f"job.{status.value}", "timestamp": now.isoformat().replace("+00:00", "Z"), "data": data}
 

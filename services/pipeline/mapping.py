@@ -66,6 +66,27 @@ def needs_keypoints(classes: Iterable[str], keypoint_classes: Iterable[str]) -> 
     return any(c in wanted for c in classes)
 
 
+def runnable_phases(decision: MapDecision, keypoint_classes: Iterable[str]) -> list[str]:
+    """The localisation phases a decision can run: its box phase (``keypoints`` when a class to
+    detect is a keypoint class, else ``detect``), and ``segment`` when it has segment classes."""
+    boxes = "keypoints" if needs_keypoints(decision.detect_classes, keypoint_classes) else "detect"
+    return [boxes, *(["segment"] if decision.segment_classes else [])]
+
+
+def map_reviewed(label: str | None, interpretation: Mapping[str, str] | None, tables: MapTables, *,
+                 corrected_label: str | None = None,
+                 corrected_interpretation: Mapping[str, str] | None = None) -> MapDecision:
+    """MAP over the model's first stage as a HITL reviewer corrected it: the corrected label
+    replaces the model's, corrected interpretation fields replace the model's fields of the same
+    name. Without corrections this is ``map_structures``."""
+    if corrected_label is None and not corrected_interpretation:
+        return map_structures(label, interpretation, tables)
+    merged = {**(interpretation or {}), **(corrected_interpretation or {})}
+    decision = map_structures(corrected_label or label, merged or None, tables)
+    return MapDecision(decision.detect_classes, decision.segment_classes, decision.tier, decision.group,
+                       f"{decision.reason} (after the reviewer's corrections)")
+
+
 def map_structures(
     label: str | None,
     interpretation: Mapping[str, str] | None,

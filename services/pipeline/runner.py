@@ -24,7 +24,7 @@ from services.models.loader import Provenance
 from services.pipeline import grammars
 from services.pipeline.batching import GenRequest
 from services.pipeline.engine import Engine, Generation, ImagePrefix
-from services.pipeline.mapping import MapDecision, map_group, map_structures
+from services.pipeline.mapping import MapDecision, map_group, map_reviewed
 from services.pipeline.normalize import ImageGeometry, build_annotations
 from services.pipeline.parsing import parse_phase
 from services.pipeline.profile import Profile
@@ -62,6 +62,10 @@ class BatchItem:
     resume_state: ResultDocument | None = None
     phases: Sequence[str] = ()
     group: str | None = None
+    # The reviewer's corrections of the first stage (view label, interpretation fields): MAP
+    # of the resumed job reads them over the model's (without a ``group``).
+    corrected_label: str | None = None
+    corrected_interpretation: dict[str, str] | None = None
 
 
 @dataclass
@@ -127,9 +131,12 @@ class Pipeline:
         return _unwrap(self.run_batch([BatchItem(decoded, mode=mode)])[0])
 
     def resume(self, decoded: DecodedImage, state: ResultDocument, *, phases: Sequence[str],
-               group: str | None = None) -> ResultDocument:
-        """Run the reviewer's chosen phases on a HITL document; interpret/classify are kept."""
-        item = BatchItem(decoded, resume_state=state, phases=tuple(phases), group=group)
+               group: str | None = None, corrected_label: str | None = None,
+               corrected_interpretation: dict[str, str] | None = None) -> ResultDocument:
+        """Run the reviewer's chosen phases on a HITL document; interpret/classify are kept (MAP
+        reads the reviewer's corrections of them over the model's)."""
+        item = BatchItem(decoded, resume_state=state, phases=tuple(phases), group=group,
+                         corrected_label=corrected_label, corrected_interpretation=corrected_interpretation)
         return _unwrap(self.run_batch([item])[0])
 
     def run_batch(self, items: Sequence[BatchItem]) -> list[ResultDocument | Exception]:
@@ -181,7 +188,8 @@ class Pipeline:
                 raise ResumeError(str(exc)) from exc
             self._record_mapping(job.doc, job.decision, latency_ms=0.0)
         else:
-            job.decision = self._map(job.doc)
+            job.decision = self._map(job.doc, corrected_label=item.corrected_label,
+                                     corrected_interpretation=item.corrected_interpretation)
         return job
 
     def _first_phases(self) -> list[tuple[PhaseName, Sequence[str]]]:
@@ -234,10 +242,12 @@ class Pipeline:
                             frame=decoded.frame, frame_count=decoded.frame_count),
         )
 
-    def _map(self, doc: ResultDocument) -> MapDecision:
+    def _map(self, doc: ResultDocument, *, corrected_label: str | None = None,
+             corrected_interpretation: dict[str, str] | None = None) -> MapDecision:
         started = time.perf_counter()
         label = doc.classification.label if doc.classification else None
-        decision = map_structures(label, doc.interpretation, self.profile.map)
+        decision = map_reviewed(label, doc.interpretation, self.profile.map, corrected_label=corrected_label,
+                                corrected_interpretation=corrected_interpretation)
         self._record_mapping(doc, decision, latency_ms=(time.perf_counter() - started) * 1000)
         return decision
 

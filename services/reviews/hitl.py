@@ -24,9 +24,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from services.jobs import REJECTED_DETAIL, finish_hitl, resume_hitl
+from services.pipeline.mapping import map_group, map_reviewed, runnable_phases
 from services.pipeline.profile import Profile
 from shared.db.models import Job, JobMode, JobStatus, ReviewDecision, ReviewDimension
+from shared.schemas.results import ResultDocument
 
+from .corrections import Corrections
 from .errors import InvalidReview, ReviewConflict
 
 LATER_PHASES = ("detect", "segment", "keypoints")
@@ -40,6 +43,7 @@ class Gate:
     phases: list[str]
     group: str | None
     decision: ReviewDecision
+    corrections: Corrections | None = None
 
     @property
     def resumes(self) -> bool:
@@ -47,13 +51,24 @@ class Gate:
         return bool(self.phases)
 
     def choice(self, review_id: str) -> dict[str, Any]:
-        # The worker reads next_phases and group; review_id ties the job to the review that chose.
-        return {"next_phases": list(self.phases), "group": self.group, "review_id": review_id}
+        # The worker reads next_phases, group and the corrected label and interpretation (MAP
+        # reads them over the model's); review_id ties the job to the review that chose, and
+        # decision tells a rejected job from one finished with no phases chosen.
+        choice: dict[str, Any] = {"next_phases": list(self.phases), "group": self.group, "review_id": review_id,
+                                  "decision": self.decision.value}
+        if self.corrections is not None and self.corrections.label is not None:
+            choice["label"] = self.corrections.label
+        if self.corrections is not None and self.corrections.interpretation:
+            choice["interpretation"] = dict(self.corrections.interpretation)
+        return choice
 
 
 def gate_of(job: Job, dimension: ReviewDimension, decision: ReviewDecision, next_phases: Sequence[str] | None,
-            group: str | None, profile: Profile) -> Gate | None:
-    """The gate this review is, or None for a plain score; raises for a choice that does not fit."""
+            group: str | None, profile: Profile, *, corrections: Corrections | None = None,
+            first_stage: ResultDocument | None = None) -> Gate | None:
+    """The gate this review is, or None for a plain score; raises for a choice that does not fit.
+    ``first_stage`` is the job's result so far: without a group, MAP over it (as corrected)
+    must give the chosen phases something to run."""
     chooses = next_phases is not None or group is not None
     if dimension is not ReviewDimension.interpretation:
         if chooses:
@@ -82,7 +97,9 @@ def gate_of(job: Job, dimension: ReviewDimension, decision: ReviewDecision, next
     phases = _phases(next_phases)
     if group is not None:
         _check_group(group, phases, profile)
-    return Gate(phases=phases, group=group, decision=decision)
+    elif phases and first_stage is not None:
+        _check_mapped(phases, first_stage, corrections, profile)
+    return Gate(phases=phases, group=group, decision=decision, corrections=corrections)
 
 
 def apply_gate(session: Session, job_id: str, gate: Gate, review_id: str) -> None:
@@ -128,9 +145,20 @@ def _check_group(group: str, phases: list[str], profile: Profile) -> None:
     if not phases:
         raise InvalidReview("a group chooses the classes of later phases: with next_phases [] leave it out")
     # Catch a choice that would run nothing for this group, rather than succeed silently empty.
-    chosen = profile.routing_group(group)
-    boxes = "keypoints" if any(c in profile.keypoint_classes for c in chosen.detect) else "detect"
-    runnable = [boxes, *(["segment"] if chosen.segment else [])]
+    runnable = runnable_phases(map_group(group, profile.map), profile.keypoint_classes)
     if not set(phases) & set(runnable):
         raise InvalidReview(f"next_phases {phases} would run nothing for group {group!r}: it is localised by "
                             f"{' and '.join(runnable)}")
+
+
+def _check_mapped(phases: list[str], first_stage: ResultDocument, corrections: Corrections | None,
+                  profile: Profile) -> None:
+    """The same check without a group: what MAP will choose from the (corrected) first stage."""
+    decision = map_reviewed(first_stage.classification.label if first_stage.classification else None,
+                            first_stage.interpretation, profile.map,
+                            corrected_label=corrections.label if corrections else None,
+                            corrected_interpretation=corrections.interpretation if corrections else None)
+    runnable = runnable_phases(decision, profile.keypoint_classes)
+    if not set(phases) & set(runnable):
+        raise InvalidReview(f"next_phases {phases} would run nothing: MAP ({decision.tier}: {decision.reason}) "
+                            f"localises by {' and '.join(runnable)}; choose those, or a group")

@@ -24,10 +24,11 @@ from services.pipeline.profile import Profile
 from shared.db.clock import db_now
 from shared.db.models import Job, JobStatus, Result, Review, ReviewDecision, ReviewDimension, ReviewRevision
 from shared.db.types import new_id
+from shared.schemas.results import ResultDocument
 
 from .corrections import Corrections, check_corrections
 from .errors import InvalidReview, ReviewConflict, ReviewExists, ReviewNotFound
-from .hitl import Gate, apply_gate, gate_of, gate_review_id
+from .hitl import Gate, apply_gate, finished_without_phases, gate_of, gate_review_id
 from .state import refresh_review_state
 
 REVIEWABLE = frozenset({JobStatus.awaiting_review, JobStatus.succeeded})
@@ -71,8 +72,14 @@ def submit_review(session: Session, *, job_id: str, reviewer_key_id: str, dimens
     if dimension is ReviewDimension.annotation and job.status is not JobStatus.succeeded:
         raise ReviewConflict(f"job {job_id} is {job.status.value}: its annotations can be reviewed once it has "
                              "succeeded", code="annotations_not_ready", current_status=job.status.value)
+    if dimension is ReviewDimension.annotation and finished_without_phases(job):
+        raise ReviewConflict(f"job {job_id} was finished without later phases by its interpretation review "
+                             f"({_gate_decision(job)}): it has no annotations to review", code="no_annotations",
+                             current_status=job.status.value)
     _check_content(data, dimension, profile, result)
-    gate = gate_of(job, dimension, data.decision, data.next_phases, data.group, profile)
+    first_stage = ResultDocument.model_validate(result.document) if job.status is JobStatus.awaiting_review else None
+    gate = gate_of(job, dimension, data.decision, data.next_phases, data.group, profile,
+                   corrections=data.corrections, first_stage=first_stage)
     if _current(session, job_id, reviewer_key_id, dimension) is not None:
         raise ReviewExists(job_id, dimension.value)
     review = Review(
@@ -160,6 +167,13 @@ def _check_content(data: ReviewInput, dimension: ReviewDimension, profile: Profi
     if not isinstance(width, int) or not isinstance(height, int):
         raise ReviewConflict("the job's result has no image size to check corrections against", code="no_image_size")
     check_corrections(data.corrections, dimension=dimension, profile=profile, width=width, height=height)
+
+
+def _gate_decision(job: Job) -> str:
+    decision = (job.hitl_choice or {}).get("decision")
+    if decision is None:  # a choice saved before the decision was kept in it
+        return "rejected, or no phases chosen"
+    return "rejected" if decision == ReviewDecision.reject.value else "no phases chosen"
 
 
 def _stored(corrections: Corrections | None) -> dict[str, Any] | None:

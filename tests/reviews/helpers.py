@@ -52,12 +52,13 @@ class Jobs:
         self.sm, self.submitter_id = sm, submitter_id
         self._seed = 0
 
-    def queued(self, mode: JobMode = JobMode.hitl) -> str:
+    def queued(self, mode: JobMode = JobMode.hitl, *, raw: bytes | None = None, notify_to: str | None = None) -> str:
+        """A queued job of a small PNG (or ``raw``); ``notify_to``: its webhook URL."""
         self._seed += 1
-        raw = png(seed=self._seed, width=WIDTH, height=HEIGHT)
+        raw = raw if raw is not None else png(seed=self._seed, width=WIDTH, height=HEIGHT)
         with self.sm.begin() as session:
             job: Job = submit_job(session, decoded=decode_image(raw), original_size=len(raw),
-                                  api_key_id=self.submitter_id, mode=mode)
+                                  api_key_id=self.submitter_id, mode=mode, webhook_url=notify_to)
             return job.id
 
     def complete(self, job_id: str, document: ResultDocument, *, awaiting_review: bool = False) -> None:
@@ -66,10 +67,11 @@ class Jobs:
         with self.sm.begin() as session:
             assert complete(session, job_id, OWNER, document, awaiting_review=awaiting_review)
 
-    def awaiting(self) -> str:
-        """A HITL job after its first stage, waiting for the interpretation review."""
-        job_id = self.queued(JobMode.hitl)
-        self.complete(job_id, first_stage_document(), awaiting_review=True)
+    def awaiting(self, document: ResultDocument | None = None, **queued: Any) -> str:
+        """A HITL job after its first stage (``document``, else ``first_stage_document()``),
+        waiting for the interpretation review; ``queued``: as for ``queued``."""
+        job_id = self.queued(JobMode.hitl, **queued)
+        self.complete(job_id, document or first_stage_document(), awaiting_review=True)
         return job_id
 
     def hitl_succeeded(self) -> str:

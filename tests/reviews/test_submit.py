@@ -157,14 +157,14 @@ def test_the_gate_review_resumes_the_job_with_the_chosen_phases(sm: sessionmaker
     job = jobs.job(job_id)
     assert (job.status, job.attempts, job.review_state) == (JobStatus.queued, 0, ReviewState.pending)
     assert job.hitl_choice == {"next_phases": ["detect", "segment"], "group": "brain",
-                               "review_id": submitted.review.id}
+                               "review_id": submitted.review.id, "decision": "correct"}
     assert (submitted.review.next_phases, submitted.review.group_name) == (["detect", "segment"], "brain")
     assert submitted.review.job_mode is JobMode.hitl and submitted.review.model_revision == "rev-hitl-1"
     # without a group, MAP decides from the interpretation on the worker
     other = jobs.awaiting()
-    assert _submit(sm, other, keys.reviewer.id, next_phases=["keypoints"]).resumed
-    assert jobs.job(other).hitl_choice == {"next_phases": ["keypoints"], "group": None,
-                                           "review_id": _review_ids(sm, other)[0]}
+    assert _submit(sm, other, keys.reviewer.id, next_phases=["detect"]).resumed
+    assert jobs.job(other).hitl_choice == {"next_phases": ["detect"], "group": None,
+                                           "review_id": _review_ids(sm, other)[0], "decision": "accept"}
 
 
 @pytest.mark.parametrize(("decision", "next_phases", "detail"), [
@@ -181,13 +181,15 @@ def test_reject_or_no_phases_finishes_the_job_at_once(sm: sessionmaker[Session],
     job = jobs.job(job_id)
     # nothing to annotate, so no annotation review is needed: reviewed at once
     assert (job.status, job.review_state) == (JobStatus.succeeded, ReviewState.reviewed)
-    assert job.hitl_choice == {"next_phases": [], "group": None, "review_id": submitted.review.id}
+    assert job.hitl_choice == {"next_phases": [], "group": None, "review_id": submitted.review.id,
+                               "decision": decision.value}
     doc = jobs.document(job_id)
     assert doc["status"] == "succeeded"
     assert {doc["phases"][p]["detail"] for p in ("map", "detect", "keypoints", "segment")} == {detail}
     assert submitted.review.decision is decision and submitted.review.next_phases == next_phases
-    # an annotation review is still allowed (e.g. QA), and changes nothing
-    _submit(sm, job_id, keys.reviewer.id, ANNOT, score=0)
+    # there are no annotations to review: an annotation review would score nothing
+    with pytest.raises(ReviewConflict, match="no annotations to review"):
+        _submit(sm, job_id, keys.reviewer.id, ANNOT, score=0)
     assert jobs.job(job_id).review_state is ReviewState.reviewed
 
 

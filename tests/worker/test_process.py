@@ -156,6 +156,29 @@ def test_hitl_pauses_then_resumes_with_the_reviewers_phases(sm: sessionmaker[Ses
     assert doc["phases"]["segment"]["status"] == "skipped"
 
 
+def test_the_reviewers_corrected_label_steers_map_of_the_resumed_job(sm: sessionmaker[Session], pipeline: Pipeline,
+                                                                    submit: Callable[..., str]) -> None:
+    """MAP of the second stage reads the HITL reviewer's corrections over the model's first
+    stage: the corrected view label decides the classes (a specific label maps directly, P1),
+    while ``classification`` keeps what the model said."""
+    job_id = submit(mode="hitl")
+    assert process_job(sm, pipeline, job_id, owner=OWNER, lease_seconds=30).outcome is Outcome.awaiting_review
+    model_label = _results(sm, job_id)[0].document["classification"]["label"]
+    corrected = "BPD_PLANE" if model_label != "BPD_PLANE" else "Aorta"
+    tables = pipeline.profile.map
+    with sm.begin() as s:
+        assert resume_hitl(s, job_id, {"next_phases": ["detect", "segment"], "group": None, "decision": "correct",
+                                       "label": corrected})
+    assert process_job(sm, pipeline, job_id, owner=OWNER, lease_seconds=30).outcome is Outcome.succeeded
+    doc = ResultDocument.model_validate(_results(sm, job_id)[0].document)
+    assert doc.classification is not None and doc.classification.label == model_label
+    assert doc.mapping is not None and doc.mapping.tier == "P1"
+    assert doc.mapping.detect_classes == tables.classification_to_detect[corrected]
+    assert doc.mapping.segment_classes == tables.classification_to_segment[corrected]
+    assert "after the reviewer's corrections" in (doc.phases["map"].detail or "")
+    assert doc.phases["segment"].status != "skipped"  # the corrected view has classes to segment
+
+
 def test_bad_reviewer_choice_fails_the_job(sm: sessionmaker[Session], pipeline: Pipeline,
                                            submit: Callable[..., str]) -> None:
     job_id = submit(mode="hitl")

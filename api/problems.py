@@ -82,6 +82,10 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
             for e in exc.errors()]
 
 
+def _is_json(media_type: str) -> bool:
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
@@ -116,8 +120,14 @@ def install(app: FastAPI) -> None:
         return problem_response(422, "invalid_cursor", str(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _validation_errors(exc)
+        sent = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if sent and not _is_json(sent) and any(e["loc"] == ["body"] for e in errors):
+            # A JSON route read a form or a text body as nothing: say what to send, not that
+            # "input should be a valid dictionary".
+            return problem_response(415, "unsupported_media_type",
+                                    f"this route takes a JSON body (Content-Type: application/json), not {sent}")
         fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors)
         return problem_response(422, "invalid_request", f"invalid request fields: {fields}", errors=errors)
 

@@ -202,3 +202,20 @@ def test_a_whole_form_body_with_a_quoted_boundary_and_an_epilogue_is_accepted(cl
     r = client.post("/v1/jobs", content=body,
                     headers={**keys.submitter.headers, "Content-Type": 'multipart/form-data; boundary="z z"'})
     assert r.status_code == 202, r.text
+
+
+@pytest.mark.parametrize(("content_type", "body"), [
+    ("application/x-www-form-urlencoded", "dimension=interpretation&score=1&decision=accept"),
+    ("text/plain", '{"dimension": "interpretation", "score": 1, "decision": "accept"}'),
+])
+def test_a_json_route_sent_another_media_type_says_what_to_send(client: TestClient, keys: Keys, content_type: str,
+                                                                 body: str) -> None:
+    """curl's -d sends a form by default: "input should be a valid dictionary" left the caller
+    guessing; 415 names the header to send."""
+    for path in ("/v1/jobs/00000000-0000-4000-8000-000000000000/reviews", "/v1/evaluations"):
+        r = client.post(path, content=body, headers={**keys.admin.headers, "Content-Type": content_type})
+        problem = assert_problem(r, 415, "unsupported_media_type")
+        assert problem["detail"] == f"this route takes a JSON body (Content-Type: application/json), not {content_type}"
+    # a JSON body of the wrong shape is still a 422 naming the field
+    r = client.post("/v1/evaluations", json=[1, 2], headers=keys.admin.headers)
+    assert_problem(r, 422, "invalid_request")

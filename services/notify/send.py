@@ -62,7 +62,9 @@ def send(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Session],
             response = _post_webhook(delivery, client, secrets, allowed_hosts)
         else:
             response = _store_sr(delivery, client, sm, pacs_authorization)
-    except (httpx.HTTPError, _Unsendable) as exc:
+    except _Unsendable as exc:  # its message says why; the class name would only be noise
+        return Attempt(False, None, str(exc)[:1000], _ms(started))
+    except httpx.HTTPError as exc:
         return Attempt(False, None, f"{type(exc).__name__}: {exc}"[:1000], _ms(started))
     except Exception as exc:  # a surprise is this delivery's failed try, never the whole pass's
         log.exception("delivery %s (%s): unexpected error", delivery.id, delivery.kind.value)

@@ -175,6 +175,7 @@ def test_a_dispatcher_without_the_sealing_key_logs_why_and_sends_once_it_has_it(
     assert report.retrying and not receiver.requests
     [delivery] = client.get(f"/v1/jobs/{job_id}/deliveries", headers=keys.submitter.headers).json()
     assert delivery["status"] == "pending" and "has no key" in delivery["tries"][0]["error"]
+    assert not delivery["tries"][0]["error"].startswith("_")  # the reason, not an internal class name
     key = (tmp_path / "admin" / "secrets.key").read_text().strip()
     _dispatch_until(sm, _settings(db_url, tmp_path / "worker", broker_url, secrets_key=key),
                     lambda: len(receiver.requests) == 1)
@@ -281,6 +282,7 @@ def test_a_name_that_resolves_to_the_service_s_own_host_is_refused_when_sent(
     dispatch_once(sm, _settings(db_url, tmp_path, broker_url, webhook_allowed_hosts=[]), owner="d")
     [delivery] = client.get(f"/v1/jobs/{job_id}/deliveries", headers=keys.submitter.headers).json()
     assert "sneaky.test (127.0.0.1) is the service's own host" in delivery["tries"][0]["error"]
+    assert delivery["tries"][0]["error"].startswith("InvalidTarget: ")  # not "_Unsendable: InvalidTarget: ..."
     assert not receiver.requests
     # an allowed-hosts list set after submission is applied when sending too
 

@@ -124,6 +124,9 @@ def report(
     except httpx.HTTPError as exc:
         _fail(f"request to {base} failed: {exc}", EXIT_UNREACHABLE)
     _check(response, base)
+    warning = response.headers.get("FADA-Report-Warning")  # e.g. an empty window: still a report, exit 0
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
     if out is None:
         typer.echo(response.text, nl=False)
         return

@@ -136,8 +136,19 @@ def scores(request: Request, ctx: Ctx, caller: QA, from_: From = None, to: To = 
     report = _report(request, ctx, from_, to, mode, group_by, format=format_)
     if format_ == "csv":
         return Response(render_csv(report), media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": 'attachment; filename="fada-scores.csv"'})
+                        headers={"Content-Disposition": 'attachment; filename="fada-scores.csv"',
+                                 **_warning_header(report)})
     return ScoreReportOut.model_validate(report.as_json())
+
+
+# A CSV has no place for the report's warnings (an empty window, say): they travel in this
+# header, which `fada report` prints to stderr; the JSON and HTML reports carry them inside.
+WARNING_HEADER = "FADA-Report-Warning"
+
+
+def _warning_header(report: ScoreReport) -> dict[str, str]:
+    warnings = " | ".join(report.filters.warnings)
+    return {WARNING_HEADER: warnings.encode("ascii", "replace").decode()} if warnings else {}
 
 
 @router.get("/v1/reports/scores.html", response_class=HTMLResponse,
@@ -149,4 +160,5 @@ def scores_html(request: Request, ctx: Ctx, caller: QA, from_: From = None, to: 
     agreement table. Self-contained: inline CSS and SVG, no scripts, no external assets."""
     report = _report(request, ctx, from_, to, mode, group_by, format="html")
     return HTMLResponse(render_html(report), headers={"Content-Security-Policy": "default-src 'none'; "
-                                                      "style-src 'unsafe-inline'; img-src data:; form-action 'self'"})
+                                                      "style-src 'unsafe-inline'; img-src data:; form-action 'self'",
+                                                      **_warning_header(report)})

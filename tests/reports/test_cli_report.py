@@ -66,6 +66,22 @@ def test_without_out_the_report_goes_to_standard_output(base: str, sqlite_keys: 
     assert [r["key"] for r in rows] == ["sono-1"] and rows[0]["cases"] == "54"
 
 
+@pytest.mark.parametrize("format_", ["csv", "html"])
+def test_an_empty_window_is_written_with_a_warning_on_stderr(base: str, sqlite_keys: Keys, tmp_path: Path,
+                                                             format_: str) -> None:
+    """--from after --to is a window with no reviews: still a report (exit 0), but the person
+    who typed it is told, as the JSON report tells a program."""
+    out = tmp_path / f"scores.{format_}"
+    done = runner.invoke(fada, ["report", "--url", base, "--key", sqlite_keys.qa.secret, "--from", "2026-12-04",
+                                "--to", "2026-12-01", "--format", format_, "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert "warning: the window is empty: 'from' (2026-12-04T00:00:00Z) is not before 'to'" in done.stderr
+    assert out.exists()
+    fine = runner.invoke(fada, ["report", "--url", base, "--key", sqlite_keys.qa.secret, "--from", "2026-03-01",
+                                "--format", format_, "--out", str(out)])
+    assert fine.exit_code == 0 and "warning" not in fine.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,7 +1,7 @@
 """``fada submit``: which files of a folder are sent, skipped or failed before sending. An empty
 file named as an image is a failed input (named, counted as failed, exit 1), not a skipped one;
 a file without an image name or content is still skipped. Against the real gateway served by
-uvicorn (no worker: jobs stay queued), as in tests/clients/test_submit.py."""
+uvicorn (no worker: jobs stay queued), as in test_submit.py."""
 
 from __future__ import annotations
 
@@ -9,34 +9,14 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 import typer
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from cli.submit import collect, submit
 from shared.db.models import Job
-from tests.api import conftest as api
-from tests.api.conftest import AppFactory, Keys, Serve
+from tests.api.conftest import Keys
 from tests.api.helpers import count, png
-
-# The API tests' fixtures (pytest finds fixtures by module attribute), on SQLite only.
-_sqlite_template = api._sqlite_template
-sm = api.sm
-keys = api.keys
-broker_url = api.broker_url
-make_app = api.make_app
-serve = api.serve
-
-
-@pytest.fixture
-def db_url(_sqlite_template: Path, tmp_path: Path) -> str:
-    return api._copy_sqlite(_sqlite_template, tmp_path / "fada.db")
-
-
-@pytest.fixture
-def url(make_app: AppFactory, serve: Serve) -> str:
-    return serve(make_app())
 
 
 def _app() -> typer.Typer:

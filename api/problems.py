@@ -123,11 +123,12 @@ def install(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _validation_errors(exc)
         sent = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if sent and not _is_json(sent) and any(e["loc"] == ["body"] for e in errors):
-            # A JSON route read a form or a text body as nothing: say what to send, not that
-            # "input should be a valid dictionary".
+        if not _is_json(sent) and any(e["loc"] == ["body"] and e["type"] != "missing" for e in errors):
+            # A JSON route read a form, a text body or one with no Content-Type as nothing: say
+            # what to send, not that "input should be a valid dictionary".
             return problem_response(415, "unsupported_media_type",
-                                    f"this route takes a JSON body (Content-Type: application/json), not {sent}")
+                                    "this route takes a JSON body (Content-Type: application/json), not "
+                                    f"{sent or 'a body without Content-Type'}")
         fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in errors)
         return problem_response(422, "invalid_request", f"invalid request fields: {fields}", errors=errors)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,11 +16,11 @@ from services.notify.signing import new_secret
 from services.notify.targets import check_webhook_url
 from shared.db.models import ApiKey, Role
 from shared.db.types import utcnow
+from shared.text import code_points, unprintable
 
 SECRET_PREFIX = "fada_"
 PREFIX_CHARS = 12  # shown in listings, enough to tell keys apart, useless to an attacker
 NAME_MAX = 128  # the column's length
-_UNPRINTABLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # control and format characters, line and paragraph separators
 
 
 class UnknownKey(LookupError):
@@ -39,10 +38,9 @@ def check_name(name: str) -> str:
         raise InvalidKeyName("a key's name must not be empty or only whitespace")
     if len(name) > NAME_MAX:
         raise InvalidKeyName(f"a key's name is at most {NAME_MAX} characters, not {len(name)}")
-    bad = sorted({c for c in name if unicodedata.category(c) in _UNPRINTABLE})
+    bad = unprintable(name)
     if bad:
-        raise InvalidKeyName("a key's name must not contain control characters "
-                             f"({', '.join(f'U+{ord(c):04X}' for c in bad)})")
+        raise InvalidKeyName(f"a key's name must not contain control characters ({code_points(bad)})")
     return name
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
+from pydantic import AfterValidator
 
 from services.export.coco import to_coco
 from services.export.dicom_sr import NotFromDicom, build_sr, content_time, source_instance, sr_bytes
@@ -15,6 +16,7 @@ from services.notify.log import deliveries_of
 from services.queue import enqueue_job
 from shared.db.models import Job, JobMode, JobStatus, ReviewState, Role
 from shared.schemas.results import ResultDocument
+from shared.text import code_points, unprintable
 
 from ..context import AppContext, Caller
 from ..deps import ID_MAX, NO_NUL, PRINTABLE, Ctx, JobId, require, set_audit_job
@@ -29,8 +31,18 @@ Reader = Annotated[Caller, Depends(require(Role.submitter, Role.reviewer, Role.q
 IdempotencyKeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255, min_length=1,
                                                    pattern=NO_NUL)]
 ModeField = Annotated[Literal["autonomous", "hitl"], Form()]
-# min_length documents what strict_inputs enforces (FastAPI itself reads an empty form value as absent)
-ExternalIdField = Annotated[str | None, Form(min_length=1, max_length=128, pattern=PRINTABLE)]
+def _printable(value: str | None) -> str | None:
+    bad = unprintable(value or "")
+    if bad:
+        raise ValueError(f"must be printable text: it holds control or format characters ({code_points(bad)})")
+    return value
+
+
+# min_length documents what strict_inputs enforces (FastAPI itself reads an empty form value as
+# absent); the pattern says in the OpenAPI document what the validator checks in full (format
+# characters such as U+202E too).
+ExternalIdField = Annotated[str | None, Form(min_length=1, max_length=128, pattern=PRINTABLE),
+                            AfterValidator(_printable)]
 FrameField = Annotated[int, Form(ge=0, le=100_000)]
 CallbackUrlField = Annotated[str | None, Form(
     min_length=1, max_length=2048, pattern=NO_NUL,
@@ -105,7 +117,9 @@ def list_(
     caller: Reader,
     status: JobStatus | None = None,
     mode: JobMode | None = None,
-    external_id: Annotated[str | None, Query(max_length=128, pattern=PRINTABLE)] = None,
+    # NO_NUL, not PRINTABLE: jobs stored before external_id refused control characters can
+    # still be found by theirs
+    external_id: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
     review_state: ReviewState | None = None,
     batch_id: Annotated[str | None, Query(max_length=ID_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,

@@ -343,8 +343,8 @@ def cancel(session: Session, job_id: str, *, now: datetime | None = None) -> boo
 def rejected_by_reviewer(choice: dict[str, Any] | None) -> bool:
     """True when a HITL job's reviewer rejected its interpretation (the job then ends
     ``succeeded`` without later phases, but its result is no finding to store or announce as
-    one). ``choice`` is the job's ``hitl_choice``; choices saved before the decision was kept
-    in it read as not rejected."""
+    one). ``choice`` is the job's ``hitl_choice``, which keeps the gate review's decision
+    (migration 0010 added it to choices saved before)."""
     return choice is not None and choice.get("decision") == "reject"
 
 

@@ -181,6 +181,9 @@ class Pipeline:
         if state.image.sha256 != item.decoded.sha256:
             raise ResumeError("the image does not match the saved document")
         job = _Job(item, state.model_copy(deep=True), wanted=tuple(item.phases))
+        if job.doc.image.frame_count is None:  # a first stage stored before results named their frame
+            job.doc.image = job.doc.image.model_copy(
+                update={"frame": item.decoded.frame, "frame_count": item.decoded.frame_count})
         if item.group is not None:
             try:
                 job.decision = map_group(item.group, self.profile.map)

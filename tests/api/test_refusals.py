@@ -216,6 +216,9 @@ def test_a_json_route_sent_another_media_type_says_what_to_send(client: TestClie
         r = client.post(path, content=body, headers={**keys.admin.headers, "Content-Type": content_type})
         problem = assert_problem(r, 415, "unsupported_media_type")
         assert problem["detail"] == f"this route takes a JSON body (Content-Type: application/json), not {content_type}"
+    # JSON sent without any Content-Type: told the same (curl -H 'Content-Type:' ...)
+    r = client.post("/v1/evaluations", content=b'{"name": "x"}', headers={**keys.admin.headers, "Content-Type": ""})
+    assert_problem(r, 415, "unsupported_media_type")
     # a JSON body of the wrong shape is still a 422 naming the field
     r = client.post("/v1/evaluations", json=[1, 2], headers=keys.admin.headers)
     assert_problem(r, 422, "invalid_request")

@@ -6,9 +6,11 @@ complete, fail), the same calls a worker makes."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydicom.data import get_testdata_file
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.jobs import fail
@@ -80,9 +82,9 @@ def test_result_of_a_succeeded_job(client: TestClient, keys: Keys, submit: Submi
     assert body["interpretation"] is None and body["mapping"] is None  # nulls are present, not dropped
     assert body["model"] == {"base": "tiny/base", "adapter": "tiny/adapter", "revision": "rev-7",
                              "profile": "fada-skd", "untrained": True}
-    # a document stored before results named their frame reads as frame 0, count unknown
+    # a document without its frame (as stored before results named it) gets it from the image
     assert body["image"] == {"width": 48, "height": 32, "sha256": "a" * 64, "format": "png",
-                             "pixel_spacing_mm": [0.1, 0.1], "frame": 0, "frame_count": None}
+                             "pixel_spacing_mm": [0.1, 0.1], "frame": 0, "frame_count": 1}
     assert body["classification"] == {"label": "head"}
     assert [d["bbox"] for d in body["detections"]] == [[1, 2, 10, 4], [20, 5, 6, 8]]
     assert [d["category_id"] for d in body["detections"]] == [category_id("NT"), category_id("NB")]
@@ -106,7 +108,7 @@ def test_coco_document(client: TestClient, keys: Keys, submit: Submit, sm: sessi
     coco = r.json()
     assert {"images", "categories", "annotations"} <= coco.keys()
     assert coco["images"] == [{"id": job, "width": 48, "height": 32, "file_name": f"{job}.png", "frame_index": 0,
-                               "frame_count": None}]
+                               "frame_count": 1}]
     assert [c["id"] for c in coco["categories"]] == list(range(1, len(PROFILE.classes) + 1))
     assert [c["name"] for c in coco["categories"]] == PROFILE.classes
     annotations = coco["annotations"]
@@ -210,3 +212,18 @@ def test_cancel_unknown_job_is_404(client: TestClient, keys: Keys) -> None:
 def test_cancel_is_post_only(client: TestClient, keys: Keys, submit: Submit) -> None:
     job = submit()
     assert_problem(client.get(f"/v1/jobs/{job}/cancel", headers=keys.submitter.headers), 405, "method_not_allowed")
+
+
+def test_a_result_stored_without_its_frame_reads_the_frame_of_its_image(client: TestClient, keys: Keys,
+                                                                        sm: sessionmaker[Session]) -> None:
+    """Results stored by an older release have no frame: frame 3 of a cine must not read as 0."""
+    cine = Path(str(get_testdata_file("examples_ybr_color.dcm"))).read_bytes()  # US multi-frame, 30 frames
+    r = client.post("/v1/jobs", files=file_part(cine, "cine.dcm"), data={"frame": "3"}, headers=keys.submitter.headers)
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+    stored = succeed_job(sm, job)  # a document without frame fields
+    assert "frame_count" not in stored.image.model_dump(exclude_unset=True)
+    image = client.get(f"/v1/jobs/{job}/result", headers=keys.submitter.headers).json()["image"]
+    assert (image["frame"], image["frame_count"]) == (3, 30)
+    [coco] = client.get(f"/v1/jobs/{job}/coco", headers=keys.submitter.headers).json()["images"]
+    assert (coco["frame_index"], coco["frame_count"]) == (3, 30)

@@ -3,15 +3,16 @@ SQLite, and go down and up again cleanly."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, inspect, select, text
 
 from services.ingest import decode_image
-from services.jobs import submit_job
+from services.jobs import rejected_by_reviewer, submit_job
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.migrate import (
     REPO_ROOT,
@@ -21,7 +22,7 @@ from shared.db.migrate import (
     schema_diff,
     upgrade,
 )
-from shared.db.models import ApiKey, Base, JobMode, Role
+from shared.db.models import ApiKey, Base, Job, JobMode, Role
 from shared.db.types import new_id
 from tests.api.helpers import png
 
@@ -192,3 +193,37 @@ def test_a_downgrade_below_0007_stops_while_images_are_purged(backend: str, requ
     engine.dispose()
     downgrade(url, "0006")
     assert current_revision(url) == "0006"
+
+
+@pytest.mark.parametrize("backend", ["postgres_url", "sqlite_url"])
+def test_hitl_choices_saved_before_0010_get_their_gate_reviews_decision(backend: str,
+                                                                       request: pytest.FixtureRequest) -> None:
+    """A job rejected at its gate before 0010 has no ``decision`` in ``hitl_choice``: without
+    it the rejection is not seen (its SR would be served and pushed). 0010 takes it from the
+    review the choice names; a choice without a review, or with its decision already, is left."""
+    url = request.getfixturevalue(backend)
+    upgrade(url)
+    engine = make_engine(url)
+    rejected, accepted, no_review = _submit_jobs(engine, 3, JobMode.hitl)
+    downgrade(url, "0009")
+    with engine.begin() as conn:  # as the code before 0010 left them
+        key_id = conn.scalar(text("SELECT api_key_id FROM jobs LIMIT 1"))
+        for job_id, review_id, decision in ((rejected, "r-1", "reject"), (accepted, "r-2", "accept")):
+            conn.execute(text("INSERT INTO reviews (id, job_id, reviewer_key_id, dimension, score, decision, "
+                              "job_mode, revision, created_at) VALUES (:id, :job, :key, 'interpretation', 1, "
+                              ":decision, 'hitl', 1, CURRENT_TIMESTAMP)"),
+                         {"id": review_id, "job": job_id, "key": key_id, "decision": decision})
+            choice = {"next_phases": [] if decision == "reject" else ["detect"], "group": None,
+                      "review_id": review_id}
+            conn.execute(text("UPDATE jobs SET hitl_choice = :c WHERE id = :id"),
+                         {"c": json.dumps(choice), "id": job_id})
+        conn.execute(text("UPDATE jobs SET hitl_choice = :c WHERE id = :id"),
+                     {"c": json.dumps({"next_phases": ["detect"], "group": "brain"}), "id": no_review})
+    upgrade(url)
+    with make_sessionmaker(engine)() as session:
+        choices = {job.id: job.hitl_choice for job in session.scalars(select(Job))}
+    engine.dispose()
+    assert choices[rejected] == {"next_phases": [], "group": None, "review_id": "r-1", "decision": "reject"}
+    assert choices[accepted] == {"next_phases": ["detect"], "group": None, "review_id": "r-2", "decision": "accept"}
+    assert choices[no_review] == {"next_phases": ["detect"], "group": "brain"}
+    assert rejected_by_reviewer(choices[rejected]) and not rejected_by_reviewer(choices[accepted])

@@ -179,6 +179,23 @@ def test_the_reviewers_corrected_label_steers_map_of_the_resumed_job(sm: session
     assert doc.phases["segment"].status != "skipped"  # the corrected view has classes to segment
 
 
+def test_a_first_stage_saved_without_its_frame_finishes_with_the_frame_of_its_image(
+        sm: sessionmaker[Session], pipeline: Pipeline, submit: Callable[..., str]) -> None:
+    """A HITL job paused by an older release (its saved first stage has no frame) and resumed
+    by this one stores the frame it analysed, from the stored image."""
+    cine = Path(str(get_testdata_file("examples_ybr_color.dcm"))).read_bytes()  # 30 frames
+    job_id = submit(cine, frame=3, mode="hitl")
+    assert process_job(sm, pipeline, job_id, owner=OWNER, lease_seconds=30).outcome is Outcome.awaiting_review
+    state = dict(_job(sm, job_id).hitl_state or {})
+    state["image"] = {k: v for k, v in state["image"].items() if k not in ("frame", "frame_count")}
+    with sm.begin() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(hitl_state=state))
+        assert resume_hitl(s, job_id, {"next_phases": ["detect"], "group": "brain"})
+    assert process_job(sm, pipeline, job_id, owner=OWNER, lease_seconds=30).outcome is Outcome.succeeded
+    stored = _results(sm, job_id)[0].document["image"]
+    assert (stored["frame"], stored["frame_count"]) == (3, 30)
+
+
 def test_bad_reviewer_choice_fails_the_job(sm: sessionmaker[Session], pipeline: Pipeline,
                                            submit: Callable[..., str]) -> None:
     job_id = submit(mode="hitl")

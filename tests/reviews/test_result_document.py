@@ -60,6 +60,8 @@ def test_a_canceled_first_stage_says_so(sm: sessionmaker[Session], jobs: Jobs) -
 
 def test_a_finished_document_is_read_as_stored(sm: sessionmaker[Session], jobs: Jobs) -> None:
     job_id = jobs.hitl_succeeded()
-    assert _document(sm, job_id) == full_document().model_copy(update={"job_id": job_id})
+    stored = full_document()  # it names no frame: read with the image row's (one frame, the first)
+    framed = stored.image.model_copy(update={"frame": 0, "frame_count": 1})
+    assert _document(sm, job_id) == stored.model_copy(update={"job_id": job_id, "image": framed})
     with sm() as session:
         assert current_document(session, jobs.queued(JobMode.autonomous)) is None

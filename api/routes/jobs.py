@@ -139,13 +139,17 @@ def read(ctx: Ctx, caller: Reader, job_id: JobId) -> JobOut:
 
 
 def _document(ctx: AppContext, caller: Caller, job_id: str) -> ResultDocument:
+    return _job_and_document(ctx, caller, job_id)[1]
+
+
+def _job_and_document(ctx: AppContext, caller: Caller, job_id: str) -> tuple[Job, ResultDocument]:
     job = _visible(ctx, caller, job_id)
     with ctx.sm() as session:
         document = current_document(session, job_id)
     if document is None:
         raise Problem(409, "result_not_ready", f"job {job_id} has no result yet: it is {job.status.value}",
                       current_status=job.status.value)
-    return document
+    return job, document
 
 
 @router.get("/{job_id}/result", response_model=ResultDocument, response_model_exclude_none=False,
@@ -168,8 +172,7 @@ def structured_report(ctx: Ctx, caller: Reader, job_id: JobId) -> Response:
     """The result as a DICOM Comprehensive 3D SR / TID 1500 measurement report referencing the
     source instance (jobs made from DICOM only; 409 otherwise, before a result exists, or when
     the HITL reviewer rejected the interpretation)."""
-    document = _document(ctx, caller, job_id)
-    job = _visible(ctx, caller, job_id)
+    job, document = _job_and_document(ctx, caller, job_id)
     if rejected_by_reviewer(job.hitl_choice):
         raise Problem(409, "result_rejected", f"the reviewer rejected the interpretation of job {job_id}: no "
                       "structured report is made of a rejected result", current_status=job.status.value)

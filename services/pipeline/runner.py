@@ -24,7 +24,7 @@ from services.models.loader import Provenance
 from services.pipeline import grammars
 from services.pipeline.batching import GenRequest
 from services.pipeline.engine import Engine, Generation, ImagePrefix
-from services.pipeline.mapping import MapDecision, map_group, map_reviewed
+from services.pipeline.mapping import MapDecision, map_group, map_reviewed, needs_keypoints
 from services.pipeline.normalize import ImageGeometry, build_annotations
 from services.pipeline.parsing import parse_phase
 from services.pipeline.profile import Profile
@@ -211,8 +211,7 @@ class Pipeline:
         """Record the phases that will not run (and why); return those that will, in order."""
         decision, doc = job.decision, job.doc
         assert decision is not None
-        keypoint_classes = set(self.profile.keypoint_classes)
-        uses_keypoints = any(c in keypoint_classes for c in decision.detect_classes)
+        uses_keypoints = needs_keypoints(decision.detect_classes, self.profile.keypoint_classes)
         box_phase: PhaseName = "keypoints" if uses_keypoints else "detect"
         other: PhaseName = "detect" if uses_keypoints else "keypoints"
         doc.phases[other] = PhaseReport(

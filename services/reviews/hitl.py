@@ -17,14 +17,14 @@ The job's ``hitl_choice`` keeps the choice and the id of the review that made it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from services.jobs import REJECTED_DETAIL, finish_hitl, resume_hitl
-from services.pipeline.mapping import map_group, map_reviewed, runnable_phases
+from services.pipeline.mapping import MapDecision, map_group, map_reviewed, runnable_phases
 from services.pipeline.profile import Profile
 from shared.db.models import Job, JobMode, JobStatus, ReviewDecision, ReviewDimension
 from shared.schemas.results import ResultDocument
@@ -144,11 +144,8 @@ def _check_group(group: str, phases: list[str], profile: Profile) -> None:
                             f"{', '.join(profile.map.routing_groups)}")
     if not phases:
         raise InvalidReview("a group chooses the classes of later phases: with next_phases [] leave it out")
-    # Catch a choice that would run nothing for this group, rather than succeed silently empty.
-    runnable = runnable_phases(map_group(group, profile.map), profile.keypoint_classes)
-    if not set(phases) & set(runnable):
-        raise InvalidReview(f"next_phases {phases} would run nothing for group {group!r}: it is localised by "
-                            f"{' and '.join(runnable)}")
+    _refuse_running_nothing(phases, map_group(group, profile.map), profile,
+                            lambda runnable: f" for group {group!r}: it is localised by {runnable}")
 
 
 def _check_mapped(phases: list[str], first_stage: ResultDocument, corrections: Corrections | None,
@@ -158,7 +155,14 @@ def _check_mapped(phases: list[str], first_stage: ResultDocument, corrections: C
                             first_stage.interpretation, profile.map,
                             corrected_label=corrections.label if corrections else None,
                             corrected_interpretation=corrections.interpretation if corrections else None)
+    _refuse_running_nothing(phases, decision, profile,
+                            lambda runnable: f": MAP ({decision.tier}: {decision.reason}) localises by {runnable}; "
+                                             "choose those, or a group")
+
+
+def _refuse_running_nothing(phases: list[str], decision: MapDecision, profile: Profile,
+                            why: Callable[[str], str]) -> None:
+    """Catch a choice that would run nothing, rather than succeed silently empty."""
     runnable = runnable_phases(decision, profile.keypoint_classes)
     if not set(phases) & set(runnable):
-        raise InvalidReview(f"next_phases {phases} would run nothing: MAP ({decision.tier}: {decision.reason}) "
-                            f"localises by {' and '.join(runnable)}; choose those, or a group")
+        raise InvalidReview(f"next_phases {phases} would run nothing{why(' and '.join(runnable))}")

@@ -302,10 +302,10 @@ def _review_body(dimension: str, score: int, decision: str, comment: str | None,
     return body
 
 
-def _report(policy: RetryPolicy, from_: str | None, to: str | None, mode: str | None, group_by: str | None,
-            format: Literal["json", "csv"]) -> _Op[Any]:
-    params = {name: value for name, value in (("from", from_), ("to", to), ("mode", mode), ("group_by", group_by))
-              if value is not None}
+def _report(policy: RetryPolicy, from_: str | None, to: str | None, mode: str | None, tz: str | None,
+            group_by: str | None, format: Literal["json", "csv"]) -> _Op[Any]:
+    params = {name: value for name, value in (("from", from_), ("to", to), ("mode", mode), ("tz", tz),
+                                              ("group_by", group_by)) if value is not None}
     params["format"] = format
     response = yield from _exchange(_Request("GET", "/v1/reports/scores", params=params), policy)
     return response.text if format == "csv" else _json(response)
@@ -453,9 +453,11 @@ class FadaClient(_Base):
 
     # reports
     def score_report(self, *, from_: str | None = None, to: str | None = None, mode: str | None = None,
-                     group_by: str | None = None, format: Literal["json", "csv"] = "json") -> Any:
-        """The score report (qa key): a dict for json, the text for csv."""
-        return self._run(_report(self.policy, from_, to, mode, group_by, format))
+                     tz: str | None = None, group_by: str | None = None,
+                     format: Literal["json", "csv"] = "json") -> Any:
+        """The score report (qa key): a dict for json, the text for csv. ``tz``: the IANA zone
+        of dates and days (the service's default when None)."""
+        return self._run(_report(self.policy, from_, to, mode, tz, group_by, format))
 
 
 class AsyncFadaClient(_Base):
@@ -552,5 +554,6 @@ class AsyncFadaClient(_Base):
 
     # reports
     async def score_report(self, *, from_: str | None = None, to: str | None = None, mode: str | None = None,
-                           group_by: str | None = None, format: Literal["json", "csv"] = "json") -> Any:
-        return await self._run(_report(self.policy, from_, to, mode, group_by, format))
+                           tz: str | None = None, group_by: str | None = None,
+                           format: Literal["json", "csv"] = "json") -> Any:
+        return await self._run(_report(self.policy, from_, to, mode, tz, group_by, format))

@@ -81,11 +81,13 @@ def _write(out: Path, data: bytes) -> None:
 
 
 def report(
-    from_: Annotated[str | None, typer.Option("--from", help="reviews created at or after this UTC date "
-                                              "(2026-03-01) or RFC 3339 time (inclusive)")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="reviews created at or after this date "
+                                              "(2026-03-01, its start in --tz) or RFC 3339 time (inclusive)")] = None,
     to: Annotated[str | None, typer.Option("--to", help="reviews created before this time; a date alone "
-                                           "includes that whole UTC day")] = None,
+                                           "includes that whole day in --tz")] = None,
     mode: Annotated[JobMode | None, typer.Option(help="only jobs of this mode")] = None,
+    tz: Annotated[str | None, typer.Option("--tz", help="IANA time zone of dates and days (Europe/Paris); "
+                                           "default: the service's FADA_REPORT_TIMEZONE")] = None,
     group_by: Annotated[GroupBy | None, typer.Option("--group-by", help="one row per value")] = None,
     format_: Annotated[ReportFormat, typer.Option("--format", help="csv (a table) or html (a page with "
                                                   "charts)")] = ReportFormat.csv,
@@ -107,8 +109,8 @@ def report(
         _fail("no API key: pass --key or set FADA_API_KEY (a qa or admin key)", EXIT_USAGE)
     base = url.rstrip("/")
     path = "/v1/reports/scores.html" if format_ is ReportFormat.html else "/v1/reports/scores"
-    params = {name: value for name, value in (("from", from_), ("to", to), ("mode", mode), ("group_by", group_by))
-              if value}
+    params = {name: value for name, value in (("from", from_), ("to", to), ("mode", mode), ("tz", tz),
+                                              ("group_by", group_by)) if value}
     if format_ is ReportFormat.csv:
         params["format"] = "csv"
     try:

@@ -7,6 +7,7 @@ import binascii
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
     broker_url: str = Field("", description="Celery broker URL; empty means kombu's SQLAlchemy transport over "
                             "SQLite at {data_dir}/broker.db (needs no server)")
     broker_polling_interval: float = Field(0.1, gt=0, description="seconds between polls of the SQLite broker")
+
+    report_timezone: str = Field("UTC", description="IANA time zone (Europe/Paris) in which QA reports read "
+                                 "dates and days when a request names none")
 
     public_url: str = Field("", description="the gateway's address as callers reach it (absolute links in "
                             "DICOMweb answers); empty means taken from each request's Host header")
@@ -115,6 +119,16 @@ class Settings(BaseSettings):
             if not ok:
                 raise ValueError("each key must be 32 url-safe base64-encoded bytes "
                                  "(`fada keys secrets-key` makes one)")
+        return value
+
+    @field_validator("report_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        # Checked here so a mistyped zone stops the gateway at start, not every report later.
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+            raise ValueError(f"{value!r} is not an IANA time zone (Europe/Paris, America/New_York, UTC)") from exc
         return value
 
     @model_validator(mode="after")

@@ -4,9 +4,10 @@
 - ``GET /v1/reports/scores.html``: the same report as a self-contained page with charts.
 
 Filters (both routes): ``from`` (inclusive) and ``to`` (exclusive) over the review's
-``created_at``, each an RFC 3339 date or datetime with an offset; a date is a whole UTC day,
-so ``to=2026-03-31`` includes 31 March. ``mode`` (autonomous|hitl), ``group_by``
-(mode|model|label|reviewer|day). Empty values mean no filter (what an HTML form sends). The
+``created_at``, each an RFC 3339 date or datetime with an offset; a date is a whole day in
+``tz`` (an IANA zone; the service's ``FADA_REPORT_TIMEZONE`` when not given), so
+``to=2026-03-31`` includes 31 March. ``mode`` (autonomous|hitl), ``group_by``
+(mode|model|label|reviewer|day; days in ``tz`` too). Empty values mean no filter (what an HTML form sends). The
 rules live in ``services.reports.filters``.
 """
 
@@ -44,15 +45,19 @@ _BOUND_SCHEMA = {"anyOf": [{"type": "string", "format": "date"}, {"type": "strin
                            {"type": "string", "maxLength": 0}]}
 From = Annotated[str | None, Query(
     alias="from", max_length=64, json_schema_extra=_BOUND_SCHEMA,
-    description="Reviews created at or after this instant (inclusive). RFC 3339 date (a UTC day: its start) "
-                "or datetime with Z or an offset.")]
+    description="Reviews created at or after this instant (inclusive). RFC 3339 date (the start of that day "
+                "in tz) or datetime with Z or an offset.")]
 To = Annotated[str | None, Query(
     alias="to", max_length=64, json_schema_extra=_BOUND_SCHEMA,
-    description="Reviews created before this instant (exclusive). A date alone includes that whole UTC day.")]
+    description="Reviews created before this instant (exclusive). A date alone includes that whole day in tz.")]
+Tz = Annotated[str | None, Query(
+    max_length=64, examples=["Europe/Paris"],
+    description="IANA time zone in which dates and group_by=day are read; empty: the service's "
+                "FADA_REPORT_TIMEZONE (UTC unless configured)")]
 Mode = Annotated[Literal["", "autonomous", "hitl"] | None, Query(description="The job's mode; empty: all")]
 GroupByParam = Annotated[Literal["", "mode", "model", "label", "reviewer", "day"] | None, Query(
     description="One group per value (model = the reviewed job's model revision, label = the result's view "
-                "label, reviewer = the reviewing key, day = the review's UTC date); empty: one overall group")]
+                "label, reviewer = the reviewing key, day = the review's date in tz); empty: one overall group")]
 Format = Annotated[Literal["json", "csv"], Query(alias="format", description="json (default) or csv")]
 
 
@@ -96,6 +101,7 @@ class FiltersOut(BaseModel):
     from_: str | None = Field(alias="from", description="effective start, inclusive (UTC)")
     to: str | None = Field(description="effective end, exclusive (UTC)")
     mode: Literal["autonomous", "hitl"] | None
+    tz: str = Field(description="the IANA time zone in which dates and days were read")
 
 
 class ScoreReportOut(BaseModel):
@@ -113,9 +119,9 @@ class ScoreReportOut(BaseModel):
 
 
 def _report(request: Request, ctx: AppContext, raw_from: str | None, raw_to: str | None, mode: str | None,
-            group_by: str | None, **audit: str) -> ScoreReport:
+            tz: str | None, group_by: str | None, **audit: str) -> ScoreReport:
     try:
-        filters: ReportFilters = parse_filters(raw_from, raw_to, mode)
+        filters: ReportFilters = parse_filters(raw_from, raw_to, mode, tz, default_tz=ctx.settings.report_timezone)
         grouping: GroupBy | None = parse_group_by(group_by)
     except ReportParameterError as exc:
         raise Problem(422, "invalid_report_parameter", str(exc),
@@ -129,11 +135,11 @@ def _report(request: Request, ctx: AppContext, raw_from: str | None, raw_to: str
 @router.get("/v1/reports/scores", response_model=ScoreReportOut,
             responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
 def scores(request: Request, ctx: Ctx, caller: QA, from_: From = None, to: To = None, mode: Mode = None,
-           group_by: GroupByParam = None, format_: Format = "json") -> Any:
+           tz: Tz = None, group_by: GroupByParam = None, format_: Format = "json") -> Any:
     """Sonographer scores per group: cases, and per dimension n, mean (scores 1-3), perfect
     rate (share of 1s among 1-3) and the distribution of 0-3; plus overall_mean and the
     inter-rater agreement. Only current reviews count (amendments replace, never add)."""
-    report = _report(request, ctx, from_, to, mode, group_by, format=format_)
+    report = _report(request, ctx, from_, to, mode, tz, group_by, format=format_)
     if format_ == "csv":
         return Response(render_csv(report), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": 'attachment; filename="fada-scores.csv"',
@@ -154,11 +160,11 @@ def _warning_header(report: ScoreReport) -> dict[str, str]:
 @router.get("/v1/reports/scores.html", response_class=HTMLResponse,
             responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}})
 def scores_html(request: Request, ctx: Ctx, caller: QA, from_: From = None, to: To = None, mode: Mode = None,
-                group_by: GroupByParam = None) -> HTMLResponse:
+                tz: Tz = None, group_by: GroupByParam = None) -> HTMLResponse:
     """The score report as a page for people: a filter form, the table, charts (distribution
     per dimension and mode, mean per day, per view label, per model revision) and the
     agreement table. Self-contained: inline CSS and SVG, no scripts, no external assets."""
-    report = _report(request, ctx, from_, to, mode, group_by, format="html")
+    report = _report(request, ctx, from_, to, mode, tz, group_by, format="html")
     return HTMLResponse(render_html(report), headers={"Content-Security-Policy": "default-src 'none'; "
                                                       "style-src 'unsafe-inline'; img-src data:; form-action 'self'",
                                                       **_warning_header(report)})

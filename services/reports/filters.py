@@ -1,13 +1,16 @@
 """The filters of a score report, parsed from what a caller typed.
 
-The time window is half-open over the review's ``created_at`` (UTC): ``from`` is inclusive,
-``to`` is exclusive, so consecutive windows never count a review twice. A date alone means
-its whole UTC day: ``from=2026-03-01`` starts at 2026-03-01T00:00Z and ``to=2026-03-31`` ends
-at 2026-04-01T00:00Z (the last day is included), which is what a person means by "1 to 31
-March". A datetime must carry ``Z`` or an offset (RFC 3339): a naive time is ambiguous in a
-hospital that spans time zones, so it is refused. Empty values mean "no filter" (what an HTML
-form sends for a field left blank). A window whose start is not before its end is not an
-error: it holds no reviews, and the report carries a warning saying so.
+The time window is half-open over the review's ``created_at``: ``from`` is inclusive, ``to``
+is exclusive, so consecutive windows never count a review twice. A date alone means its whole
+day in the report's time zone (``tz``, an IANA name such as ``Europe/Paris``; the service's
+``FADA_REPORT_TIMEZONE`` when not given, UTC by default): with ``tz=Europe/Paris``,
+``from=2026-03-01`` starts at 2026-02-28T23:00Z and ``to=2026-03-31`` ends at
+2026-03-31T22:00Z (the last day is included; the clocks moved on 29 March), which is what a
+ward in Paris means by "1 to 31 March". ``group_by=day`` counts days in that zone too. A
+datetime must carry ``Z`` or an offset (RFC 3339): a naive time is ambiguous, so it is
+refused. Empty values mean "no filter" (what an HTML form sends for a field left blank). A
+window whose start is not before its end is not an error: it holds no reviews, and the
+report carries a warning saying so.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from shared.db.models import JobMode
 
@@ -23,6 +27,7 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATETIME_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 UTC_MIN = datetime.min.replace(tzinfo=UTC)
 UTC_MAX = datetime.max.replace(tzinfo=UTC)
+UTC_ZONE = ZoneInfo("UTC")
 
 
 class GroupBy(enum.StrEnum):
@@ -44,21 +49,26 @@ class ReportParameterError(ValueError):
 @dataclass(frozen=True)
 class ReportFilters:
     """What selects the reviews of a report. ``start`` inclusive, ``end`` exclusive, both UTC;
-    ``raw_from``/``raw_to`` are the values as the caller gave them (for forms and links)."""
+    ``zone`` is where dates and days are read; ``raw_from``/``raw_to``/``raw_tz`` are the values
+    as the caller gave them (for forms and links)."""
 
     start: datetime | None = None
     end: datetime | None = None
     mode: JobMode | None = None
+    zone: ZoneInfo = UTC_ZONE
     raw_from: str | None = None
     raw_to: str | None = None
+    raw_tz: str | None = None
     warnings: tuple[str, ...] = field(default=())
 
     def as_json(self) -> dict[str, str | None]:
-        return {"from": _iso(self.start), "to": _iso(self.end), "mode": self.mode.value if self.mode else None}
+        return {"from": _iso(self.start), "to": _iso(self.end), "mode": self.mode.value if self.mode else None,
+                "tz": self.zone.key}
 
     def query(self) -> dict[str, str]:
         """The filters as query parameters, as the caller gave them (empty ones left out)."""
-        values = {"from": self.raw_from, "to": self.raw_to, "mode": self.mode.value if self.mode else None}
+        values = {"from": self.raw_from, "to": self.raw_to, "mode": self.mode.value if self.mode else None,
+                  "tz": self.raw_tz}
         return {k: v for k, v in values.items() if v}
 
 
@@ -75,9 +85,26 @@ def _to_utc(value: datetime, *, overflow: datetime) -> datetime:
         return overflow
 
 
-def parse_bound(param: str, raw: str | None, *, end: bool) -> datetime | None:
-    """An RFC 3339 date or datetime as a UTC bound (None when empty). For ``end`` a date means
-    the day after it (exclusive end of that whole day)."""
+def parse_zone(raw: str | None, default: str = "UTC") -> ZoneInfo:
+    """An IANA time zone (``Europe/Paris``, ``UTC``); empty means ``default``."""
+    name = (raw or "").strip() or default
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # ValueError: not a key, e.g. "../x"
+        raise ReportParameterError("tz", f"{name!r} is not an IANA time zone (Europe/Paris, America/New_York, "
+                                         "UTC)") from exc
+
+
+def local_midnight(day: date, zone: ZoneInfo, *, overflow: datetime) -> datetime:
+    """The first instant of ``day`` in ``zone``, in UTC (``overflow`` outside datetime's range).
+    Where midnight falls in a clock change's gap, fold=0 reads it with the offset before the
+    change, which is the day's first real instant."""
+    return _to_utc(datetime(day.year, day.month, day.day, tzinfo=zone), overflow=overflow)
+
+
+def parse_bound(param: str, raw: str | None, *, end: bool, zone: ZoneInfo = UTC_ZONE) -> datetime | None:
+    """An RFC 3339 date or datetime as a UTC bound (None when empty). A date is read in ``zone``;
+    for ``end`` it means the next day's start (exclusive end of that whole day)."""
     if raw is None or not raw.strip():
         return None
     value = raw.strip()
@@ -86,10 +113,10 @@ def parse_bound(param: str, raw: str | None, *, end: bool) -> datetime | None:
             day = date.fromisoformat(value)
         except ValueError as exc:
             raise ReportParameterError(param, f"{value!r} is not a valid date ({exc})") from exc
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        if not end:
-            return start
-        return UTC_MAX if day == date.max else start + timedelta(days=1)
+        if end:
+            # The next local midnight, not start + 24 h: a day of a clock change has 23 or 25 hours.
+            return UTC_MAX if day == date.max else local_midnight(day + timedelta(days=1), zone, overflow=UTC_MAX)
+        return local_midnight(day, zone, overflow=UTC_MIN)
     if not _DATETIME_START.match(value):
         raise ReportParameterError(param, f"{value!r} is not an RFC 3339 date (2026-03-01) or datetime "
                                           "(2026-03-01T08:00:00Z)")
@@ -105,9 +132,11 @@ def parse_bound(param: str, raw: str | None, *, end: bool) -> datetime | None:
     return _to_utc(parsed, overflow=UTC_MIN if offset > timedelta(0) else UTC_MAX)
 
 
-def parse_filters(raw_from: str | None = None, raw_to: str | None = None, mode: str | None = None) -> ReportFilters:
-    start = parse_bound("from", raw_from, end=False)
-    end = parse_bound("to", raw_to, end=True)
+def parse_filters(raw_from: str | None = None, raw_to: str | None = None, mode: str | None = None,
+                  raw_tz: str | None = None, *, default_tz: str = "UTC") -> ReportFilters:
+    zone = parse_zone(raw_tz, default_tz)
+    start = parse_bound("from", raw_from, end=False, zone=zone)
+    end = parse_bound("to", raw_to, end=True, zone=zone)
     job_mode: JobMode | None = None
     if mode:
         try:
@@ -117,8 +146,9 @@ def parse_filters(raw_from: str | None = None, raw_to: str | None = None, mode: 
     warnings: list[str] = []
     if start is not None and end is not None and start >= end:
         warnings.append(f"the window is empty: 'from' ({_iso(start)}) is not before 'to' ({_iso(end)}, exclusive)")
-    return ReportFilters(start=start, end=end, mode=job_mode, raw_from=(raw_from or "").strip() or None,
-                         raw_to=(raw_to or "").strip() or None, warnings=tuple(warnings))
+    return ReportFilters(start=start, end=end, mode=job_mode, zone=zone, raw_from=(raw_from or "").strip() or None,
+                         raw_to=(raw_to or "").strip() or None, raw_tz=(raw_tz or "").strip() or None,
+                         warnings=tuple(warnings))
 
 
 def parse_group_by(value: str | None) -> GroupBy | None:

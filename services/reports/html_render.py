@@ -10,7 +10,7 @@ browser must send the key, which a proxy that signs QA staff in does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from urllib.parse import urlencode
 
@@ -34,7 +34,7 @@ from .svg import (
 
 MAX_BAR_ROWS = 30
 GROUP_TITLES = {None: "Overall", GroupBy.mode: "By mode", GroupBy.model: "By model revision",
-                GroupBy.label: "By view label", GroupBy.reviewer: "By reviewer", GroupBy.day: "By day (UTC)"}
+                GroupBy.label: "By view label", GroupBy.reviewer: "By reviewer", GroupBy.day: "By day"}
 UNKNOWN = {GroupBy.model: "(no model revision)", GroupBy.label: "(no view label)", GroupBy.reviewer: "(unknown)"}
 
 CSS = """
@@ -102,23 +102,43 @@ def _f(value: Decimal | None) -> float | None:
     return float(value) if value is not None else None
 
 
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC").replace(":00 UTC", " UTC") if value else ""
+def _when(value: datetime | None, zone: tzinfo) -> str:
+    """A time as people in the report's zone read it, with the zone's name and offset (an
+    hour of a clock change reads twice without it)."""
+    if value is None:
+        return ""
+    try:
+        local = value.astimezone(zone)
+    except OverflowError:  # the open ends of a window (year 1 or 9999) read in UTC
+        local, zone = value, value.tzinfo or zone
+    text = local.strftime("%Y-%m-%d %H:%M:%S").removesuffix(":00")
+    if str(zone) == "UTC":
+        return f"{text} UTC"
+    seconds = int((local.utcoffset() or timedelta(0)).total_seconds())
+    hours, minutes = divmod(abs(seconds) // 60, 60)
+    return f"{text} {zone} (UTC{'-' if seconds < 0 else '+'}{hours:02d}:{minutes:02d})"
+
+
+def _title(report: ScoreReport, group_by: GroupBy | None) -> str:
+    title = GROUP_TITLES[group_by]
+    return f"{title} ({report.filters.zone})" if group_by is GroupBy.day else title
 
 
 def _window(report: ScoreReport) -> str:
     f = report.filters
+    start, end = _when(f.start, f.zone), _when(f.end, f.zone)
     parts = []
     if f.start and f.end:
-        parts.append(f"reviews created from {_when(f.start)} up to (not including) {_when(f.end)}")
+        parts.append(f"reviews created from {start} up to (not including) {end}")
     elif f.start:
-        parts.append(f"reviews created from {_when(f.start)} on")
+        parts.append(f"reviews created from {start} on")
     elif f.end:
-        parts.append(f"reviews created before {_when(f.end)}")
+        parts.append(f"reviews created before {end}")
     else:
         parts.append("all reviews")
     parts.append(f"mode: {f.mode.value if f.mode else 'all'}")
-    parts.append(f"grouped {GROUP_TITLES[report.group_by].lower()}" if report.group_by else "not grouped")
+    title = _title(report, report.group_by)
+    parts.append(f"grouped {title[0].lower()}{title[1:]}" if report.group_by else "not grouped")
     return "; ".join(parts)
 
 
@@ -194,11 +214,12 @@ def _form(report: ScoreReport) -> str:
         'placeholder="2026-03-31"></label>'
         f'<label>Mode<select name="mode">{modes}</select></label>'
         f'<label>Group by<select name="group_by">{groups}</select></label>'
+        f'<label>Time zone<input name="tz" value="{esc(f.raw_tz or "")}" placeholder="{esc(str(f.zone))}"></label>'
         '<button type="submit">Apply</button>'
         f'<a class="button secondary" href="scores?{esc(urlencode(csv_query))}">Download CSV</a></form>'
-        '<p class="hint">Dates are UTC days (YYYY-MM-DD) or RFC 3339 times with Z or an offset '
-        "(2026-03-01T08:00:00Z). The window is the review's creation time; amended reviews count once, "
-        "with their current score.</p></section>")
+        f'<p class="hint">Dates are whole days in the time zone ({esc(str(f.zone))}; an IANA name such as '
+        "Europe/Paris) or RFC 3339 times with Z or an offset (2026-03-01T08:00:00Z). The window is the "
+        "review's creation time; amended reviews count once, with their current score.</p></section>")
 
 
 def _agreement_table(report: ScoreReport) -> str:
@@ -240,7 +261,7 @@ def _charts(report: ScoreReport) -> str:
     charts = [
         ("chart-distribution", "Score distribution per dimension and mode",
          stacked_distribution(stack, "Score distribution per dimension and mode"), ""),
-        ("chart-daily", "Mean score per day (UTC)", daily_means(days, "Mean score per day"),
+        ("chart-daily", f"Mean score per day ({report.filters.zone})", daily_means(days, "Mean score per day"),
          '<p class="note">1 = acceptable … 3 = major errors: lower is better. Scores of 0 are left out.</p>'),
         ("chart-labels", "Mean score per view label (cases)", mean_bars(labels, "Mean score per view label"),
          labels_note),
@@ -257,14 +278,15 @@ def render_html(report: ScoreReport) -> str:
     legend = '<div class="legend">' + "".join(
         f'<span><i style="background:{SCORE_COLORS[s]}"></i>{esc(SCORE_NAMES[s])}</span>' for s in STACK_ORDER
     ) + "</div>"
-    title = GROUP_TITLES[report.group_by]
+    title = _title(report, report.group_by)
+    zone = report.filters.zone
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         "<title>FADA Serve · sonographer scores</title>"
         f"<style>{CSS}</style></head><body>"
         '<header><div class="kicker">FADA Serve · quality assurance</div><h1>Sonographer scores</h1>'
-        f"<p>{esc(_window(report))}. Generated {esc(_when(report.generated_at))}.</p></header><main>"
+        f"<p>{esc(_window(report))}. Generated {esc(_when(report.generated_at, zone))}.</p></header><main>"
         f"{warnings}{_form(report)}{_cards(report)}"
         f'<section><h2>{esc(title)}</h2>{_scores_table(report)}{legend}'
         '<p class="note">Scores: 1 clinically acceptable, 2 minor issues, 3 major errors; 0 not assessable '
@@ -277,4 +299,4 @@ def render_html(report: ScoreReport) -> str:
         '<p class="note">Quadratic-weighted Cohen\'s κ over the jobs both reviewers scored 1-3 in the dimension '
         "(scores of 0 excluded). 1 = perfect agreement, 0 = no better than chance.</p></section>"
         "</main><footer>Only current reviews count: superseded versions of amended reviews are not included. "
-        "All times UTC.</footer></body></html>")
+        f"All times and days in {esc(str(zone))}.</footer></body></html>")

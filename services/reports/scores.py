@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -108,18 +108,20 @@ class Group:
                 "overall_mean": _num(self.overall_mean)}
 
 
-def _day(row: ScoreRow) -> str:
-    return row.created_at.astimezone(UTC).date().isoformat()
-
-
-# group_by -> (the key of a row, the key shown); reviewers are grouped by key id, shown by name.
+# group_by -> the key of a row; reviewers are grouped by key id, shown by name; days are
+# the review's date in the report's time zone.
 KEYS: dict[GroupBy, Callable[[ScoreRow], str | None]] = {
     GroupBy.mode: lambda r: r.mode.value,
     GroupBy.model: lambda r: r.model,
     GroupBy.label: lambda r: r.label,
     GroupBy.reviewer: lambda r: r.reviewer_id,
-    GroupBy.day: _day,
 }
+
+
+def key_of(group_by: GroupBy, zone: tzinfo) -> Callable[[ScoreRow], str | None]:
+    if group_by is GroupBy.day:
+        return lambda r: r.created_at.astimezone(zone).date().isoformat()
+    return KEYS[group_by]
 
 
 def make_group(key: str | None, rows: Sequence[ScoreRow], *, reviewer_id: str | None = None) -> Group:
@@ -136,14 +138,15 @@ def _sort_key(key: str | None) -> tuple[bool, str, str]:
     return (key is None, (key or "").casefold(), key or "")
 
 
-def aggregate(rows: Sequence[ScoreRow], group_by: GroupBy | None) -> list[Group]:
+def aggregate(rows: Sequence[ScoreRow], group_by: GroupBy | None, zone: tzinfo = UTC) -> list[Group]:
     """One group per value of ``group_by`` (None: one overall group, keyed "all", present even
     when no review matched). Groups are sorted by key (days chronologically), unknown last."""
     if group_by is None:
         return [make_group(OVERALL_KEY, rows)]
+    key = key_of(group_by, zone)
     buckets: dict[str | None, list[ScoreRow]] = {}
     for row in rows:
-        buckets.setdefault(KEYS[group_by](row), []).append(row)
+        buckets.setdefault(key(row), []).append(row)
     if group_by is GroupBy.reviewer:
         names = {row.reviewer_id: row.reviewer_name for row in rows}
         groups = [make_group(names[k] if k else None, b, reviewer_id=k) for k, b in buckets.items()]
@@ -198,12 +201,12 @@ class ScoreReport:
 
     def breakdown(self, group_by: GroupBy | None) -> list[Group]:
         """The same reviews grouped another way (the HTML page's charts)."""
-        return aggregate(self.rows, group_by)
+        return aggregate(self.rows, group_by, self.filters.zone)
 
 
 def build_report(rows: list[ScoreRow], filters: ReportFilters, group_by: GroupBy | None,
                  *, now: datetime | None = None) -> ScoreReport:
-    return ScoreReport(filters=filters, group_by=group_by, groups=aggregate(rows, group_by),
+    return ScoreReport(filters=filters, group_by=group_by, groups=aggregate(rows, group_by, filters.zone),
                        total=make_group(OVERALL_KEY, rows), agreement=pair_agreements(rows), rows=rows,
                        generated_at=(now or datetime.now(UTC)).replace(microsecond=0))
 

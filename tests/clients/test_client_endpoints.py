@@ -194,6 +194,8 @@ def test_score_report_json_csv_and_filters(url: str, keys: Keys, sm: sessionmake
         assert qa.score_report(mode="hitl")["total"]["cases"] == 0
         assert qa.score_report(to="2000-01-01")["reviews"] == 0  # the date filters reach the service
         assert qa.score_report(from_="2000-01-01")["filters"]["from"].startswith("2000-01-01")
+        in_paris = qa.score_report(from_="2000-01-01", tz="Europe/Paris")["filters"]  # so does the zone
+        assert (in_paris["from"], in_paris["tz"]) == ("1999-12-31T23:00:00Z", "Europe/Paris")
 
         text = qa.score_report(format="csv")
         assert isinstance(text, str)

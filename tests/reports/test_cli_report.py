@@ -8,6 +8,7 @@ import csv
 import io
 import socket
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,20 @@ def test_without_out_the_report_goes_to_standard_output(base: str, sqlite_keys: 
     assert done.exit_code == 0, done.output
     rows = list(csv.DictReader(io.StringIO(done.stdout, newline="")))
     assert [r["key"] for r in rows] == ["sono-1"] and rows[0]["cases"] == "54"
+
+
+def test_tz_reaches_the_service(base: str, sqlite_keys: Keys) -> None:
+    """Pago Pago is UTC-11: every review's local date is the UTC date's day before."""
+    def day_keys(*tz: str) -> list[str]:
+        done = runner.invoke(fada, ["report", "--url", base, "--key", sqlite_keys.qa.secret, "--group-by", "day",
+                                    *tz])
+        assert done.exit_code == 0, done.output
+        return [row["key"] for row in csv.DictReader(io.StringIO(done.stdout, newline=""))]
+
+    utc, pago_pago = day_keys(), day_keys("--tz", "Pacific/Pago_Pago")
+    assert utc and [str(date.fromisoformat(d) - timedelta(days=1)) for d in utc] == pago_pago
+    refused = runner.invoke(fada, ["report", "--url", base, "--key", sqlite_keys.qa.secret, "--tz", "Mars/Olympus"])
+    assert refused.exit_code == 2 and "tz" in refused.stderr
 
 
 @pytest.mark.parametrize("format_", ["csv", "html"])

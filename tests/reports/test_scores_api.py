@@ -41,7 +41,8 @@ def test_the_model_cards_hitl_table_is_reproduced(client: TestClient, keys: Keys
     with sm() as session:  # the two superseded versions are there, and must not count
         assert session.scalar(select(func.count()).select_from(ReviewRevision)) == 2
     body = get(client, keys.qa, mode="hitl")
-    assert body["group_by"] is None and body["filters"] == {"from": None, "to": None, "mode": "hitl"}
+    assert body["group_by"] is None
+    assert body["filters"] == {"from": None, "to": None, "mode": "hitl", "tz": "UTC"}
     (overall,) = body["groups"]
     assert overall["key"] == "all" and overall["cases"] == 49
     i, a = overall["interpretation"], overall["annotation"]
@@ -241,5 +242,5 @@ def test_the_audit_event_records_the_filters(client: TestClient, keys: Keys, sm:
     (event,) = [e for e in audit_events(sm) if e.action == "GET /v1/reports/scores"]
     assert event.outcome == "ok" and event.api_key_id == keys.qa.id
     assert event.detail is not None
-    assert event.detail["filters"] == {"from": "2026-03-02T00:00:00Z", "to": None, "mode": "hitl"}
+    assert event.detail["filters"] == {"from": "2026-03-02T00:00:00Z", "to": None, "mode": "hitl", "tz": "UTC"}
     assert (event.detail["group_by"], event.detail["format"]) == ("day", "json")

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.keys import authenticate
 from shared.audit import record_event
+from shared.db.outage import database_unavailable, short_reason
 
 from .context import AppContext, Caller
 from .metrics import observe_request
@@ -28,6 +29,8 @@ from .problems import problem_response
 log = logging.getLogger(__name__)
 
 AUTH_PREFIXES = ("/v1/", "/dicomweb/")  # everything but the health routes and docs
+# What a 503 for an unavailable database asks clients to wait: a restart or failover takes seconds.
+DATABASE_RETRY_AFTER_S = 5
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -85,14 +88,26 @@ class GatewayMiddleware:
                     return
                 state["caller"] = caller
             await self.app(scope, receive, send_wrapper)
-        except Exception:
+        except Exception as exc:
             # Answered here, inside this middleware, so that a 500 is audited and carries its
             # request id like every other answer (the framework's handler sits outside).
-            log.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id)
+            unavailable = database_unavailable(exc)
+            if unavailable and not status_holder.get("started"):
+                # The database's state, not a bug: one line per request, not a traceback.
+                log.warning("database unavailable on %s %s (request %s): %s", scope["method"], scope["path"],
+                            request_id, short_reason(exc))
+            else:
+                log.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id)
             if status_holder.get("started"):
                 raise
-            response = problem_response(500, "internal_error",
-                                        f"the server failed to handle this request; it was logged as {request_id}")
+            if unavailable:
+                response = problem_response(
+                    503, "database_unavailable", "the database cannot be reached right now; retry in a few seconds "
+                    "(a submission: with the same Idempotency-Key, so that it is stored once)",
+                    headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+            else:
+                response = problem_response(500, "internal_error",
+                                            f"the server failed to handle this request; it was logged as {request_id}")
             await response(scope, receive, send_wrapper)
         finally:
             observe_request(scope, status_holder["status"], time.perf_counter() - started)
@@ -128,8 +143,12 @@ class GatewayMiddleware:
 
         try:
             await anyio.to_thread.run_sync(write)
-        except Exception:  # the answer still goes out; the failure is logged loudly
-            log.exception("could not write the audit event for %s %s", scope["method"], scope["path"])
+        except Exception as exc:  # the answer still goes out; the failure is logged loudly
+            if database_unavailable(exc):
+                log.error("could not write the audit event for %s %s (status %d): database unavailable: %s",
+                          scope["method"], scope["path"], status, short_reason(exc))
+            else:
+                log.exception("could not write the audit event for %s %s", scope["method"], scope["path"])
 
 
 class HeadMiddleware:

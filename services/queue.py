@@ -50,6 +50,7 @@ def make_celery(settings: Settings, *, name: str = "fada") -> Celery:
         task_default_queue=GPU_QUEUE,
         task_routes={TASK_RUN_JOB: {"queue": GPU_QUEUE}},
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.broker_timeout_seconds,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         # Loading a real model in a fresh pool process takes minutes, not the default 4 s.
@@ -66,20 +67,28 @@ def make_celery(settings: Settings, *, name: str = "fada") -> Celery:
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        return {"visibility_timeout": int(settings.hard_time_limit_seconds) + 60}
+        # Without socket timeouts a Redis that hangs (stopped, not down; a dropped connection)
+        # blocks every publish and health check for as long as it hangs: the gateway's threads
+        # run out and even /healthz stops answering. Reads stay far longer than the consumer's
+        # 1 s BRPOP poll, so an idle worker never times out.
+        return {"visibility_timeout": int(settings.hard_time_limit_seconds) + 60,
+                "socket_timeout": settings.broker_timeout_seconds,
+                "socket_connect_timeout": settings.broker_timeout_seconds,
+                "socket_keepalive": True}
     return {}
 
 
 def enqueue_job(app: Celery, job_id: str) -> bool:
     """Publish the job id to the gpu queue. False when the broker cannot be reached: the job
-    is committed as queued already and the sweeper enqueues it later."""
+    is committed as queued already and the sweeper enqueues it later. One retry: with the
+    broker's timeouts, a hung broker costs the caller about twice ``broker_timeout_seconds``."""
     try:
         app.send_task(
             TASK_RUN_JOB,
             args=[job_id],
             queue=GPU_QUEUE,
             retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+            retry_policy={"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
         )
     except Exception as exc:  # any broker failure: the sweeper's grace period covers it
         log.warning("could not enqueue job %s (the sweeper will): %s", job_id, exc)

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     broker_url: str = Field("", description="Celery broker URL; empty means kombu's SQLAlchemy transport over "
                             "SQLite at {data_dir}/broker.db (needs no server)")
     broker_polling_interval: float = Field(0.1, gt=0, description="seconds between polls of the SQLite broker")
+    broker_timeout_seconds: float = Field(
+        5.0, gt=0, description="longest wait for a network broker to connect or answer; a broker that hangs costs "
+        "a submission at most about twice this (the job stays queued in the database for the sweeper)")
 
     report_timezone: str = Field("UTC", description="IANA time zone (Europe/Paris) in which QA reports read "
                                  "dates and days when a request names none")

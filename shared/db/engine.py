@@ -8,7 +8,8 @@ claiming a job waits for the busy timeout instead of failing with "database is l
 keep transactions short, never open across a model call).
 
 PostgreSQL: ``pool_pre_ping`` so a restarted server or a dropped connection costs a reconnect,
-not an error.
+not an error; a connect timeout so a server that does not answer (a host gone from the network)
+fails a request in seconds instead of the operating system's minutes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlalchemy.pool import StaticPool
 from shared.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+POSTGRES_CONNECT_TIMEOUT_S = 10
 SqliteBegin = Literal["DEFERRED", "IMMEDIATE", "EXCLUSIVE"]
 
 
@@ -52,6 +54,8 @@ def make_engine(
     if u.get_backend_name() == "sqlite":
         return _sqlite_engine(u, echo=echo, begin=sqlite_begin, foreign_keys=sqlite_foreign_keys, **kwargs)
     kwargs.setdefault("pool_pre_ping", True)
+    if u.get_backend_name() == "postgresql" and "connect_timeout" not in u.query:
+        kwargs["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S, **kwargs.get("connect_args", {})}
     return create_engine(u, echo=echo, **kwargs)
 
 

@@ -1,0 +1,204 @@
+"""The gateway while a peer is out: a PostgreSQL database that refuses connections (as during a
+restart or failover) and a Redis broker that hangs (stopped, not down: it accepts connections
+and never answers). The database's outage is a 503 with ``Retry-After`` that the clients retry,
+not a 500 that they give up on; a hung broker costs a submission seconds, not the gateway."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.app import create_app
+from cli.client import FadaClient, RetryPolicy
+from shared.db.migrate import upgrade
+from shared.db.models import Job, JobStatus
+from tests.fixtures_db import admin_url, throwaway_postgres_database
+
+from .conftest import Keys, close_app, make_keys, make_settings, open_sessions
+from .helpers import assert_problem, file_part, png
+
+# --- the database refuses connections -------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with throwaway_postgres_database(prefix="fada_test_outage_") as url:
+        upgrade(url)
+        yield url
+
+
+@contextmanager
+def connections_refused(url: str) -> Iterator[None]:
+    """New connections to the database are refused and open ones are ended, as while a server
+    restarts; afterwards it takes connections again."""
+    from sqlalchemy import create_engine, make_url
+
+    name = make_url(url).database
+    admin = create_engine(admin_url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        admin.dispose()
+
+
+@pytest.fixture
+def outage_app(pg_url: str, tmp_path: Path, broker_url: str) -> Iterator[tuple[FastAPI, Keys, sessionmaker[Session]]]:
+    sessions = open_sessions(pg_url)
+    sm = next(sessions)
+    app = create_app(make_settings(pg_url, tmp_path, broker_url))
+    yield app, make_keys(sm), sm
+    close_app(app)
+    sessions.close()
+
+
+def jobs_in(sm: sessionmaker[Session]) -> int:
+    with sm() as session:
+        return int(session.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+def test_a_database_outage_is_a_503_with_retry_after_and_a_retry_stores_the_job_once(
+        outage_app: tuple[FastAPI, Keys, sessionmaker[Session]], pg_url: str, serve: Callable[[FastAPI], str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    app, keys, sm = outage_app
+    base = serve(app)
+    auth = keys.submitter.headers
+    with httpx.Client(base_url=base, timeout=30) as http:
+        done = http.post("/v1/jobs", files=file_part(png(1)), headers=auth)
+        assert done.status_code == 202, done.text
+        job_id = done.json()["id"]
+        idempotency = {**auth, "Idempotency-Key": str(uuid.uuid4())}
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="api.middleware"), connections_refused(pg_url):
+            for response in (http.post("/v1/jobs", files=file_part(png(2)), headers=idempotency),
+                             http.get(f"/v1/jobs/{job_id}", headers=auth),
+                             http.get("/v1/jobs", headers=auth)):
+                body = assert_problem(response, 503, "database_unavailable")
+                assert response.headers["retry-after"] == "5" and "Idempotency-Key" in body["detail"]
+                assert response.headers["x-request-id"]
+            assert http.get("/healthz").status_code == 200  # the process is up
+            assert_problem(http.get("/readyz"), 503, "not_ready")
+        # One warning line per refused request, no traceback (a traceback per request would bury
+        # the one that matters in an outage of a minute).
+        middleware = [r for r in caplog.records if r.name == "api.middleware"]
+        assert middleware and all(r.exc_info is None for r in middleware), [r.getMessage() for r in middleware]
+        assert any("database unavailable on POST /v1/jobs" in r.getMessage() for r in middleware)
+
+        again = http.post("/v1/jobs", files=file_part(png(2)), headers=idempotency)
+        assert again.status_code == 202, again.text
+        replay = http.post("/v1/jobs", files=file_part(png(2)), headers=idempotency)
+        assert replay.status_code == 200 and replay.json()["id"] == again.json()["id"]
+    assert jobs_in(sm) == 2
+
+
+def test_the_client_waits_out_a_short_database_outage(
+        outage_app: tuple[FastAPI, Keys, sessionmaker[Session]], pg_url: str, serve: Callable[[FastAPI], str]) -> None:
+    app, keys, sm = outage_app
+    base = serve(app)
+    policy = RetryPolicy(retries=8, backoff=0.2, retry_after_cap=0.5)  # a short test, not 5 s per try
+    results: list[dict[str, Any]] = []
+    with FadaClient(base, keys.submitter.secret, policy=policy) as client:
+        with connections_refused(pg_url):
+            worker = threading.Thread(target=lambda: results.append(client.submit(png(3), external_id="outage")))
+            worker.start()
+            worker.join(1.5)  # the client is retrying when the database comes back
+            assert worker.is_alive(), "the client did not wait for the database"
+        worker.join(30)
+    assert not worker.is_alive() and len(results) == 1, "the client gave up during the outage"
+    assert results[0]["status"] == "queued" and jobs_in(sm) == 1
+
+
+# --- the broker hangs -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hung_redis() -> Iterator[tuple[str, socket.socket]]:
+    """A Redis URL whose server takes connections (the kernel completes the handshake) and never
+    answers, as a Redis stopped with SIGSTOP or a peer behind a dead NAT does."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(512)
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0", listener
+    finally:
+        listener.close()
+
+
+@pytest.fixture
+def app_on(pg_url: str, tmp_path: Path) -> Iterator[Callable[..., tuple[FastAPI, Keys, sessionmaker[Session]]]]:
+    """``app_on(broker_url, **settings)``: an app on the test's PostgreSQL database."""
+    sessions = open_sessions(pg_url)
+    sm = next(sessions)
+    keys = make_keys(sm)
+    apps: list[FastAPI] = []
+
+    def _make(broker: str, **overrides: Any) -> tuple[FastAPI, Keys, sessionmaker[Session]]:
+        apps.append(create_app(make_settings(pg_url, tmp_path, broker, **overrides)))
+        return apps[-1], keys, sm
+
+    yield _make
+    for app in apps:
+        close_app(app)
+    sessions.close()
+
+
+def test_a_hung_broker_costs_a_submission_seconds_and_loses_no_job(
+        hung_redis: tuple[str, socket.socket], app_on: Callable[..., tuple[FastAPI, Keys, sessionmaker[Session]]],
+        serve: Callable[[FastAPI], str]) -> None:
+    app, keys, sm = app_on(hung_redis[0], broker_timeout_seconds=1.0)
+    with httpx.Client(base_url=serve(app), timeout=60) as http:
+        # Answered once the publish gave up; the job is committed and queued for the sweeper.
+        done = http.post("/v1/jobs", files=file_part(png(4)), headers=keys.submitter.headers)
+        assert done.status_code == 202, done.text
+        job = http.get(f"/v1/jobs/{done.json()['id']}", headers=keys.submitter.headers).json()
+        assert job["status"] == JobStatus.queued
+        # /readyz names the broker within its timeouts instead of hanging with it.
+        ready = assert_problem(http.get("/readyz"), 503, "not_ready")
+        assert ready["checks"]["broker"].startswith("unreachable") and ready["checks"]["database"] == "ok"
+    assert jobs_in(sm) == 1
+
+
+def test_healthz_answers_while_every_worker_thread_waits_on_a_hung_broker(
+        hung_redis: tuple[str, socket.socket], app_on: Callable[..., tuple[FastAPI, Keys, sessionmaker[Session]]],
+        serve: Callable[[FastAPI], str]) -> None:
+    url, listener = hung_redis
+    app, keys, sm = app_on(url, broker_timeout_seconds=5.0)
+    base = serve(app)
+    answers: list[int] = []
+    lock = threading.Lock()
+
+    def submit(i: int) -> None:
+        with httpx.Client(base_url=base, timeout=120) as own:
+            status = own.post("/v1/jobs", files=file_part(png(100 + i)), headers=keys.submitter.headers).status_code
+        with lock:
+            answers.append(status)
+
+    # More submissions at once than the gateway has worker threads (40), each waiting on the broker.
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(45)]
+    for thread in threads:
+        thread.start()
+    try:
+        threading.Event().wait(3.0)  # the submissions reach the broker and wait there
+        assert not answers, "the broker did not hang the submissions: the test proves nothing"
+        assert httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+    finally:
+        listener.close()  # the broker goes down for good: the waiting publishes fail at once
+        for thread in threads:
+            thread.join(120)
+    assert sorted(answers) == [202] * 45 and jobs_in(sm) == 45

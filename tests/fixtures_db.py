@@ -82,3 +82,20 @@ def postgres_url() -> Iterator[str]:
 def sqlite_url(tmp_path: Path) -> str:
     """URL of a SQLite file (not yet created) in the test's temporary folder."""
     return f"sqlite:///{tmp_path / 'fada.db'}"
+
+
+@contextmanager
+def connections_refused(url: str) -> Iterator[None]:
+    """New connections to the database are refused and open ones are ended, as while a server
+    restarts; afterwards it takes connections again."""
+    name = make_url(url).database
+    admin = create_engine(admin_url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        yield
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        admin.dispose()

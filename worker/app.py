@@ -32,7 +32,10 @@ _periodic: list[Every] = []
 
 @worker_process_init.connect
 def _load_model_in_child(**_: Any) -> None:
-    runtime.start(settings)
+    try:
+        runtime.start(settings)
+    except Exception:  # Celery would swallow it; the first task tries again (runtime.current)
+        log.exception("the pool process could not load the model; its first task will try again")
 
 
 @worker_process_shutdown.connect

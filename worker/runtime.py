@@ -44,7 +44,11 @@ def start(settings: Settings) -> ProcessState:
         with sm.begin() as session:
             beat(session, owner, provenance=provenance, queues=QUEUES)
 
-    _beat()
+    try:
+        _beat()
+    except Exception as exc:  # e.g. the database restarting: the heartbeat thread beats once it is back
+        log.warning("first heartbeat of %s failed (%s); the model is loaded, the heartbeat goes on trying", owner,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     heartbeat = Every(settings.worker_heartbeat_seconds, _beat, name="fada-heartbeat").start()
     _state = ProcessState(sm=sm, runtime=rt, owner=owner, settings=settings, heartbeat=heartbeat)
     log.info("model loaded in %s: %s (revision %s, untrained=%s); batches of up to %d job(s), linger %.2f s", owner,
@@ -53,10 +57,12 @@ def start(settings: Settings) -> ProcessState:
     return _state
 
 
-def current() -> ProcessState:
-    if _state is None:  # e.g. a solo pool without worker_process_init
-        raise RuntimeError("the worker runtime was not started in this process")
-    return _state
+def current(settings: Settings) -> ProcessState:
+    """This process's state; started now if its start after the fork failed (a model volume
+    mounted late, a GPU still held by a process that was going away), or never ran (a solo
+    pool has no worker_process_init). A start that fails again raises: the task fails, and
+    the sweeper re-enqueues the job."""
+    return _state if _state is not None else start(settings)
 
 
 def stop() -> None:

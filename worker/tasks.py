@@ -10,6 +10,7 @@ from services.queue import TASK_RUN_JOB, enqueue_job
 
 from . import runtime
 from .app import app
+from .app import settings as app_settings
 
 
 @app.task(name=TASK_RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -18,7 +19,7 @@ def run_job(job_id: str) -> str:
     resting state. Idempotent: a job that is finished, canceled, awaiting review or leased by
     another live worker is left alone (the others' own messages then find them taken).
     Returns a summary for the worker's log, e.g. ``"3 succeeded, 1 awaiting_review"``."""
-    state = runtime.current()
+    state = runtime.current(app_settings)
     settings = state.settings
     runs = process_batch(state.sm, state.runtime.pipeline, job_id, owner=state.owner,
                          lease_seconds=settings.lease_seconds, batch_size=settings.batch_size,

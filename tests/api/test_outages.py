@@ -10,7 +10,6 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from api.app import create_app
 from cli.client import FadaClient, RetryPolicy
 from shared.db.migrate import upgrade
 from shared.db.models import Job, JobStatus
-from tests.fixtures_db import admin_url, throwaway_postgres_database
+from tests.fixtures_db import connections_refused, throwaway_postgres_database
 
 from .conftest import Keys, close_app, make_keys, make_settings, open_sessions
 from .helpers import assert_problem, file_part, png
@@ -37,25 +36,6 @@ def pg_url() -> Iterator[str]:
     with throwaway_postgres_database(prefix="fada_test_outage_") as url:
         upgrade(url)
         yield url
-
-
-@contextmanager
-def connections_refused(url: str) -> Iterator[None]:
-    """New connections to the database are refused and open ones are ended, as while a server
-    restarts; afterwards it takes connections again."""
-    from sqlalchemy import create_engine, make_url
-
-    name = make_url(url).database
-    admin = create_engine(admin_url(), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-            conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
-        yield
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-        admin.dispose()
 
 
 @pytest.fixture

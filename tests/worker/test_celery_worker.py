@@ -5,6 +5,7 @@ with jobs queued."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from shared.db.migrate import upgrade
 from shared.db.models import Image, Job, JobStatus, Result
 from shared.db.types import utcnow
 from shared.settings import Settings
+from tests.fixtures_db import connections_refused
 from tests.ingest.builders import encode, noise_rgb
 from tests.webhook_receiver import Receiver, running_receiver
 
@@ -227,6 +229,51 @@ def test_worker_killed_mid_job_the_job_still_succeeds_once(redis_service: Servic
     assert service.count(Result, Result.job_id == job_id) == 1
     # the dead worker's message is still unacknowledged in Redis; whenever it comes back, it
     # finds the job finished and leaves it alone (tested in test_process.py)
+
+
+def _wait_for_log(worker: WorkerProcess, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in worker.log_tail(100_000):
+        assert worker.proc.poll() is None and time.monotonic() < deadline, f"no {text!r}:\n{worker.log_tail()}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def pg_redis_service(tmp_path: Path, postgres_url: str, tiny_model_dir: Path,
+                     small_profile_path: Path) -> Iterator[Service]:
+    require_redis(SYSTEM_REDIS)
+    redis.Redis.from_url(SYSTEM_REDIS).flushdb()
+    yield from _service(tmp_path, postgres_url, SYSTEM_REDIS, tiny_model_dir, small_profile_path)
+
+
+def test_a_worker_started_while_the_database_restarts_runs_jobs_once_it_is_back(
+        pg_redis_service: Service, postgres_url: str) -> None:
+    """A site powering up: the worker comes up before PostgreSQL takes connections. It must not
+    become a worker that takes messages and runs nothing."""
+    service = pg_redis_service
+    with connections_refused(postgres_url):
+        worker = service.start_worker()
+        _wait_for_log(worker, "first heartbeat of")  # the model loaded; the database refused the beat
+    service.wait_ready()  # the heartbeat went on trying
+    job_id = service.submit(encode(noise_rgb(64, 48, seed=7), "PNG"), "late-db.png")
+    job = service.wait_status(job_id, "succeeded", "failed")
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
+
+
+def test_a_model_that_appears_after_the_worker_started_is_loaded_by_the_first_job(
+        pg_redis_service: Service, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The pool process could not load the model (a volume mounted late): its first task loads
+    it, instead of every task failing with 'runtime not started' while its message is acked."""
+    service = pg_redis_service
+    late = tmp_path / "late-model"
+    worker = WorkerProcess({**service.env, "FADA_MODEL_DIR": str(late)}, tmp_path / "late-worker.log")
+    service.workers.append(worker)
+    _wait_for_log(worker, "could not load the model")
+    shutil.copytree(tiny_model_dir, late)
+    job_id = service.submit(encode(noise_rgb(64, 48, seed=8), "PNG"), "late-model.png")
+    job = service.wait_status(job_id, "succeeded", "failed")
+    assert job["status"] == "succeeded", job
+    assert "runtime was not started" not in worker.log_tail(100_000)
 
 
 def test_redis_restart_with_jobs_queued_every_job_finishes(tmp_path: Path, postgres_url: str,

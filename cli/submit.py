@@ -11,7 +11,10 @@ file is derived from its content and the submission's fields (mode, frame, exter
 retry counter once a job of it failed), so a rerun never creates a second job for a submission
 the server already stored. A service with a per-key limit of pending jobs
 (``FADA_MAX_PENDING_PER_KEY``) refuses images while the key has that many queued (429): the
-command waits and sends them again, with the same key, until ``--timeout``.
+command waits and sends them again, with the same key, until ``--timeout``. A service that
+answered earlier in the run and then stops answering, or answers 503 (a gateway restart, a
+database failover), is waited for up to 5 minutes (within ``--timeout``) before a file is
+given up; a service never reached fails the run after the client's own retries.
 
 Per-job fields: ``--frame N`` (sent as the ``frame`` field of every job: the 0-based frame of a
 multi-frame DICOM; a file with fewer frames is refused by the service, 422, and recorded as an
@@ -40,20 +43,36 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from cli.client import DEFAULT_URL, ApiError, FadaClient, FadaError, Forbidden, Unauthorized, Unavailable, WaitTimeout
+from cli.client import (
+    DEFAULT_URL,
+    ApiError,
+    FadaClient,
+    FadaError,
+    Forbidden,
+    TransportError,
+    Unauthorized,
+    Unavailable,
+    WaitTimeout,
+)
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 2  # 2: the run's options are recorded (version 1 had only "files")
 EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 1, 2, 3
 DONE = "succeeded"
 ADMISSION_PAUSE = 5.0  # seconds between submissions the service refused for the key's pending limit
+# A service that answered earlier in the run and then stops (a gateway restart, a database
+# failover: no answer, or 503) is waited for this long before a file is given up; the client's
+# own retries cover seconds, a restart takes longer. A service never reached fails at once.
+OUTAGE_PATIENCE = 300.0
+OUTAGE_PAUSE = 2.0
+T = TypeVar("T")
 EXTERNAL_ID_SOURCES = ("none", "name", "stem", "relpath")
 EXTERNAL_ID_MAX = 128  # the contract's limit on external_id
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})  # an empty file named so has failed
@@ -200,6 +219,27 @@ class Runner:
         self.frame, self.external_id_from = frame, external_id_from
         self.auth_error: ApiError | None = None
         self.rejected: list[str] = []  # why files were failed here, without a job: one line each, naming the file
+        self.reached = False  # the service answered in this run: later silence is an outage, not a wrong URL
+
+    def _call(self, operation: Callable[[], T]) -> T:
+        """``operation()``, tried again while the service, reached before in this run, does not
+        answer or answers 503 (``Retry-After`` aside), for up to OUTAGE_PATIENCE seconds and
+        within the run's deadline. Safe to repeat: submissions carry their Idempotency-Key."""
+        since: float | None = None
+        while True:
+            try:
+                value = operation()
+            except (TransportError, Unavailable) as exc:
+                if isinstance(exc, Unavailable) and exc.code == "too_many_pending_jobs":
+                    raise  # not an outage: the admission loop waits for it
+                now = time.monotonic()
+                since = now if since is None else since
+                if not self.reached or now - since >= OUTAGE_PATIENCE or now >= self.deadline:
+                    raise
+                time.sleep(min(OUTAGE_PAUSE, self.deadline - now))
+            else:
+                self.reached = True
+                return value
 
     @staticmethod
     def same(entry: dict[str, Any], sha256: str, external_id: str | None) -> bool:
@@ -246,12 +286,12 @@ class Runner:
                 self.manifest.update(key, job_id=job_id, status=job["status"], error=None)
             if not self.wait:
                 return "submitted"
-            job = self.client.wait(job_id, timeout=max(0.0, self.deadline - time.monotonic()))
+            job = self._call(lambda: self.client.wait(job_id, timeout=max(0.0, self.deadline - time.monotonic())))
             status = str(job["status"])
             if status in ("succeeded", "awaiting_review"):
                 result_name, coco_name = f"{rel}.json", f"{rel}.coco.json"
-                _write_json(self.out / result_name, self.client.result(job_id))
-                _write_json(self.out / coco_name, self.client.coco(job_id))
+                _write_json(self.out / result_name, self._call(lambda: self.client.result(job_id)))
+                _write_json(self.out / coco_name, self._call(lambda: self.client.coco(job_id)))
                 self.manifest.update(key, status=status, error=None, result=result_name, coco=coco_name)
                 return status
             error = job.get("error") or {"code": status, "detail": f"the job ended {status}"}
@@ -279,8 +319,9 @@ class Runner:
         until the run's deadline. The Idempotency-Key stays the same, so nothing is sent twice."""
         while True:
             try:
-                return self.client.submit(data, mode=self.mode,  # type: ignore[arg-type]
-                                          external_id=external_id, frame=self.frame or None, idempotency_key=key)
+                return self._call(lambda: self.client.submit(
+                    data, mode=self.mode, external_id=external_id,  # type: ignore[arg-type]
+                    frame=self.frame or None, idempotency_key=key))
             except Unavailable as exc:
                 left = self.deadline - time.monotonic()
                 if exc.code != "too_many_pending_jobs" or left <= 0:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import typer
+import uvicorn
 from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,6 +34,7 @@ from shared.db.models import Image, Job, JobStatus
 from tests.api.conftest import AppFactory, Keys, Serve
 from tests.api.helpers import count, jpeg, png, succeed_job, ultrasound_dicom
 from tests.ingest.builders import make_dicom
+from tests.worker.processes import free_port
 from tests.worker.test_celery_worker import Service, _service
 
 # Budgets just large enough for each phase's grammar: the random model answers in ~0.5 s.
@@ -403,3 +405,79 @@ def test_a_run_past_the_key_s_pending_limit_waits_to_be_admitted(
     assert result.exit_code == 0, result.output
     assert len(_manifest(out)) == 3 and all(e["job_id"] for e in _manifest(out).values())
     assert count(sm, Job) == 3  # each image once
+
+
+# --- the service restarts during a run -------------------------------------------------------------
+
+
+class RestartableServer:
+    """The app in uvicorn on a fixed port, which a test can stop and start again (a gateway
+    restart: connections refused in between)."""
+
+    def __init__(self, app: object) -> None:
+        self.app, self.port = app, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._running: tuple[uvicorn.Server, threading.Thread] | None = None
+
+    def start(self) -> None:
+        server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,  # type: ignore[arg-type]
+                                               log_level="warning", lifespan="off", access_log=False))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        self._running = (server, thread)
+
+    def stop(self) -> None:
+        if self._running:
+            server, thread = self._running
+            server.should_exit = True
+            thread.join(10)
+            self._running = None
+
+
+def test_a_gateway_restart_during_a_waiting_run_is_waited_out(
+        make_app: AppFactory, keys: Keys, sm: sessionmaker[Session], tmp_path: Path) -> None:
+    """The gateway is down longer than the client's own retries (4, about 7.5 s): the run waits
+    for it, and records the job that succeeded meanwhile as succeeded, not as an error."""
+    gateway = RestartableServer(make_app())
+    gateway.start()
+    folder, out = tmp_path / "images", tmp_path / "out"
+    _images(folder, 1, seed=700)
+    results: list[Result] = []
+    run = threading.Thread(target=lambda: results.append(
+        _run(gateway.url, keys.submitter.secret, str(folder), "--wait", "--out", str(out), "--timeout", "120")))
+    run.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not ((out / "manifest.json").exists() and all(e.get("job_id") for e in _manifest(out).values())):
+            assert run.is_alive() and time.monotonic() < deadline, results and results[0].output
+            time.sleep(0.05)
+        gateway.stop()
+        (job_id,) = [str(e["job_id"]) for e in _manifest(out).values()]
+        succeed_job(sm, job_id)  # the worker finishes the job while the gateway is down
+        time.sleep(9)
+        assert run.is_alive(), "the run gave up while the gateway was down:\n" + results[0].output
+        gateway.start()
+        run.join(60)
+    finally:
+        gateway.stop()
+    assert not run.is_alive() and results[0].exit_code == 0, results and results[0].output
+    (entry,) = _manifest(out).values()
+    assert entry["status"] == "succeeded" and entry["job_id"] == job_id and entry["error"] is None
+    assert json.loads((out / str(entry["result"])).read_text())["job_id"] == job_id
+    assert count(sm, Job) == 1
+
+
+def test_a_service_never_reached_fails_the_run_without_waiting(keys: Keys, tmp_path: Path) -> None:
+    """A wrong URL is not an outage: the run ends after the client's own retries."""
+    folder, out = tmp_path / "images", tmp_path / "out"
+    _images(folder, 1, seed=710)
+    started = time.monotonic()
+    result = _run(f"http://127.0.0.1:{free_port()}", keys.submitter.secret, str(folder), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - started < 60  # the client's retries (about 7.5 s), not the outage patience (300 s)
+    (entry,) = _manifest(out).values()
+    assert entry["status"] == "error" and entry["error"]["code"] == "transport"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.jobs import SweepReport, purge_all, sweep
 from services.queue import purge_delivered
+from shared.db.outage import short_reason
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,12 @@ def sweep_once(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[
 
 class Every:
     """Call ``fn`` every ``seconds`` on a daemon thread until ``stop()``; errors are logged,
-    never fatal (a database that is down now may be back next time)."""
+    never fatal (a database that is down now may be back next time). A run of failures is
+    logged once when it starts, then once every ``quiet_seconds`` with its count, and once
+    when it ends: a database outage of a minute is a few lines, not one per pass."""
 
-    def __init__(self, seconds: float, fn: Callable[[], object], *, name: str) -> None:
-        self._seconds, self._fn = seconds, fn
+    def __init__(self, seconds: float, fn: Callable[[], object], *, name: str, quiet_seconds: float = 60.0) -> None:
+        self._seconds, self._fn, self._quiet = seconds, fn, quiet_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -53,11 +57,21 @@ class Every:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        name, failures, logged_at = self._thread.name, 0, 0.0
         while not self._stop.wait(self._seconds):
             try:
                 self._fn()
             except Exception as exc:
-                log.warning("%s failed: %s", self._thread.name, exc)
+                failures += 1
+                now = time.monotonic()
+                if failures == 1 or now - logged_at >= self._quiet:
+                    again = f" ({failures} passes in a row)" if failures > 1 else ""
+                    log.warning("%s failed%s: %s", name, again, short_reason(exc))
+                    logged_at = now
+            else:
+                if failures:
+                    log.info("%s works again after %d failed pass(es)", name, failures)
+                failures = 0
 
 
 def purge_old_images(sm: sessionmaker[Session], settings: Settings) -> int:

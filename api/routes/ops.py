@@ -10,6 +10,7 @@ from sqlalchemy import text
 from services.jobs import status_counts
 from services.queue import broker_reachable
 from services.workers import live_workers
+from shared.db.outage import database_unavailable
 
 from ..deps import Ctx
 from ..metrics import render
@@ -58,8 +59,15 @@ def readyz(ctx: Ctx) -> Readiness | JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 def metrics(ctx: Ctx) -> Response:
-    """Prometheus text format: HTTP metrics of this process, jobs per status, live workers."""
-    with ctx.sm() as session:
-        counts = status_counts(session)
-        live = len(live_workers(session, within_seconds=3 * ctx.settings.worker_heartbeat_seconds))
+    """Prometheus text format: HTTP metrics of this process, jobs per status, live workers, and
+    whether the database answered. Without the database the process's own metrics still come,
+    with ``fada_database_up 0``: an outage is when they matter most."""
+    try:
+        with ctx.sm() as session:
+            counts = status_counts(session)
+            live = len(live_workers(session, within_seconds=3 * ctx.settings.worker_heartbeat_seconds))
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        return Response(render(None, None), media_type=CONTENT_TYPE_LATEST)
     return Response(render(counts, live), media_type=CONTENT_TYPE_LATEST)

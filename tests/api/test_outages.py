@@ -74,12 +74,17 @@ def test_a_database_outage_is_a_503_with_retry_after_and_a_retry_stores_the_job_
                 assert response.headers["x-request-id"]
             assert http.get("/healthz").status_code == 200  # the process is up
             assert_problem(http.get("/readyz"), 503, "not_ready")
+            # The process's own metrics still come, saying the database did not answer.
+            scraped = http.get("/metrics")
+            assert scraped.status_code == 200 and "fada_database_up 0.0" in scraped.text
+            assert "fada_http_requests_total" in scraped.text and "fada_jobs{" not in scraped.text
         # One warning line per refused request, no traceback (a traceback per request would bury
         # the one that matters in an outage of a minute).
         middleware = [r for r in caplog.records if r.name == "api.middleware"]
         assert middleware and all(r.exc_info is None for r in middleware), [r.getMessage() for r in middleware]
         assert any("database unavailable on POST /v1/jobs" in r.getMessage() for r in middleware)
 
+        assert "fada_database_up 1.0" in http.get("/metrics").text
         again = http.post("/v1/jobs", files=file_part(png(2)), headers=idempotency)
         assert again.status_code == 202, again.text
         replay = http.post("/v1/jobs", files=file_part(png(2)), headers=idempotency)

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.pipeline.runner import BatchItem, Mode, Pipeline, ResumeError
 from shared.db.models import JobMode, JobStatus
+from shared.db.outage import database_unavailable, short_reason
 from shared.schemas.results import ResultDocument
 
 from .images import StoredImageError, load_decoded
@@ -142,7 +143,15 @@ def process_batch(
             jobs += more
         log.info("running %d job(s) together: %s", len(jobs), ", ".join(job.id for job in jobs))
         outputs = _run(sm, pipeline, jobs, keeper)
-    return skipped + [_settle_alone(sm, job, outputs[job.id]) for job in jobs]
+        # Settled while the keeper still renews the leases of the jobs not settled yet (each is
+        # dropped first: its renewal would fail once it is stored). A database that is briefly
+        # gone is waited for up to one lease length; the sweeper takes the jobs back after that.
+        patience = time.monotonic() + lease_seconds
+        runs = list(skipped)
+        for job in jobs:
+            keeper.drop(job.id)
+            runs.append(_settle_alone(sm, job, outputs[job.id], until=patience))
+        return runs
 
 
 def _claim_more(sm: sessionmaker[Session], *, owner: str, lease_seconds: int, limit: int) -> list[ClaimedJob]:
@@ -254,20 +263,34 @@ def _settle(sm: sessionmaker[Session], job: ClaimedJob, output: _Output) -> JobR
     return _store(sm, job, output)
 
 
-def _settle_alone(sm: sessionmaker[Session], job: ClaimedJob, output: _Output) -> JobRun:
-    """``_settle``, but an error while writing one job's outcome (the database refused its
-    result, or was briefly gone) is that job's alone: it is released for a retry, counted
-    against its attempts, and the next jobs of the batch are still settled. If even that
-    write fails, the job is left to its lease and the sweeper."""
-    try:
-        return _settle(sm, job, output)
-    except Exception as exc:
-        log.exception("job %s: its outcome could not be stored", job.id)
+def _settle_alone(sm: sessionmaker[Session], job: ClaimedJob, output: _Output, *, until: float = 0.0) -> JobRun:
+    """``_settle``, but an error while writing one job's outcome is that job's alone. A
+    database that cannot be reached is tried again until ``until`` (monotonic seconds), so a
+    restart of a few seconds costs no model work (the write is conditional on this worker's
+    lease: if the sweeper took the job back meanwhile, it is ``lease_lost``, not stored twice).
+    Any other error (the database refused its result) releases the job for a retry, counted
+    against its attempts, and the next jobs of the batch are still settled. If even that write
+    fails, the job is left to its lease and the sweeper."""
+    pause = 0.5
+    while True:
         try:
-            return _release(sm, job, f"the result could not be stored: {type(exc).__name__}: {exc}"[:1000])
-        except Exception:
-            log.exception("job %s: not released either; its lease will expire", job.id)
-            return JobRun(job.id, Outcome.lease_lost, job.attempts)
+            return _settle(sm, job, output)
+        except Exception as exc:
+            if not database_unavailable(exc) or time.monotonic() + pause >= until:
+                return _settle_failed(sm, job, exc)
+            log.warning("job %s: the database is unavailable (%s); storing its outcome again in %.1f s", job.id,
+                        short_reason(exc), pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def _settle_failed(sm: sessionmaker[Session], job: ClaimedJob, exc: Exception) -> JobRun:
+    log.error("job %s: its outcome could not be stored", job.id, exc_info=exc)
+    try:
+        return _release(sm, job, f"the result could not be stored: {type(exc).__name__}: {exc}"[:1000])
+    except Exception:
+        log.exception("job %s: not released either; its lease will expire", job.id)
+        return JobRun(job.id, Outcome.lease_lost, job.attempts)
 
 
 def _store(sm: sessionmaker[Session], job: ClaimedJob, document: ResultDocument) -> JobRun:

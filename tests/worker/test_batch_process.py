@@ -4,8 +4,10 @@ it would alone. And one real Celery worker that batches."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,14 +15,18 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.jobs import cancel, get_job, resume_hitl
+from services.ingest import decode_image
+from services.jobs import cancel, get_job, resume_hitl, submit_job
 from services.jobs import process as process_module
 from services.jobs.images import load_decoded
 from services.jobs.process import BAD_IMAGE_CODE, BAD_RESUME_CODE, Outcome, process_batch, process_job
 from services.pipeline.runner import BatchItem, Pipeline, ResumeError
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Image, Job, JobMode, JobStatus, Result
+from shared.db.migrate import upgrade
+from shared.db.models import ApiKey, Image, Job, JobMode, JobStatus, Result, Role
+from shared.db.types import new_id
 from shared.schemas.results import ResultDocument
+from tests.fixtures_db import connections_refused
 from tests.ingest.builders import encode, noise_rgb
 
 from .test_celery_worker import Service, service  # noqa: F401  (the real-worker fixture, both backends)
@@ -245,7 +251,8 @@ def test_lingering_fills_the_batch_with_jobs_submitted_meanwhile(sm: sessionmake
     late: list[str] = []
     # the linger is where jobs arrive; submit them there instead of racing a real sleep
     monkeypatch.setattr(process_module, "time",
-                        SimpleNamespace(sleep=lambda _s: late.extend(submit(png(41 + i)) for i in range(2))))
+                        SimpleNamespace(sleep=lambda _s: late.extend(submit(png(41 + i)) for i in range(2)),
+                                        monotonic=time.monotonic))
     runs = process_batch(sm, pipeline, first, owner=OWNER, lease_seconds=30, batch_size=2, linger_seconds=0.5)
     assert [run.job_id for run in runs] == [first, late[0]]
     assert all(run.outcome is Outcome.succeeded for run in runs)
@@ -308,3 +315,41 @@ def _started_at(svc: Service, ids: list[str]) -> list[Any]:
             return list(s.scalars(select(Job.started_at).where(Job.id.in_(ids))))
     finally:
         engine.dispose()
+
+
+def test_a_database_restart_as_the_model_finishes_costs_no_model_work(
+        postgres_url: str, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL refuses connections for 2 s just as the batch's model work ends (a restart,
+    a failover): the worker stores both results once it is back, at the first attempt, instead
+    of dropping the work and waiting for the leases to expire."""
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    sm = make_sessionmaker(engine)
+    key_id = new_id()
+    with sm.begin() as s:
+        s.add(ApiKey(id=key_id, name="test", role=Role.submitter, key_prefix="fada_t", key_hash=new_id()))
+    ids = []
+    for seed in (40, 41):
+        with sm.begin() as s:
+            ids.append(submit_job(s, decoded=decode_image(png(seed)), original_size=10, api_key_id=key_id).id)
+    outage = ExitStack()
+    original = pipeline.run_batch
+
+    def model_then_restart(items: Sequence[BatchItem]) -> list[ResultDocument | Exception]:
+        docs = original(items)
+        outage.enter_context(connections_refused(postgres_url))
+        threading.Timer(2.0, outage.close).start()
+        return docs
+
+    monkeypatch.setattr(pipeline, "run_batch", model_then_restart)
+    try:
+        runs = process_batch(sm, pipeline, ids[0], owner=OWNER, lease_seconds=30, batch_size=2)
+    finally:
+        outage.close()
+    assert outcomes(runs) == {ids[0]: Outcome.succeeded, ids[1]: Outcome.succeeded}
+    for job_id in ids:
+        job = job_row(sm, job_id)
+        assert job.status is JobStatus.succeeded and job.attempts == 1
+    with sm() as s:
+        assert len(s.scalars(select(Result).where(Result.job_id.in_(ids))).all()) == 2
+    engine.dispose()

@@ -14,6 +14,7 @@ rules live in ``services.reports.filters``.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from zoneinfo import available_timezones
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
@@ -50,8 +51,12 @@ From = Annotated[str | None, Query(
 To = Annotated[str | None, Query(
     alias="to", max_length=64, json_schema_extra=_BOUND_SCHEMA,
     description="Reviews created before this instant (exclusive). A date alone includes that whole day in tz.")]
+# The zones this host knows (its zoneinfo, or the tzdata package): the document lists them, so a
+# client (or the docs page) offers a choice instead of a free text that may name no zone.
+_TZ_SCHEMA = {"anyOf": [{"type": "string", "enum": sorted(available_timezones())},
+                        {"type": "string", "maxLength": 0}]}
 Tz = Annotated[str | None, Query(
-    max_length=64, examples=["Europe/Paris"],
+    max_length=64, examples=["Europe/Paris"], json_schema_extra=_TZ_SCHEMA,
     description="IANA time zone in which dates and group_by=day are read; empty: the service's "
                 "FADA_REPORT_TIMEZONE (UTC unless configured)")]
 Mode = Annotated[Literal["", "autonomous", "hitl"] | None, Query(description="The job's mode; empty: all")]

@@ -17,7 +17,8 @@ from .helpers import NOTHING_STORED, assert_problem, enqueued_job_ids, file_part
 
 @pytest.mark.parametrize(("path", "params", "unknown", "takes"), [
     ("/v1/jobs", {"stauts": "failed"}, ["stauts"], "batch_id, cursor, external_id, limit, mode, review_state, status"),
-    ("/v1/reports/scores", {"group-by": "label", "format": "csv"}, ["group-by"], "format, from, group_by, mode, to"),
+    ("/v1/reports/scores", {"group-by": "label", "format": "csv"}, ["group-by"],
+     "format, from, group_by, mode, to, tz"),
     ("/v1/reviews/queue", {"limit": "5", "page": "2", "offset": "10"}, ["offset", "page"], "cursor, limit"),
     ("/v1/jobs/00000000-0000-0000-0000-000000000000", {"fields": "status"}, ["fields"], "none"),
 ])

@@ -12,10 +12,13 @@ from pathlib import Path
 from shared.settings import Settings
 
 
-def worker_argv(*, concurrency: int = 1, loglevel: str = "INFO", name: str = "fada-gpu@%h") -> list[str]:
+def worker_argv(*, concurrency: int = 1, loglevel: str = "INFO", name: str | None = None) -> list[str]:
     """``celery worker`` for the gpu queue: one pool process per GPU (concurrency 1), each
     loading its own model after the fork. Gossip and mingle are off: they need broadcast,
-    which the SQLite broker lacks, and this design does not use them."""
+    which the SQLite broker lacks, and this design does not use them. The node name carries
+    this process's id (``fada worker`` execs Celery, so it is the worker's own): two workers on
+    one host, one per GPU, get names Celery's inspect and control commands can tell apart."""
+    name = name or f"fada-gpu-{os.getpid()}@%h"
     return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "gpu", "-c", str(concurrency),
             "-P", "prefork", "-l", loglevel, "-n", name, "--without-gossip", "--without-mingle"]
 

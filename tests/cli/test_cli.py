@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from pydicom.data import get_testdata_file
@@ -42,3 +44,12 @@ def test_missing_model_and_bad_input_are_clear_errors(tmp_path: Path, tiny_model
     assert missing.exit_code == 2 and "base model not found" in missing.output
     bad = runner.invoke(app, ["analyze", str(image), "--model", str(tiny_model_dir)])
     assert bad.exit_code == 2 and "unsupported_media_type" in bad.output
+
+
+def test_two_workers_on_one_host_get_different_celery_node_names() -> None:
+    """One worker per GPU means several on a host: Celery's inspect and control commands tell
+    nodes apart by name only."""
+    code = "from cli.processes import worker_argv; argv = worker_argv(); print(argv[argv.index('-n') + 1])"
+    names = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[2]).stdout.strip() for _ in range(2)]
+    assert names[0] != names[1] and all(n.startswith("fada-gpu-") and n.endswith("@%h") for n in names), names

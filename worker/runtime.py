@@ -13,6 +13,7 @@ from services.maintenance import Every
 from services.runtime import Runtime, load_runtime
 from services.workers import beat, forget, worker_name
 from shared.db.engine import engine_from_settings, make_sessionmaker
+from shared.db.outage import short_reason
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def start(settings: Settings) -> ProcessState:
         _beat()
     except Exception as exc:  # e.g. the database restarting: the heartbeat thread beats once it is back
         log.warning("first heartbeat of %s failed (%s); the model is loaded, the heartbeat goes on trying", owner,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                    short_reason(exc))
     heartbeat = Every(settings.worker_heartbeat_seconds, _beat, name="fada-heartbeat").start()
     _state = ProcessState(sm=sm, runtime=rt, owner=owner, settings=settings, heartbeat=heartbeat)
     log.info("model loaded in %s: %s (revision %s, untrained=%s); batches of up to %d job(s), linger %.2f s", owner,

@@ -229,6 +229,20 @@ def client(make_client: ClientFactory) -> TestClient:
 Serve = Callable[[FastAPI], str]
 
 
+def run_uvicorn(app: FastAPI, port: int) -> tuple[uvicorn.Server, threading.Thread]:
+    """The app in uvicorn on ``port`` in a thread, once it is listening; stop it by setting
+    the server's ``should_exit`` and joining the thread."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    return server, thread
+
+
 @pytest.fixture
 def serve() -> Iterator[Serve]:
     """``serve(app)`` runs the app in uvicorn on a free port in a thread; returns its base URL."""
@@ -236,15 +250,7 @@ def serve() -> Iterator[Serve]:
 
     def _serve(app: FastAPI) -> str:
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                               lifespan="off", access_log=False))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        running.append((server, thread))
+        running.append(run_uvicorn(app, port))
         return f"http://127.0.0.1:{port}"
 
     yield _serve

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import typer
 import uvicorn
+from fastapi import FastAPI
 from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,7 +32,7 @@ from typer.testing import CliRunner, Result
 from cli.client import FadaClient
 from cli.submit import collect, idempotency_key, submit
 from shared.db.models import Image, Job, JobStatus
-from tests.api.conftest import AppFactory, Keys, Serve
+from tests.api.conftest import AppFactory, Keys, Serve, run_uvicorn
 from tests.api.helpers import count, jpeg, png, succeed_job, ultrasound_dicom
 from tests.ingest.builders import make_dicom
 from tests.worker.processes import free_port
@@ -414,21 +415,13 @@ class RestartableServer:
     """The app in uvicorn on a fixed port, which a test can stop and start again (a gateway
     restart: connections refused in between)."""
 
-    def __init__(self, app: object) -> None:
+    def __init__(self, app: FastAPI) -> None:
         self.app, self.port = app, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._running: tuple[uvicorn.Server, threading.Thread] | None = None
 
     def start(self) -> None:
-        server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,  # type: ignore[arg-type]
-                                               log_level="warning", lifespan="off", access_log=False))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        self._running = (server, thread)
+        self._running = run_uvicorn(self.app, self.port)
 
     def stop(self) -> None:
         if self._running:

@@ -24,17 +24,18 @@ def observe_request(scope: Scope, status: int, seconds: float) -> None:
     LATENCY.labels(method, route).observe(seconds)
 
 
-def render(job_counts: dict[str, int] | None, live_workers: int | None) -> bytes:
-    """The process metrics plus the database's job counts and live worker count; None for
-    both when the database did not answer (``fada_database_up`` 0, the counts left out)."""
+def render(database: tuple[dict[str, int], int] | None) -> bytes:
+    """The process metrics plus the database's figures: job counts per status and the live
+    worker count; None when the database did not answer (``fada_database_up`` 0, no counts)."""
     extra = CollectorRegistry(auto_describe=False)
 
     class _Db:
         def collect(self):  # type: ignore[no-untyped-def]
             yield GaugeMetricFamily("fada_database_up", "1 when the database answered this scrape, else 0",
-                                    value=0 if job_counts is None else 1)
-            if job_counts is None or live_workers is None:
+                                    value=0 if database is None else 1)
+            if database is None:
                 return
+            job_counts, live_workers = database
             jobs = GaugeMetricFamily("fada_jobs", "jobs in the database per status", labels=["status"])
             for status, n in sorted(job_counts.items()):
                 jobs.add_metric([status], n)

@@ -91,21 +91,19 @@ class GatewayMiddleware:
         except Exception as exc:
             # Answered here, inside this middleware, so that a 500 is audited and carries its
             # request id like every other answer (the framework's handler sits outside).
-            unavailable = database_unavailable(exc)
-            if unavailable and not status_holder.get("started"):
+            if status_holder.get("started"):
+                log.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id)
+                raise
+            if database_unavailable(exc):
                 # The database's state, not a bug: one line per request, not a traceback.
                 log.warning("database unavailable on %s %s (request %s): %s", scope["method"], scope["path"],
                             request_id, short_reason(exc))
-            else:
-                log.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id)
-            if status_holder.get("started"):
-                raise
-            if unavailable:
                 response = problem_response(
                     503, "database_unavailable", "the database cannot be reached right now; retry in a few seconds "
                     "(a submission: with the same Idempotency-Key, so that it is stored once)",
                     headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
             else:
+                log.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id)
                 response = problem_response(500, "internal_error",
                                             f"the server failed to handle this request; it was logged as {request_id}")
             await response(scope, receive, send_wrapper)

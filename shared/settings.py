@@ -7,10 +7,11 @@ import binascii
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.timezones import zone_named
 
 
 class Settings(BaseSettings):
@@ -128,10 +129,7 @@ class Settings(BaseSettings):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         # Checked here so a mistyped zone stops the gateway at start, not every report later.
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-            raise ValueError(f"{value!r} is not an IANA time zone (Europe/Paris, America/New_York, UTC)") from exc
+        zone_named(value)
         return value
 
     @model_validator(mode="after")

@@ -69,5 +69,5 @@ def metrics(ctx: Ctx) -> Response:
     except Exception as exc:
         if not database_unavailable(exc):
             raise
-        return Response(render(None, None), media_type=CONTENT_TYPE_LATEST)
-    return Response(render(counts, live), media_type=CONTENT_TYPE_LATEST)
+        return Response(render(None), media_type=CONTENT_TYPE_LATEST)
+    return Response(render((counts, live)), media_type=CONTENT_TYPE_LATEST)

@@ -19,9 +19,10 @@ import enum
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from shared.db.models import JobMode
+from shared.timezones import zone_named
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DATETIME_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
@@ -87,12 +88,10 @@ def _to_utc(value: datetime, *, overflow: datetime) -> datetime:
 
 def parse_zone(raw: str | None, default: str = "UTC") -> ZoneInfo:
     """An IANA time zone (``Europe/Paris``, ``UTC``); empty means ``default``."""
-    name = (raw or "").strip() or default
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # ValueError: not a key, e.g. "../x"
-        raise ReportParameterError("tz", f"{name!r} is not an IANA time zone (Europe/Paris, America/New_York, "
-                                         "UTC)") from exc
+        return zone_named((raw or "").strip() or default)
+    except ValueError as exc:
+        raise ReportParameterError("tz", str(exc)) from exc
 
 
 def local_midnight(day: date, zone: ZoneInfo, *, overflow: datetime) -> datetime:

@@ -119,9 +119,10 @@ def _when(value: datetime | None, zone: tzinfo) -> str:
     return f"{text} {zone} (UTC{'-' if seconds < 0 else '+'}{hours:02d}:{minutes:02d})"
 
 
-def _title(report: ScoreReport, group_by: GroupBy | None) -> str:
-    title = GROUP_TITLES[group_by]
-    return f"{title} ({report.filters.zone})" if group_by is GroupBy.day else title
+def _title(report: ScoreReport) -> str:
+    """The grouping's title; days name their zone."""
+    title = GROUP_TITLES[report.group_by]
+    return f"{title} ({report.filters.zone})" if report.group_by is GroupBy.day else title
 
 
 def _window(report: ScoreReport) -> str:
@@ -137,7 +138,7 @@ def _window(report: ScoreReport) -> str:
     else:
         parts.append("all reviews")
     parts.append(f"mode: {f.mode.value if f.mode else 'all'}")
-    title = _title(report, report.group_by)
+    title = _title(report)
     parts.append(f"grouped {title[0].lower()}{title[1:]}" if report.group_by else "not grouped")
     return "; ".join(parts)
 
@@ -278,7 +279,7 @@ def render_html(report: ScoreReport) -> str:
     legend = '<div class="legend">' + "".join(
         f'<span><i style="background:{SCORE_COLORS[s]}"></i>{esc(SCORE_NAMES[s])}</span>' for s in STACK_ORDER
     ) + "</div>"
-    title = _title(report, report.group_by)
+    title = _title(report)
     zone = report.filters.zone
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

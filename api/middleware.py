@@ -23,6 +23,7 @@ from shared.audit import record_event
 from shared.db.outage import database_unavailable, short_reason
 
 from .context import AppContext, Caller
+from .credentials import challenges, missing_key_detail, presented_key, takes_basic
 from .metrics import observe_request
 from .problems import problem_response
 
@@ -49,8 +50,8 @@ def _outcome(status: int) -> str:
 
 
 class GatewayMiddleware:
-    """Request id (``X-Request-ID``), metrics, and for ``/v1`` and ``/dicomweb``: bearer-key
-    auth and audit."""
+    """Request id (``X-Request-ID``), metrics, and for ``/v1`` and ``/dicomweb``: API-key auth
+    (``api.credentials``) and audit."""
 
     def __init__(self, app: ASGIApp, ctx: AppContext) -> None:
         self.app, self.ctx = app, ctx
@@ -77,13 +78,15 @@ class GatewayMiddleware:
 
         try:
             if audited:
-                caller, presented = await self._authenticate(scope)
+                basic = takes_basic(scope["method"], scope["path"])
+                caller, presented = await self._authenticate(scope, basic=basic)
                 if caller is None:
-                    detail = "missing API key: send 'Authorization: Bearer <key>'" if presented is None else \
-                        "unknown, revoked or expired API key"
+                    detail = (missing_key_detail(_header(scope, b"authorization"), basic=basic) if presented is None
+                              else "unknown, revoked or expired API key")
                     state["audit_detail"] = {"presented_prefix": presented[:12]} if presented else None
-                    response = problem_response(401, "unauthorized", detail,
-                                                headers={"WWW-Authenticate": 'Bearer realm="fada"'})
+                    response = problem_response(401, "unauthorized", detail)
+                    for challenge in challenges(basic=basic):
+                        response.headers.append("WWW-Authenticate", challenge)
                     await response(scope, receive, send_wrapper)
                     return
                 state["caller"] = caller
@@ -110,11 +113,10 @@ class GatewayMiddleware:
         finally:
             observe_request(scope, status_holder["status"], time.perf_counter() - started)
 
-    async def _authenticate(self, scope: Scope) -> tuple[Caller | None, str | None]:
-        header = _header(scope, b"authorization")
-        if not header or not header.lower().startswith("bearer ") or not header[7:].strip():
+    async def _authenticate(self, scope: Scope, *, basic: bool) -> tuple[Caller | None, str | None]:
+        secret = presented_key(_header(scope, b"authorization"), basic=basic)
+        if secret is None:
             return None, None
-        secret = header[7:].strip()
 
         def lookup() -> Caller | None:
             with self.ctx.sm.begin() as session:

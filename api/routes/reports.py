@@ -3,6 +3,8 @@
 - ``GET /v1/reports/scores``: the score table as JSON (default) or CSV (``format=csv``).
 - ``GET /v1/reports/scores.html``: the same report as a self-contained page with charts.
 
+Both take the key as a Basic password too, for browsers (``api.credentials``).
+
 Filters (both routes): ``from`` (inclusive) and ``to`` (exclusive) over the review's
 ``created_at``, each an RFC 3339 date or datetime with an offset; a date is a whole day in
 ``tz`` (an IANA zone; the service's ``FADA_REPORT_TIMEZONE`` when not given), so
@@ -168,7 +170,10 @@ def scores_html(request: Request, ctx: Ctx, caller: QA, from_: From = None, to: 
                 tz: Tz = None, group_by: GroupByParam = None) -> HTMLResponse:
     """The score report as a page for people: a filter form, the table, charts (distribution
     per dimension and mode, mean per day, per view label, per model revision) and the
-    agreement table. Self-contained: inline CSS and SVG, no scripts, no external assets."""
+    agreement table. Self-contained: inline CSS and SVG, no scripts, no external assets.
+
+    Open it in a browser: the report routes also take the key as the password of HTTP Basic
+    credentials (any user name), and their 401 asks the browser to sign in."""
     report = _report(request, ctx, from_, to, mode, tz, group_by, format="html")
     return HTMLResponse(render_html(report), headers={"Content-Security-Policy": "default-src 'none'; "
                                                       "style-src 'unsafe-inline'; img-src data:; form-action 'self'",

@@ -17,13 +17,13 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.pipeline.runner import BatchItem, Mode, Pipeline, ResumeError
+from services.pipeline.runner import Abandoned, BatchItem, Mode, Pipeline, ResumeError
 from shared.db.models import JobMode, JobStatus
 from shared.db.outage import database_unavailable, short_reason
 from shared.schemas.results import ResultDocument
@@ -56,12 +56,14 @@ class JobRun:
 class LeaseKeeper:
     """Renews the leases of the jobs a worker holds, all in one UPDATE, every third of their
     length on a background thread: a batch that runs long keeps its leases, while a worker
-    that dies loses them within ``lease_seconds``. A job whose lease was taken back (the
-    sweeper, after we stalled) is dropped; storing its result then fails on the owner check."""
+    that dies loses them within ``lease_seconds``. A job whose lease was taken back (another
+    worker claimed it after we stalled past its lease) is dropped and ``taken_back``: the model
+    stops working on it, and storing anything for it would fail on the owner check anyway."""
 
     def __init__(self, sm: sessionmaker[Session], owner: str, lease_seconds: float, job_ids: Iterable[str]) -> None:
         self._sm, self._owner, self._seconds = sm, owner, lease_seconds
         self._ids = set(job_ids)
+        self._lost: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{owner[-12:]}", daemon=True)
@@ -83,6 +85,11 @@ class LeaseKeeper:
         with self._lock:
             self._ids.discard(job_id)
 
+    def taken_back(self, job_id: str) -> Callable[[], bool]:
+        """For the pipeline: whether the job's lease has been found lost (read at every decode
+        step, so a set lookup and no lock)."""
+        return lambda: job_id in self._lost
+
     def _run(self) -> None:
         while not self._stop.wait(self._seconds / 3):
             with self._lock:
@@ -96,8 +103,9 @@ class LeaseKeeper:
             with self._lock:
                 lost = (ids - renewed) & self._ids  # not those dropped meanwhile
                 self._ids -= lost
+                self._lost |= lost
             for job_id in lost:
-                log.warning("job %s: lease lost while the model worked", job_id)
+                log.warning("job %s: lease lost while the model worked; stopping its model work", job_id)
 
 
 def process_job(sm: sessionmaker[Session], pipeline: Pipeline, job_id: str, *, owner: str,
@@ -179,7 +187,7 @@ def _run(sm: sessionmaker[Session], pipeline: Pipeline, jobs: Sequence[ClaimedJo
     built are settled at once (no model time spent on them). Runs outside any transaction."""
     outputs: dict[str, _Output] = {}
     items: dict[str, BatchItem] = {}
-    for job, item in zip(jobs, _batch_items(sm, jobs), strict=True):
+    for job, item in zip(jobs, _batch_items(sm, jobs, keeper), strict=True):
         if isinstance(item, BatchItem):
             items[job.id] = item
         else:
@@ -210,40 +218,42 @@ def _infer(pipeline: Pipeline, items: Sequence[BatchItem]) -> list[ResultDocumen
     [item] = items
     try:
         if item.resume_state is None:
-            return [pipeline.analyze(item.decoded, mode=item.mode)]
+            return [pipeline.analyze(item.decoded, mode=item.mode, abandoned=item.abandoned)]
         return [pipeline.resume(item.decoded, item.resume_state, phases=item.phases, group=item.group,
                                 corrected_label=item.corrected_label,
-                                corrected_interpretation=item.corrected_interpretation)]
+                                corrected_interpretation=item.corrected_interpretation, abandoned=item.abandoned)]
     except Exception as exc:
         return [exc]
 
 
-def _batch_items(sm: sessionmaker[Session], jobs: Sequence[ClaimedJob]) -> list[BatchItem | Exception]:
+def _batch_items(sm: sessionmaker[Session], jobs: Sequence[ClaimedJob],
+                 keeper: LeaseKeeper) -> list[BatchItem | Exception]:
     """Each job's input, or the exception that building it raised; one short read session
     (closed before anything is written: on SQLite a session holds the write lock)."""
     items: list[BatchItem | Exception] = []
     with sm() as session:
         for job in jobs:
             try:
-                items.append(_batch_item(session, job))
+                items.append(_batch_item(session, job, keeper.taken_back(job.id)))
             except Exception as exc:
                 items.append(exc)
     return items
 
 
-def _batch_item(session: Session, job: ClaimedJob) -> BatchItem:
+def _batch_item(session: Session, job: ClaimedJob, abandoned: Callable[[], bool]) -> BatchItem:
     """The pipeline's input for a job: its stored image, and for the second stage of a HITL
     job the saved document with the reviewer's choice of phases and group."""
     decoded = load_decoded(session, job.image_id)
     mode: Mode = "hitl" if job.mode is JobMode.hitl else "autonomous"
     if not job.resuming:
-        return BatchItem(decoded, mode=mode)
+        return BatchItem(decoded, mode=mode, abandoned=abandoned)
     if job.hitl_state is None:
         raise ResumeError("the job has a reviewer's choice but no saved pipeline state")
     choice = job.hitl_choice or {}
     return BatchItem(decoded, mode=mode, resume_state=ResultDocument.model_validate(job.hitl_state),
                      phases=choice.get("next_phases") or [], group=choice.get("group"),
-                     corrected_label=choice.get("label"), corrected_interpretation=choice.get("interpretation"))
+                     corrected_label=choice.get("label"), corrected_interpretation=choice.get("interpretation"),
+                     abandoned=abandoned)
 
 
 # -- storing the outcome --------------------------------------------------------------------
@@ -257,6 +267,8 @@ def _settle(sm: sessionmaker[Session], job: ClaimedJob, output: _Output) -> JobR
         return _finish_failed(sm, job, BAD_IMAGE_CODE, f"the stored image cannot be read: {output}")
     if isinstance(output, ResumeError):
         return _finish_failed(sm, job, BAD_RESUME_CODE, str(output))
+    if isinstance(output, Abandoned):  # another worker holds it now: nothing of ours to write
+        return JobRun(job.id, Outcome.lease_lost, job.attempts)
     if isinstance(output, Exception):
         log.error("job %s attempt %d failed", job.id, job.attempts, exc_info=output)
         return _release(sm, job, f"{type(output).__name__}: {output}")

@@ -17,7 +17,8 @@ batch. Two ways to hold the running rows, chosen by ``Engine.decode_loop``:
   ``attention_mask.cumsum``) plus the single ``rope_deltas`` kept on the model object, which is
   right for one row at most.
 
-A row leaves the batch as soon as it is done (stop token, grammar terminated, budget spent):
+A row leaves the batch as soon as it is done (stop token, grammar terminated, budget spent)
+or abandoned (its ``GenRequest.abandoned`` says so: the worker lost the job's lease):
 its slice is dropped from every cache tensor and the padding no row needs any more is cut.
 Waiting requests join at every step while fewer than ``max_batch`` rows run (continuous
 batching), so at most ``max_batch`` rows are decoded at once and a long answer does not hold a
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,13 @@ class GenRequest:
     decoding: Decoding
     seed: int
     min_new_tokens: int = 0  # stop tokens are suppressed until this many tokens exist
+    # True once nobody wants the answer any more (the worker lost the job): the row leaves the
+    # batch at its next step with what it has, and a request not yet prefilled never starts.
+    abandoned: Callable[[], bool] | None = None
+
+    @property
+    def gone(self) -> bool:
+        return self.abandoned is not None and self.abandoned()
 
 
 @dataclass
@@ -304,7 +312,7 @@ def decode_many(engine: Engine, requests: Sequence[GenRequest], *, max_batch: in
             tokens = pick_tokens(engine, batch.rows, batch.logits)
             running: list[int] = []
             for i, (row, token) in enumerate(zip(batch.rows, tokens, strict=True)):
-                if row.accept(token, engine.stop_ids):
+                if row.request.gone or row.accept(token, engine.stop_ids):
                     results[row.index] = row.result()
                 else:
                     running.append(i)
@@ -327,7 +335,7 @@ def _prefill_waiting(engine: Engine, requests: Sequence[GenRequest], suffixes: S
     taken: list[int] = []
     while waiting and len(taken) < room:
         index = waiting.popleft()
-        if requests[index].max_new_tokens <= 0:  # nothing to decode: nothing to prefill either
+        if requests[index].max_new_tokens <= 0 or requests[index].gone:  # nothing to decode: nor to prefill
             results[index] = _Row(index, requests[index], started=time.perf_counter(), suffix=suffixes[index]).result()
         else:
             taken.append(index)

@@ -51,6 +51,10 @@ class ResumeError(ValueError):
     """A resume request that does not fit the saved state (wrong status, unknown phase...)."""
 
 
+class Abandoned(RuntimeError):
+    """The item's ``abandoned`` said so mid-run: its model work stopped and it has no document."""
+
+
 @dataclass
 class BatchItem:
     """One image's work in ``Pipeline.run_batch``: a fresh analysis in ``mode``, or, when
@@ -66,6 +70,9 @@ class BatchItem:
     # of the resumed job reads them over the model's (without a ``group``).
     corrected_label: str | None = None
     corrected_interpretation: dict[str, str] | None = None
+    # True once the caller no longer wants this item (a worker that lost the job's lease): the
+    # model stops working on it at its next decode step and it ends as ``Abandoned``.
+    abandoned: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -85,6 +92,12 @@ class _Job:
     @property
     def waiting(self) -> bool:
         return not self.resuming and self.item.mode == "hitl"
+
+    def given_up(self) -> bool:
+        """True (and the job failed as ``Abandoned``) once its caller abandoned it."""
+        if self.error is None and self.item.abandoned is not None and self.item.abandoned():
+            self.error = Abandoned("abandoned by the caller; its model work stopped")
+        return isinstance(self.error, Abandoned)
 
 
 @dataclass
@@ -127,16 +140,19 @@ class Pipeline:
 
     # -- public ---------------------------------------------------------------------------
 
-    def analyze(self, decoded: DecodedImage, *, mode: Mode = "autonomous") -> ResultDocument:
-        return _unwrap(self.run_batch([BatchItem(decoded, mode=mode)])[0])
+    def analyze(self, decoded: DecodedImage, *, mode: Mode = "autonomous",
+                abandoned: Callable[[], bool] | None = None) -> ResultDocument:
+        return _unwrap(self.run_batch([BatchItem(decoded, mode=mode, abandoned=abandoned)])[0])
 
     def resume(self, decoded: DecodedImage, state: ResultDocument, *, phases: Sequence[str],
                group: str | None = None, corrected_label: str | None = None,
-               corrected_interpretation: dict[str, str] | None = None) -> ResultDocument:
+               corrected_interpretation: dict[str, str] | None = None,
+               abandoned: Callable[[], bool] | None = None) -> ResultDocument:
         """Run the reviewer's chosen phases on a HITL document; interpret/classify are kept (MAP
         reads the reviewer's corrections of them over the model's)."""
         item = BatchItem(decoded, resume_state=state, phases=tuple(phases), group=group,
-                         corrected_label=corrected_label, corrected_interpretation=corrected_interpretation)
+                         corrected_label=corrected_label, corrected_interpretation=corrected_interpretation,
+                         abandoned=abandoned)
         return _unwrap(self.run_batch([item])[0])
 
     def run_batch(self, items: Sequence[BatchItem]) -> list[ResultDocument | Exception]:
@@ -290,16 +306,20 @@ class Pipeline:
                      prep_ms=_ms(started))
 
     def _run_wave(self, planned: Sequence[_Planned], prefixes: _Prefixes) -> None:
-        """Prepare, generate and record the planned phases (of many jobs) together."""
-        calls = [call for call in (self._prepare(*each) for each in planned) if call is not None]
+        """Prepare, generate and record the planned phases (of many jobs) together; an abandoned
+        job's phases are not started (nor its image encoded)."""
+        calls = [call for call in (self._prepare(*each) for each in planned if not each[0].given_up())
+                 if call is not None]
         if not self.share_prefix:
             for call in calls:
-                self._record(call, self._single_turn(call))
+                if not call.job.given_up():
+                    self._record(call, self._single_turn(call))
             return
         prefixes.load([call.job for call in calls])
         ready = [(call, prefix) for call in calls if (prefix := prefixes.get(call.job)) is not None]
         requests = [GenRequest(prefix=prefix, prompt=call.prompt, grammar=call.grammar, max_new_tokens=call.budget,
-                               decoding=self.profile.decoding, seed=_seed(call.job.item.decoded.sha256, call.phase))
+                               decoding=self.profile.decoding, seed=_seed(call.job.item.decoded.sha256, call.phase),
+                               abandoned=call.job.item.abandoned)
                     for call, prefix in ready]
         for (call, _), generation in zip(ready, self._generate(requests), strict=True):
             self._record(call, generation)
@@ -324,7 +344,10 @@ class Pipeline:
 
     def _record(self, call: _Call, generation: Generation | Exception) -> None:
         """A failed generation is the phase's error; an answer is validated into the document
-        (an exception there is the job's failure, not the batch's)."""
+        (an exception there is the job's failure, not the batch's). An abandoned job's answer,
+        cut short, is not recorded."""
+        if call.job.given_up():
+            return
         if isinstance(generation, Exception):
             _record_error(call.job.doc, call.phase, generation, call.prep_ms)
             return

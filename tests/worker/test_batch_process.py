@@ -20,6 +20,7 @@ from services.jobs import cancel, get_job, resume_hitl, submit_job
 from services.jobs import process as process_module
 from services.jobs.images import load_decoded
 from services.jobs.process import BAD_IMAGE_CODE, BAD_RESUME_CODE, Outcome, process_batch, process_job
+from services.pipeline import batching
 from services.pipeline.runner import BatchItem, Pipeline, ResumeError
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.migrate import upgrade
@@ -289,6 +290,67 @@ def test_every_lease_is_renewed_and_a_lost_one_is_not_completed(sm: sessionmaker
     assert job.status is JobStatus.running and job.lease_owner == "thief:9"
     with sm() as s:
         assert s.scalars(select(Result.id).where(Result.job_id == stolen)).all() == []
+
+
+@pytest.mark.parametrize("when", ["mid_decode", "between_waves"])
+def test_a_job_taken_back_mid_run_stops_its_model_work_and_not_the_others(
+        when: str, sm: sessionmaker[Session], pipeline: Pipeline, submit: Callable[..., str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another worker claimed one job of the batch (this one stalled past its lease). Once the
+    lease keeper finds the lease lost, the model drops that job's rows at the next decode step
+    and starts none of its later phases; nothing is stored for it, and the other job ends as it
+    would alone."""
+    kept, taken = submit(png(52)), submit(png(53))
+    flags: dict[str, Callable[[], bool]] = {}
+    real_taken_back = process_module.LeaseKeeper.taken_back
+
+    def recording(keeper: Any, job_id: str) -> Callable[[], bool]:
+        flags[job_id] = real_taken_back(keeper, job_id)
+        return flags[job_id]
+
+    def take_it() -> None:
+        with sm.begin() as s:  # another worker claims it; our keeper notices at its next renewal
+            s.execute(update(Job).where(Job.id == taken).values(lease_owner="thief:9"))
+        deadline = time.monotonic() + 10  # a lease of 3 s is renewed every second
+        while not flags[taken]() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert flags[taken](), "the lease keeper did not notice"
+
+    gone_per_step: list[int] = []  # decode steps: rows still running for the taken job
+    gone_per_call: list[int] = []  # generate_many calls (waves): requests for the taken job
+    real_pick, real_generate, real_after = (batching.pick_tokens, pipeline.engine.generate_many,
+                                            pipeline._after_first_wave)
+
+    def pick(engine: Any, rows: Sequence[Any], logits: Any) -> list[int]:
+        if when == "mid_decode" and len(gone_per_step) == 2:
+            take_it()
+        gone_per_step.append(sum(row.request.gone for row in rows))
+        return real_pick(engine, rows, logits)
+
+    def generate_many(requests: Sequence[Any], **kwargs: Any) -> Any:
+        gone_per_call.append(sum(request.gone for request in requests))
+        return real_generate(requests, **kwargs)
+
+    def after_first_wave(job: Any) -> None:
+        if when == "between_waves" and not flags[taken]():
+            take_it()
+        real_after(job)
+
+    monkeypatch.setattr(process_module.LeaseKeeper, "taken_back", recording)
+    monkeypatch.setattr(batching, "pick_tokens", pick)
+    monkeypatch.setattr(pipeline.engine, "generate_many", generate_many)
+    monkeypatch.setattr(pipeline, "_after_first_wave", after_first_wave)
+    runs = process_batch(sm, pipeline, kept, owner=OWNER, lease_seconds=3, batch_size=2)
+    assert outcomes(runs) == {kept: Outcome.succeeded, taken: Outcome.lease_lost}
+    if when == "mid_decode":
+        assert gone_per_step[2] == 2, f"its interpret and classify rows were running: {gone_per_step[:4]}"
+        assert len(gone_per_step) > 3 and set(gone_per_step[3:]) == {0}, "a row of the taken job kept decoding"
+    assert len(gone_per_call) == 2 and gone_per_call[1] == 0, f"the taken job's later phases ran: {gone_per_call}"
+    job = job_row(sm, taken)
+    assert job.status is JobStatus.running and job.lease_owner == "thief:9"
+    with sm() as s:
+        assert s.scalars(select(Result.id).where(Result.job_id == taken)).all() == []
+    assert comparable(stored_document(sm, kept)) == comparable(alone(sm, pipeline, job_row(sm, kept)))
 
 
 def test_a_celery_worker_runs_jobs_in_batches(service: Service) -> None:  # noqa: F811

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from celery import Celery
+from fastapi import Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.pipeline.profile import Profile, load_profile
@@ -23,6 +24,11 @@ class AppContext:
     @cached_property
     def profile(self) -> Profile:
         return load_profile(self.settings.profile)
+
+    def public_base(self, request: Request) -> str:
+        """The gateway's address as callers reach it, for absolute links: FADA_PUBLIC_URL, else
+        the request's own (its Host header)."""
+        return (self.settings.public_url or str(request.base_url)).rstrip("/")
 
     def pending_limit(self, caller: Caller) -> int | None:
         """The most jobs this caller's key may have queued or running: its own limit, else

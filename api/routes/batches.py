@@ -48,7 +48,7 @@ def submit_batch(
         raise Problem(422, "too_many_files", f"{len(file)} files; a batch takes at most {ctx.settings.max_batch_files}")
     uploads = [Upload(f.file.read(), f.filename) for f in file]
     accepted, job_ids = accept_batch(
-        ctx.sm, uploads, job_options(ctx, caller, mode=mode, external_id=external_id, frame=frame,
+        ctx.sm, uploads, job_options(ctx, request, caller, mode=mode, external_id=external_id, frame=frame,
                                      callback_url=callback_url),
         api_key_id=caller.key_id, enqueue=lambda job_id: enqueue_job(ctx.celery, job_id),
         max_pixels=ctx.settings.max_pixels, max_attempts=ctx.settings.job_max_attempts,

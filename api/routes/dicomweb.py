@@ -90,7 +90,7 @@ async def stow(
         raise Problem(400, "malformed_multipart", str(exc)) from exc
     if not parts:
         raise Problem(422, "no_instances", "the multipart/related body holds no part")
-    options = await run_in_threadpool(lambda: job_options(ctx, caller, mode=mode))
+    options = await run_in_threadpool(lambda: job_options(ctx, request, caller, mode=mode))
     outcome = await run_in_threadpool(
         store_instances, ctx.sm, parts, options, api_key_id=caller.key_id,
         enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,
@@ -100,7 +100,7 @@ async def stow(
                                   "job_ids": [job_id for _, _, job_id in outcome.stored][:50]}
     if len(outcome.stored) == 1:
         set_audit_job(request, outcome.stored[0][2])
-    base = (ctx.settings.public_url or str(request.base_url)).rstrip("/")
+    base = ctx.public_base(request)
     headers = {"Vary": "Accept", **(pending_retry_after(request) if outcome.status == 503 else {})}
     dataset = to_dicom_json(outcome, base)
     if answer_type == DICOM_XML:

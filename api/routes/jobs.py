@@ -58,16 +58,17 @@ SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
                      "Retry-After seconds")}
 
 
-def job_options(ctx: AppContext, caller: Caller, *, mode: str = "autonomous", external_id: str | None = None,
-                frame: int = 0, callback_url: str | None = None) -> JobOptions:
-    """The options of new jobs of this caller, with where their notifications go."""
+def job_options(ctx: AppContext, request: Request, caller: Caller, *, mode: str = "autonomous",
+                external_id: str | None = None, frame: int = 0, callback_url: str | None = None) -> JobOptions:
+    """The options of new jobs of this caller, with where their notifications go (and the base
+    of their links)."""
     with ctx.sm() as session:
         try:
             plan = plan_notifications(session, caller.key_id, callback_url, ctx.settings)
         except InvalidTarget as exc:
             raise Problem(422, "invalid_callback_url", str(exc)) from exc
     return JobOptions(mode=JobMode(mode), external_id=external_id, frame=frame, webhook_url=plan.webhook_url,
-                      pacs_push=plan.pacs_push)
+                      pacs_push=plan.pacs_push, links_base=ctx.public_base(request))
 
 
 def _visible(ctx: AppContext, caller: Caller, job_id: str) -> Job:
@@ -96,7 +97,8 @@ def submit(
 ) -> JobOut:
     """Accept one image; answers at once with the queued job (202), or with the original job
     (200) when the ``Idempotency-Key`` was used before with the same request."""
-    options = job_options(ctx, caller, mode=mode, external_id=external_id, frame=frame, callback_url=callback_url)
+    options = job_options(ctx, request, caller, mode=mode, external_id=external_id, frame=frame,
+                          callback_url=callback_url)
     accepted = accept_job(
         ctx.sm, Upload(file.file.read(), file.filename), options, api_key_id=caller.key_id,
         enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,

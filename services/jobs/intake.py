@@ -39,6 +39,8 @@ class JobOptions:
     # part of the Idempotency-Key fingerprint: they say where news goes, not what to analyse.
     webhook_url: str | None = None
     pacs_push: bool = False
+    # The gateway's address as the caller reached it: the base of the events' links.
+    links_base: str | None = None
 
     def fields(self) -> dict[str, object]:
         return {"mode": self.mode.value, "external_id": self.external_id, "frame": self.frame}
@@ -90,7 +92,8 @@ def accept_job(
             admit(session, api_key_id, 1, max_pending)
             job = submit_job(session, decoded=decoded, original_size=len(upload.data), api_key_id=api_key_id,
                              mode=options.mode, external_id=options.external_id, max_attempts=max_attempts,
-                             webhook_url=options.webhook_url, pacs_push=options.pacs_push)
+                             webhook_url=options.webhook_url, links_base=options.links_base,
+                             pacs_push=options.pacs_push)
             job_id = job.id
             if idempotency_key:
                 earlier = remember_idempotent(session, api_key_id, idempotency_key, print_, job_id=job_id)
@@ -135,7 +138,8 @@ def accept_batch(
             jobs: list[Job] = [
                 submit_job(session, decoded=d, original_size=len(u.data), api_key_id=api_key_id, mode=options.mode,
                            external_id=options.external_id, batch_id=batch.id, max_attempts=max_attempts,
-                           webhook_url=options.webhook_url, pacs_push=options.pacs_push)
+                           webhook_url=options.webhook_url, links_base=options.links_base,
+                             pacs_push=options.pacs_push)
                 for d, u in zip(decoded, uploads, strict=True)
             ]
             batch_id, job_ids = batch.id, [j.id for j in jobs]

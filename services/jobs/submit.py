@@ -64,6 +64,7 @@ def submit_job(
     batch_id: str | None = None,
     max_attempts: int = 3,
     webhook_url: str | None = None,
+    links_base: str | None = None,
     pacs_push: bool = False,
 ) -> Job:
     """Add the Image and a queued Job to ``session`` and flush; the caller commits.
@@ -88,6 +89,7 @@ def submit_job(
         max_attempts=max_attempts,
         burned_in_annotation=decoded.dicom.burned_in_annotation if decoded.dicom else None,
         webhook_url=webhook_url,
+        links_base=links_base if webhook_url else None,
         notify=bool(webhook_url) or (pacs_push and image.dicom_sop_instance_uid is not None),
     )
     session.add(job)

@@ -29,8 +29,8 @@ def collect_events(session: Session, *, pacs_stow_url: str, public_url: str, now
     Returns how many deliveries were created."""
     now = now or db_now(session)
     query = (
-        select(Job.id, Job.status, Job.notified_status, Job.webhook_url, Job.batch_id, Job.hitl_choice,
-               Image.dicom_sop_instance_uid)
+        select(Job.id, Job.status, Job.notified_status, Job.webhook_url, Job.links_base, Job.batch_id,
+               Job.hitl_choice, Image.dicom_sop_instance_uid)
         .join(Image, Image.id == Job.image_id)
         .where(Job.notify.is_(True), Job.status.in_(ANNOUNCED),
                or_(Job.notified_status.is_(None), Job.notified_status != Job.status))
@@ -47,11 +47,13 @@ def collect_events(session: Session, *, pacs_stow_url: str, public_url: str, now
         # the PACS, and its event says so.
         rejected = status is JobStatus.succeeded and rejected_by_reviewer(row.hitl_choice)
         if row.webhook_url:
+            # Links from FADA_PUBLIC_URL, else from where the job was submitted; relative only
+            # for jobs submitted before the address was kept.
+            base = public_url or row.links_base or ""
+            payload = event_payload(row.id, status, row.batch_id, base, has_sr=bool(row.dicom_sop_instance_uid),
+                                    now=now, rejected=rejected)
             session.add(Delivery(job_id=row.id, kind=DeliveryKind.webhook, event=f"job.{status.value}",
-                                 url=row.webhook_url, payload=event_payload(row.id, status, row.batch_id, public_url,
-                                                                           has_sr=bool(row.dicom_sop_instance_uid),
-                                                                           now=now, rejected=rejected),
-                                 next_attempt_at=now))
+                                 url=row.webhook_url, payload=payload, next_attempt_at=now))
             created += 1
         if status is JobStatus.succeeded and pacs_stow_url and row.dicom_sop_instance_uid and not rejected:
             session.add(Delivery(job_id=row.id, kind=DeliveryKind.pacs_sr, event="result.sr", url=pacs_stow_url,

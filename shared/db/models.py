@@ -238,6 +238,9 @@ class Job(Base):
     # PACS push; cleared once its final status is handled, so the dispatcher scans few rows),
     # and the last status that was turned into deliveries.
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    # The gateway's address as the submitter reached it (FADA_PUBLIC_URL, else the request's):
+    # the base of the absolute links in this job's webhook events. Only kept with a webhook.
+    links_base: Mapped[str | None] = mapped_column(String(2048))
     notify: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
     notified_status: Mapped[str | None] = mapped_column(String(32))
 

@@ -130,8 +130,32 @@ def test_each_status_of_a_hitl_job_is_announced(make_client: ClientFactory, keys
     events = [verify_webhook(secret, r.headers, r.body) for r in receiver.wait_for(2)]
     assert [(e["type"], e["data"]["status"]) for e in events] == [
         ("job.awaiting_review", "awaiting_review"), ("job.canceled", "canceled")]
-    assert events[0]["data"]["links"] == {"job": f"/v1/jobs/{job_id}", "result": f"/v1/jobs/{job_id}/result"}
+    # No FADA_PUBLIC_URL: the links start where the job was submitted (the client's Host)
+    base = f"http://testserver/v1/jobs/{job_id}"
+    assert events[0]["data"]["links"] == {"job": base, "result": f"{base}/result"}
     assert len({r.headers["webhook-id"] for r in receiver.requests}) == 2
+
+
+def test_without_a_public_url_the_links_start_where_the_job_was_submitted(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+        tmp_path: Path, broker_url: str) -> None:
+    """A receiver can follow the links of an event as they are, with no FADA_PUBLIC_URL set: they
+    start at the gateway's address as the submitter reached it (a single job, a batch's job)."""
+    secret = _hook_key(sm, keys, receiver.url, tmp_path)
+    client = make_client()
+    headers = {**keys.submitter.headers, "Host": "fada-gw.hospital.example:8443"}
+    single = client.post("/v1/jobs", files=file_part(png()), headers=headers)
+    batch = client.post("/v1/batches", files=[("file", ("b.png", png(2), "image/png"))], headers=headers)
+    assert single.status_code == batch.status_code == 202, (single.text, batch.text)
+    job_ids = [single.json()["id"], batch.json()["jobs"][0]["id"]]
+    for job_id in job_ids:
+        succeed_job(sm, job_id)
+    dispatch_once(sm, _settings(db_url, tmp_path, broker_url), owner="d")
+    events = [verify_webhook(secret, r.headers, r.body) for r in receiver.wait_for(2)]
+    links = {event["data"]["job_id"]: event["data"]["links"] for event in events}
+    for job_id in job_ids:
+        base = f"http://fada-gw.hospital.example:8443/v1/jobs/{job_id}"
+        assert links[job_id] == {"job": base, "result": f"{base}/result", "coco": f"{base}/coco"}
 
 
 def test_failed_tries_are_retried_with_backoff_and_logged(make_client: ClientFactory, keys: Keys,

@@ -64,14 +64,15 @@ def keys_create(
     from datetime import timedelta
 
     from services.keys import InvalidKeyName, create_key
+    from shared.db.clock import db_now
     from shared.db.models import Role
-    from shared.db.types import utcnow
 
     if role not in Role.__members__:
         raise typer.BadParameter(f"role must be one of {', '.join(Role.__members__)}", param_hint="--role")
-    expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days is not None else None
     try:
         with _session() as session, session.begin():
+            # From the database's clock, which the gateways judge expiry by (not this host's).
+            expires_at = db_now(session) + timedelta(days=expires_in_days) if expires_in_days is not None else None
             new = create_key(session, name=name, role=role, max_pending=max_pending, expires_at=expires_at)
     except InvalidKeyName as exc:  # refused before anything was added; the transaction is rolled back
         raise typer.BadParameter(str(exc), param_hint="--name") from exc

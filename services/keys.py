@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from services.notify.sealing import SecretBox
 from services.notify.signing import new_secret
 from services.notify.targets import check_webhook_url
+from shared.db.clock import db_clock, db_now
 from shared.db.models import ApiKey, Role
-from shared.db.types import utcnow
 from shared.text import code_points, unprintable
 
 SECRET_PREFIX = "fada_"
@@ -99,7 +99,7 @@ def find_key(session: Session, id_or_prefix: str) -> ApiKey:
 def revoke_key(session: Session, id_or_prefix: str) -> ApiKey:
     key = find_key(session, id_or_prefix)
     if key.revoked_at is None:
-        key.revoked_at = utcnow()
+        key.revoked_at = db_now(session)
     return key
 
 
@@ -129,9 +129,13 @@ def authenticate(session: Session, secret: str) -> ApiKey | None:
     """The live key for a presented secret, or None (unknown, revoked or expired).
     ``last_used_at`` is written at most once a minute, so a busy key does not cost a write per
     request."""
-    key = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_secret(secret))).one_or_none()
-    now = utcnow()
-    if key is None or key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+    # Expiry by the database's clock, read in the same statement: every gateway agrees on it.
+    row = session.execute(select(ApiKey, db_clock(session).label("now"))
+                          .where(ApiKey.key_hash == hash_secret(secret))).one_or_none()
+    if row is None:
+        return None
+    key, now = row[0], row[1].astimezone(UTC)
+    if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
         return None
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))

@@ -6,8 +6,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from shared.db.clock import db_clock
 from shared.db.models import AuditEvent
-from shared.db.types import ID_LENGTH, new_id, utcnow
+from shared.db.types import ID_LENGTH, new_id
 
 
 def record_event(
@@ -28,7 +29,7 @@ def record_event(
         job_id = None
     event = AuditEvent(
         id=new_id(),
-        at=utcnow(),
+        at=db_clock(session),  # one clock for every gateway: the trail's order holds across hosts
         api_key_id=api_key_id,
         action=action[:64],
         job_id=job_id,

@@ -11,8 +11,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared.db.clock import db_now
 from shared.db.models import Batch, IdempotencyKey, Job, JobStatus
-from shared.db.types import new_id, utcnow
+from shared.db.types import new_id
 
 from .errors import IdempotencyConflict
 
@@ -73,7 +74,7 @@ def remember_idempotent(
         job_id=job_id,
         batch_id=batch_id,
         response_status=response_status,
-        created_at=utcnow(),
+        created_at=db_now(session),
     )
     try:
         with session.begin_nested():

@@ -69,7 +69,9 @@ def _mark_handled(session: Session, job_id: str, status: JobStatus, seen: str | 
         update(Job)
         .where(Job.id == job_id, Job.status == status,
                Job.notified_status.is_(None) if seen is None else Job.notified_status == seen)
-        .values(notified_status=status.value, notify=status not in FINAL_STATUSES)
+        # updated_at kept: announcing a status changes nothing a caller sees (the column's
+        # onupdate would stamp it, with this host's clock)
+        .values(notified_status=status.value, notify=status not in FINAL_STATUSES, updated_at=Job.updated_at)
         .returning(Job.id)
     )
     return session.execute(stmt, execution_options={"synchronize_session": False}).first() is not None

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.export.dicom_sr import build_sr, content_time, source_instance, sr_bytes
 from services.jobs import get_result
+from shared.db.clock import db_now
 from shared.db.models import DeliveryKind
 from shared.schemas.results import ResultDocument
 
@@ -59,7 +60,7 @@ def send(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Session],
     started = time.perf_counter()
     try:
         if delivery.kind is DeliveryKind.webhook:
-            response = _post_webhook(delivery, client, secrets, allowed_hosts)
+            response = _post_webhook(delivery, client, secrets, allowed_hosts, sent_at=_db_seconds(sm))
         else:
             response = _store_sr(delivery, client, sm, pacs_authorization)
     except _Unsendable as exc:  # its message says why; the class name would only be noise
@@ -87,8 +88,15 @@ class _Unsendable(Exception):
     an operator fixes it, so it counts as a failed try."""
 
 
+def _db_seconds(sm: sessionmaker[Session]) -> int:
+    """The time a webhook is stamped with (``webhook-timestamp``), by the database's clock:
+    receivers refuse a stamp over 5 minutes off theirs, and a worker's clock may drift."""
+    with sm() as session:
+        return int(db_now(session).timestamp())
+
+
 def _post_webhook(delivery: DueDelivery, client: httpx.Client, secrets: SecretBox,
-                  allowed_hosts: Sequence[str]) -> httpx.Response:
+                  allowed_hosts: Sequence[str], *, sent_at: int) -> httpx.Response:
     try:
         target = pin_target(delivery.url, allowed_hosts)
     except (InvalidTarget, OSError) as exc:
@@ -100,7 +108,7 @@ def _post_webhook(delivery: DueDelivery, client: httpx.Client, secrets: SecretBo
     except SecretUnavailable as exc:
         raise _Unsendable(str(exc)) from None
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
-    headers = webhook_headers(secret, delivery.id, int(time.time()), body)
+    headers = webhook_headers(secret, delivery.id, sent_at, body)
     return _post_pinned(client, target, body, headers)
 
 
@@ -177,7 +185,11 @@ def _retry_after(response: httpx.Response) -> float | None:
     except ValueError:
         pass
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        # An HTTP date is the receiver's clock: measure it against its own Date header when it
+        # sends one, so that our clock's drift does not count
+        said = response.headers.get("date")
+        reference = parsedate_to_datetime(said).timestamp() if said else time.time()
+        return max(0.0, parsedate_to_datetime(value).timestamp() - reference)
     except (TypeError, ValueError):
         return None
 

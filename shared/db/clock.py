@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, literal, select
 from sqlalchemy.orm import Session
 
-from .types import utcnow
+from .types import UTCDateTime, utcnow
 
 
 def db_now(session: Session) -> datetime:
@@ -26,3 +26,11 @@ def db_now(session: Session) -> datetime:
     if not isinstance(now, datetime) or now.tzinfo is None:  # timestamptz always comes back aware
         raise RuntimeError(f"clock_timestamp() gave {now!r}, not an aware datetime")
     return now.astimezone(UTC)
+
+
+def db_clock(session: Session) -> ColumnElement[datetime]:
+    """``db_now`` as a SQL expression, for a statement that reads or writes the time itself
+    (the server evaluates it there: no extra round trip for a write on every request)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return literal(utcnow(), UTCDateTime())
+    return func.clock_timestamp()

@@ -260,6 +260,25 @@ def test_a_worker_started_while_the_database_restarts_runs_jobs_once_it_is_back(
     assert job["status"] == "succeeded" and job["attempts"] == 1, job
 
 
+def test_messages_taken_while_the_database_is_down_are_kept_until_it_is_back(
+        pg_redis_service: Service, postgres_url: str) -> None:
+    """Jobs are queued, then PostgreSQL refuses connections as the worker takes their messages.
+    The worker holds the message it took and waits for the database (the others stay in
+    Redis), instead of failing the task, which would drop the message: every job then runs
+    once the database is back, with no help from the sweeper (its grace period is an hour)."""
+    service = pg_redis_service
+    service.env["FADA_QUEUED_GRACE_SECONDS"] = "3600"
+    ids = [service.submit(encode(noise_rgb(48, 40, seed=20 + i), "PNG"), f"held-{i}.png") for i in range(3)]
+    with connections_refused(postgres_url):
+        worker = service.start_worker()
+        _wait_for_log(worker, "fada.run_job[")  # a message was taken
+        time.sleep(3)
+    for job_id in ids:
+        job = service.wait_status(job_id, "succeeded", "failed", timeout=120)
+        assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    assert "Traceback" not in worker.log_tail(100_000)
+
+
 def test_a_model_that_appears_after_the_worker_started_is_loaded_by_the_first_job(
         pg_redis_service: Service, tiny_model_dir: Path, tmp_path: Path) -> None:
     """The pool process could not load the model (a volume mounted late): its first task loads

@@ -1,9 +1,16 @@
 """Prometheus metrics: request counts and latencies here, job counts read from the database
-at scrape time (the workers run in other processes)."""
+at scrape time (the workers run in other processes).
+
+Under ``fada api --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set), every gateway process
+writes its counts to files there and a scrape sums them all: whichever process answers, the
+counters are the gateway's. Process metrics (CPU, memory) are then left out, as
+prometheus_client does in that mode."""
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from starlette.types import Scope
 
@@ -44,4 +51,12 @@ def render(database: tuple[dict[str, int], int] | None) -> bytes:
                                     value=live_workers)
 
     extra.register(_Db())
-    return generate_latest(REGISTRY) + generate_latest(extra)
+    return generate_latest(_gateway_registry()) + generate_latest(extra)
+
+
+def _gateway_registry() -> CollectorRegistry:
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    every_process = CollectorRegistry()
+    multiprocess.MultiProcessCollector(every_process)
+    return every_process

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 from shared.settings import Settings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch to multiprocess mode
 
 
 def worker_argv(*, concurrency: int = 1, loglevel: str = "INFO", name: str | None = None) -> list[str]:
@@ -83,7 +87,23 @@ def exit_cleanly_on_signals() -> None:
 
 
 def run_api(host: str, port: int, *, workers: int = 1, log_level: str = "info") -> None:
+    """uvicorn with ``workers`` gateway processes. With more than one, their metrics are kept in
+    files that every process reads at a scrape (prometheus_client's multiprocess mode): a scrape
+    lands on one process, and must still count every process's requests."""
     import uvicorn
 
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
-                proxy_headers=True)
+    if workers <= 1:
+        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level=log_level, proxy_headers=True)
+        return
+    given = os.environ.get(MULTIPROC_ENV)
+    made = not given
+    shared_dir = given or tempfile.mkdtemp(prefix="fada-metrics-")
+    os.environ[MULTIPROC_ENV] = shared_dir  # the gateway processes inherit it
+    for stale in Path(shared_dir).glob("*.db"):  # counts of an earlier run are not this run's
+        stale.unlink()
+    try:
+        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
+                    proxy_headers=True)
+    finally:
+        if made:
+            shutil.rmtree(shared_dir, ignore_errors=True)

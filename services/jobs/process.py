@@ -105,7 +105,8 @@ class LeaseKeeper:
                 self._ids -= lost
                 self._lost |= lost
             for job_id in lost:
-                log.warning("job %s: lease lost while the model worked; stopping its model work", job_id)
+                log.warning("job %s was taken back while the model worked (failed for its time limit, or claimed "
+                            "by another worker after this one stalled); its model work stops", job_id)
 
 
 def process_job(sm: sessionmaker[Session], pipeline: Pipeline, job_id: str, *, owner: str,

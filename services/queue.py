@@ -89,6 +89,11 @@ def enqueue_job(app: Celery, job_id: str) -> bool:
             queue=GPU_QUEUE,
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+            # Where the task is registered (a worker re-enqueuing, the sweeper), Celery would put
+            # this process's time limit in the message, and it would bind whichever worker takes
+            # it: each worker applies its own configured limit instead.
+            time_limit=None,
+            soft_time_limit=None,
         )
     except Exception as exc:  # any broker failure: the sweeper's grace period covers it
         log.warning("could not enqueue job %s (the sweeper will): %s", job_id, exc)

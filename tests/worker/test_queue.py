@@ -79,3 +79,24 @@ def test_submission_is_kept_when_the_broker_is_down(tmp_path: Path) -> None:
         assert s.scalar(select(func.count()).select_from(Job)) == 1
     ready = client.get("/readyz")
     assert ready.status_code == 503 and "broker" in ready.json()["detail"]
+
+
+def test_a_message_sent_by_a_worker_carries_no_time_limit_of_its_own(tmp_path: Path) -> None:
+    """A worker re-enqueues jobs (a retry, the sweeper). Its message must not carry that
+    worker's time limit: the one that takes it applies its own configuration."""
+    from services.queue import TASK_RUN_JOB
+
+    settings = Settings(data_dir=tmp_path, hard_time_limit_seconds=5)
+    app = make_celery(settings)
+
+    @app.task(name=TASK_RUN_JOB)
+    def run_job(job_id: str) -> None:  # registered here, as in a worker process
+        raise AssertionError("only sent, never run")
+
+    assert app.tasks[TASK_RUN_JOB].time_limit == 65  # what Celery would otherwise put in the message
+    assert enqueue_job(app, "job-1") is True
+    with Connection(settings.broker_url) as conn:
+        message = conn.SimpleQueue(GPU_QUEUE).get(timeout=5)
+        assert message.headers["task"] == TASK_RUN_JOB and message.headers["argsrepr"] == "['job-1']"
+        assert message.headers["timelimit"] in ([None, None], (None, None)), message.headers
+        message.ack()

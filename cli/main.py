@@ -298,13 +298,9 @@ def worker(
 
 
 def _quiet_transformers() -> None:
-    import warnings
+    from services.runtime import quiet_library_logs
 
-    from transformers.utils import logging as hf_logging
-
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_library_logs()
 
 
 @model_app.command("build-tiny")

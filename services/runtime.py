@@ -19,6 +19,21 @@ from shared.schemas.results import ResultDocument
 from shared.settings import Settings
 
 
+def quiet_library_logs() -> None:
+    """The libraries' chatter out of a service's log: transformers' progress bars (written at
+    WARNING by Celery's stdout redirect) and deprecation warnings, highdicom's INFO lines for
+    every SR built. Their errors still show."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
 @dataclass
 class Runtime:
     pipeline: Pipeline

@@ -16,6 +16,7 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from services.maintenance import Every, purge_old_images, upkeep
 from services.notify import dispatch_once
 from services.queue import enqueue_job, make_celery
+from services.runtime import quiet_library_logs
 from services.workers import worker_name
 from shared.db.engine import engine_from_settings, make_sessionmaker
 from shared.settings import get_settings
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 settings = get_settings()
 app = make_celery(settings)
+quiet_library_logs()  # before the fork: the pool processes inherit it
 
 _periodic: list[Every] = []
 

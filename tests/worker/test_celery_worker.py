@@ -183,6 +183,9 @@ def test_png_jpeg_dicom_end_to_end(service: Service, receiver: Receiver) -> None
     assert service.count(Image, Image.id == purged, Image.purged_at.is_not(None), Image.data.is_(None)) == 1
     assert service.count(Image, Image.data.is_not(None)) == 2
     assert service.client.get(f"/v1/jobs/{ids['png']}/result", headers=service.auth).status_code == 200
+    # the libraries' chatter stays out of the worker's log (progress bars, deprecation warnings)
+    log = "".join(worker.log_tail(1_000_000) for worker in service.workers)
+    assert "Loading weights" not in log and "FutureWarning" not in log and "model loaded in" in log
 
 
 def test_hitl_job_waits_for_review_then_resumes_on_the_worker(service: Service) -> None:

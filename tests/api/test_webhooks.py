@@ -156,6 +156,13 @@ def test_without_a_public_url_the_links_start_where_the_job_was_submitted(
     for job_id in job_ids:
         base = f"http://fada-gw.hospital.example:8443/v1/jobs/{job_id}"
         assert links[job_id] == {"job": base, "result": f"{base}/result", "coco": f"{base}/coco"}
+    # a Host header too long to keep: the job is taken all the same, its links relative
+    huge = client.post("/v1/jobs", files=file_part(png(3)), headers={**headers, "Host": "h" * 3000 + ".example"})
+    assert huge.status_code == 202, huge.text
+    succeed_job(sm, huge.json()["id"])
+    dispatch_once(sm, _settings(db_url, tmp_path, broker_url), owner="d")
+    [*_, last] = receiver.wait_for(3)
+    assert verify_webhook(secret, last.headers, last.body)["data"]["links"]["job"] == f"/v1/jobs/{huge.json()['id']}"
 
 
 def test_failed_tries_are_retried_with_backoff_and_logged(make_client: ClientFactory, keys: Keys,

@@ -1,6 +1,7 @@
 """The dispatcher: every worker's main process calls ``dispatch_once`` every
 ``notify_interval_seconds``. It records new events, claims due deliveries under a short
-lease (so two dispatchers never send the same try), sends them, and logs each try.
+lease (so two dispatchers never send the same try), sends them, and logs each try. A job's
+deliveries to one URL go out one after another, in the order they were made.
 
 A failed try is retried after ``base * 4**(n-1)`` seconds (capped, with +-10 % jitter so a
 receiver coming back is not hit by every retry at once), or after the receiver's
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from shared.db.clock import db_now
 from shared.db.models import ApiKey, Delivery, DeliveryAttempt, DeliveryKind, DeliveryStatus, Job
@@ -78,15 +79,16 @@ def dispatch_once(sm: sessionmaker[Session], settings: Settings, *, owner: str,
 
 
 def claim_due(session: Session, *, owner: str, lease: timedelta, now: datetime | None = None) -> list[DueDelivery]:
-    """Pending deliveries whose time has come and whose lease (if any) has run out, oldest due
-    first: locked (SKIP LOCKED on PostgreSQL), leased in one UPDATE that re-checks the state
-    (RETURNING says which rows were really taken), with their keys' secrets in one read."""
+    """Pending deliveries whose time has come, whose lease (if any) has run out and whose turn
+    it is (``waits_its_turn``), oldest due first: locked (SKIP LOCKED on PostgreSQL), leased
+    in one UPDATE that re-checks the state (RETURNING says which rows were really taken), with
+    their keys' secrets in one read."""
     now = now or db_now(session)
     free = and_(Delivery.status == DeliveryStatus.pending,
                 or_(Delivery.lease_expires_at.is_(None), Delivery.lease_expires_at < now))
     candidates = session.scalars(
         select(Delivery.id)
-        .where(free, Delivery.next_attempt_at <= now)
+        .where(free, Delivery.next_attempt_at <= now, ~waits_its_turn())
         .order_by(Delivery.next_attempt_at)
         .limit(CLAIM_LIMIT)
         .with_for_update(skip_locked=True)
@@ -108,6 +110,22 @@ def claim_due(session: Session, *, owner: str, lease: timedelta, now: datetime |
     taken = {row.id: DueDelivery(row.id, row.job_id, DeliveryKind(row.kind), row.url, row.payload, row.attempts,
                                  secrets.get(row.job_id)) for row in rows}
     return [taken[delivery_id] for delivery_id in candidates if delivery_id in taken]  # RETURNING has no order
+
+
+def waits_its_turn() -> ColumnElement[bool]:
+    """An earlier delivery of the same job, kind and URL is still pending (not delivered, not
+    failed for good). Each delivery has its own retry schedule, so without this a job's
+    ``succeeded`` could overtake its ``awaiting_review`` stuck in backoff, and a receiver that
+    keeps the last event would show a finished job as waiting. Once the earlier one is done,
+    this one goes at the next pass (its own ``next_attempt_at`` has long come). The claim's
+    UPDATE need not re-check it: no delivery becomes pending again, and no earlier one can
+    appear (``collect_events`` stamps them by the database's clock)."""
+    earlier = aliased(Delivery)
+    return exists().where(
+        earlier.job_id == Delivery.job_id, earlier.kind == Delivery.kind, earlier.url == Delivery.url,
+        earlier.status == DeliveryStatus.pending,
+        or_(earlier.created_at < Delivery.created_at,
+            and_(earlier.created_at == Delivery.created_at, earlier.id < Delivery.id)))
 
 
 def record_attempt(session: Session, delivery: DueDelivery, attempt: Attempt, *, owner: str, settings: Settings,

@@ -27,7 +27,6 @@ SCAN_LIMIT = 200
 def collect_events(session: Session, *, pacs_stow_url: str, public_url: str, now: datetime | None = None) -> int:
     """Record deliveries for every job whose announced status has not been handled yet.
     Returns how many deliveries were created."""
-    now = now or db_now(session)
     query = (
         select(Job.id, Job.status, Job.notified_status, Job.webhook_url, Job.links_base, Job.batch_id,
                Job.hitl_choice, Image.dicom_sop_instance_uid)
@@ -38,8 +37,13 @@ def collect_events(session: Session, *, pacs_stow_url: str, public_url: str, now
         .limit(SCAN_LIMIT)
         .with_for_update(of=Job, skip_locked=True)  # PostgreSQL: dispatchers take disjoint rows
     )
+    rows = session.execute(query).all()
+    # A job's deliveries go out in ``created_at`` order (dispatch.waits_its_turn), so it is the
+    # database's clock (hosts' clocks drift apart), read after the scan: later than the commit
+    # of the job's earlier delivery, which the scan had to see.
+    now = now or db_now(session)
     created = 0
-    for row in session.execute(query).all():
+    for row in rows:
         status = JobStatus(row.status)
         if not _mark_handled(session, row.id, status, row.notified_status):
             continue  # another dispatcher handled it, or the status moved on: next scan
@@ -53,11 +57,11 @@ def collect_events(session: Session, *, pacs_stow_url: str, public_url: str, now
             payload = event_payload(row.id, status, row.batch_id, base, has_sr=bool(row.dicom_sop_instance_uid),
                                     now=now, rejected=rejected)
             session.add(Delivery(job_id=row.id, kind=DeliveryKind.webhook, event=f"job.{status.value}",
-                                 url=row.webhook_url, payload=payload, next_attempt_at=now))
+                                 url=row.webhook_url, payload=payload, next_attempt_at=now, created_at=now))
             created += 1
         if status is JobStatus.succeeded and pacs_stow_url and row.dicom_sop_instance_uid and not rejected:
             session.add(Delivery(job_id=row.id, kind=DeliveryKind.pacs_sr, event="result.sr", url=pacs_stow_url,
-                                 payload={"job_id": row.id}, next_attempt_at=now))
+                                 payload={"job_id": row.id}, next_attempt_at=now, created_at=now))
             created += 1
     session.flush()
     return created

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cli.client import ApiError, FadaClient
 from cli.webhooks import WebhookVerificationError, verify_webhook
+from services.jobs import resume_hitl
 from services.keys import configure_webhook
 from services.notify import dispatch_once, sign
 from services.notify import send as send_module
@@ -188,6 +189,67 @@ def test_failed_tries_are_retried_with_backoff_and_logged(make_client: ClientFac
     # status only: a caller-chosen URL must not make the log a window on internal servers' answers
     assert [t["error"] for t in log[0]["tries"]] == ["HTTP 500 Internal Server Error", "HTTP 503 Service Unavailable",
                                                     None]
+
+
+def test_a_job_s_events_arrive_in_order_after_a_receiver_outage(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+        tmp_path: Path, broker_url: str) -> None:
+    """The receiver is down while the HITL job's awaiting_review event is tried (its backoff
+    grows), then the job succeeds, then the receiver is back. The stale awaiting_review went
+    out after succeeded (each delivery had its own retry schedule): a receiver that applies
+    the last event it got showed a finished job as waiting for review."""
+    secret = _hook_key(sm, keys, receiver.url, tmp_path)
+    client = make_client()
+    job_id = _submit(client, keys, mode="hitl")
+    settings = _settings(db_url, tmp_path, broker_url, notify_retry_base_seconds=0.1)
+    receiver.script = [(503, {})] * 100  # down
+    succeed_job(sm, job_id, awaiting_review=True)
+    _dispatch_until(sm, settings, lambda: len(receiver.requests) == 3)  # its next try is ~1.6 s away
+    with sm.begin() as session:
+        assert resume_hitl(session, job_id, {"next_phases": ["detect"]})
+    succeed_job(sm, job_id)
+    assert dispatch_once(sm, settings, owner="d").created == 1  # job.succeeded: it waits its turn
+    down = len(receiver.requests)
+    receiver.script.clear()  # back
+
+    def both_delivered() -> bool:
+        with sm() as session:
+            return session.scalars(select(Delivery.status)).all() == [DeliveryStatus.delivered] * 2
+
+    reports = _dispatch_until(sm, settings, both_delivered)
+    tried = [verify_webhook(secret, r.headers, r.body)["type"] for r in receiver.requests]
+    assert tried[:down] == ["job.awaiting_review"] * down  # nothing newer went out while it was pending
+    assert tried[down:] == ["job.awaiting_review", "job.succeeded"]  # each accepted once, in order
+    accepted = [r.headers["webhook-id"] for r in receiver.requests[down:]]
+    # the next event goes on the pass after the earlier one's delivery, not after a backoff of its own
+    assert [r.delivered for r in reports[-2:]] == [[accepted[0]], [accepted[1]]]
+    log = client.get(f"/v1/jobs/{job_id}/deliveries", headers=keys.submitter.headers).json()
+    assert [(d["event"], d["attempts"]) for d in log] == [("job.awaiting_review", down + 1), ("job.succeeded", 1)]
+
+
+def test_a_job_stuck_behind_its_earlier_event_does_not_hold_up_other_jobs(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+        tmp_path: Path, broker_url: str) -> None:
+    secret = _hook_key(sm, keys, receiver.url, tmp_path)
+    client = make_client()
+    stuck, other = _submit(client, keys, mode="hitl"), _submit(client, keys)
+    settings = _settings(db_url, tmp_path, broker_url)
+    receiver.script = [(503, {"Retry-After": "3600"})]  # the stuck job's first event: try again in an hour
+    succeed_job(sm, stuck, awaiting_review=True)
+    assert len(dispatch_once(sm, settings, owner="d").retrying) == 1
+    with sm.begin() as session:
+        assert resume_hitl(session, stuck, {"next_phases": ["detect"]})
+    succeed_job(sm, stuck)
+    succeed_job(sm, other)
+    report = dispatch_once(sm, settings, owner="d")
+    assert report.created == 2 and len(report.delivered) == 1 and not report.retrying
+    assert dispatch_once(sm, settings, owner="d").delivered == []  # the stuck job's succeeded still waits
+    events = [verify_webhook(secret, r.headers, r.body) for r in receiver.requests]
+    assert [(e["type"], e["data"]["job_id"]) for e in events] == [("job.awaiting_review", stuck),
+                                                                  ("job.succeeded", other)]
+    log = client.get(f"/v1/jobs/{stuck}/deliveries", headers=keys.submitter.headers).json()
+    assert [(d["event"], d["status"], d["attempts"]) for d in log] == [("job.awaiting_review", "pending", 1),
+                                                                      ("job.succeeded", "pending", 0)]
 
 
 def test_a_dispatcher_without_the_sealing_key_logs_why_and_sends_once_it_has_it(

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.jobs import SweepReport, purge_all, sweep
+from services.jobs import SweepReport, purge_all, sweep, untouch
 from services.queue import purge_delivered
 from shared.db.outage import short_reason
 from shared.settings import Settings
@@ -24,16 +24,41 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def sweep_once(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[[str], object]) -> SweepReport:
-    """One sweep in its own transaction; re-enqueues after the commit."""
+def sweep_once(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[[str], bool]) -> SweepReport:
+    """One sweep in its own transaction; re-enqueues after the commit. ``enqueue`` returns
+    False (or raises) when the broker refused the message: that job is untouched again, so the
+    next pass tries it, not one grace period later."""
     with sm.begin() as session:
         report = sweep(session, queued_grace_seconds=settings.queued_grace_seconds,
                        hard_time_limit_seconds=settings.hard_time_limit_seconds)
-    for job_id in report.requeue_ids:
-        enqueue(job_id)
-    if report.requeue_ids or report.failed_ids:
-        log.info("sweeper: re-enqueued %d job(s), failed %d", len(report.requeue_ids), len(report.failed_ids))
+    unsent, reason = _publish(report.requeue_ids, enqueue)
+    if unsent:
+        with sm.begin() as session:
+            untouch(session, report, unsent)
+    if not (report.requeue_ids or report.failed_ids):
+        return report
+    done = f"sweeper: re-enqueued {len(report.requeue_ids) - len(unsent)} job(s), failed {len(report.failed_ids)}"
+    if unsent:
+        log.warning("%s; %d message(s) could not be published%s, the next pass tries again", done, len(unsent),
+                    f" ({reason})" if reason else "")
+    else:
+        log.info("%s", done)
     return report
+
+
+def _publish(job_ids: list[str], enqueue: Callable[[str], bool]) -> tuple[list[str], str | None]:
+    """The ids whose message the broker refused, and the first error raised, if any: a broker
+    that is down fails every publish alike, so it is told once, not with a traceback each."""
+    unsent: list[str] = []
+    reason: str | None = None
+    for job_id in job_ids:
+        try:
+            if enqueue(job_id):
+                continue
+        except Exception as exc:
+            reason = reason or short_reason(exc)
+        unsent.append(job_id)
+    return unsent, reason
 
 
 class Every:
@@ -86,7 +111,7 @@ def purge_old_images(sm: sessionmaker[Session], settings: Settings) -> int:
     return purged
 
 
-def upkeep(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[[str], object]) -> None:
+def upkeep(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[[str], bool]) -> None:
     sweep_once(sm, settings, enqueue)
     purged = purge_delivered(settings)
     if purged:

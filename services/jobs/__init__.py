@@ -25,7 +25,7 @@ from .listing import Page, batch_counts, get_job, get_result, list_jobs, status_
 from .results import current_document
 from .retention import count_purgeable, purge_all, purge_images
 from .submit import create_batch, encode_png, submit_job
-from .sweeper import SweepReport, sweep
+from .sweeper import SweepReport, sweep, untouch
 
 __all__ = [
     "MAX_ATTEMPTS_CODE",
@@ -68,4 +68,5 @@ __all__ = [
     "status_counts",
     "submit_job",
     "sweep",
+    "untouch",
 ]

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
+import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.jobs import claim, complete, get_job, sweep
-from shared.db.models import JobStatus, ReviewState
+from services.maintenance import sweep_once
+from services.queue import enqueue_job, make_celery
+from shared.db.models import Job, JobStatus, ReviewState
 from shared.db.types import utcnow
+from shared.settings import Settings
 
 from .helpers import make_document
 
@@ -145,3 +151,69 @@ def test_with_no_job_taken_for_a_grace_period_every_stale_job_is_re_enqueued(sm:
         report = sweep(s, now=t0 + timedelta(seconds=GRACE + 1), queued_grace_seconds=GRACE,
                        hard_time_limit_seconds=HARD)
     assert sorted(report.requeue_ids) == sorted(jobs[:2])
+
+
+# --- sweep_once: publishing the messages ---------------------------------------------------
+
+
+@pytest.fixture
+def refusing_broker() -> Iterator[Callable[[str], bool]]:
+    """``enqueue_job`` on a Redis broker nothing listens on: each publish is refused (False)."""
+    app = make_celery(Settings(broker_url="redis://127.0.0.1:1/0", broker_timeout_seconds=0.5))
+    yield lambda job_id: enqueue_job(app, job_id)
+    app.close()
+
+
+def _lost_messages(sm: sessionmaker[Session], submit: Callable[..., str]) -> list[str]:
+    """Two jobs queued 20 minutes ago and never taken, and one whose worker died a minute ago
+    (well within the grace period): all three are re-enqueued at the next sweep."""
+    queued, dead = [submit(), submit()], submit()
+    with sm.begin() as s:
+        s.execute(update(Job).where(Job.id.in_(queued)).values(updated_at=utcnow() - timedelta(minutes=20)))
+        assert claim(s, dead, owner="dead", lease_seconds=10, now=utcnow() - timedelta(minutes=1)) is not None
+    return [*queued, dead]
+
+
+def test_a_job_whose_message_could_not_be_published_is_tried_again_at_the_next_pass(
+        sm: sessionmaker[Session], submit: Callable[..., str], refusing_broker: Callable[[str], bool],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """During a broker outage the sweeper said it re-enqueued the jobs, and touched them, so
+    once the broker was back they waited another grace period (300 s by default)."""
+    jobs = _lost_messages(sm, submit)
+    settings = Settings()
+    with caplog.at_level(logging.INFO, logger="services.maintenance"):
+        report = sweep_once(sm, settings, refusing_broker)
+    assert sorted(report.requeue_ids) == sorted(jobs)
+    [line] = [r for r in caplog.records if r.name == "services.maintenance"]
+    assert line.getMessage() == ("sweeper: re-enqueued 0 job(s), failed 0; 3 message(s) could not be published, "
+                                 "the next pass tries again")
+    assert line.levelno == logging.WARNING
+    published: list[str] = []
+
+    def enqueue(job_id: str) -> bool:  # the broker is back
+        published.append(job_id)
+        return True
+
+    again = sweep_once(sm, settings, enqueue)
+    assert sorted(again.requeue_ids) == sorted(published) == sorted(jobs)
+    assert sweep_once(sm, settings, refusing_broker).requeue_ids == []  # published: touched until the grace ends
+    with sm() as s:
+        assert {get_job(s, j).status for j in jobs} == {JobStatus.queued}  # type: ignore[union-attr]
+
+
+def test_a_publish_that_raises_is_counted_and_told_once_without_a_traceback(
+        sm: sessionmaker[Session], submit: Callable[..., str], caplog: pytest.LogCaptureFixture) -> None:
+    jobs = _lost_messages(sm, submit)
+
+    def enqueue(job_id: str) -> bool:
+        if job_id == jobs[0]:
+            raise ConnectionError("the broker hangs up")
+        return True
+
+    with caplog.at_level(logging.INFO):
+        sweep_once(sm, Settings(), enqueue)
+    [line] = [r for r in caplog.records if r.name == "services.maintenance"]
+    assert line.getMessage() == ("sweeper: re-enqueued 2 job(s), failed 0; 1 message(s) could not be published "
+                                 "(ConnectionError: the broker hangs up), the next pass tries again")
+    assert not any(r.exc_info for r in caplog.records)
+    assert sweep_once(sm, Settings(), lambda job_id: True).requeue_ids == [jobs[0]]

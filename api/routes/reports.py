@@ -9,8 +9,8 @@ Filters (both routes): ``from`` (inclusive) and ``to`` (exclusive) over the revi
 ``created_at``, each an RFC 3339 date or datetime with an offset; a date is a whole day in
 ``tz`` (an IANA zone; the service's ``FADA_REPORT_TIMEZONE`` when not given), so
 ``to=2026-03-31`` includes 31 March. ``mode`` (autonomous|hitl), ``group_by``
-(mode|model|label|reviewer|day; days in ``tz`` too). Empty values mean no filter (what an HTML form sends). The
-rules live in ``services.reports.filters``.
+(mode|model|label|reviewed_label|reviewer|day; days in ``tz`` too). Empty values mean no
+filter (what an HTML form sends). The rules live in ``services.reports.filters``.
 """
 
 from __future__ import annotations
@@ -62,9 +62,11 @@ Tz = Annotated[str | None, Query(
     description="IANA time zone in which dates and group_by=day are read; empty: the service's "
                 "FADA_REPORT_TIMEZONE (UTC unless configured)")]
 Mode = Annotated[Literal["", "autonomous", "hitl"] | None, Query(description="The job's mode; empty: all")]
-GroupByParam = Annotated[Literal["", "mode", "model", "label", "reviewer", "day"] | None, Query(
-    description="One group per value (model = the reviewed job's model revision, label = the result's view "
-                "label, reviewer = the reviewing key, day = the review's date in tz); empty: one overall group")]
+GroupByParam = Annotated[Literal["", "mode", "model", "label", "reviewed_label", "reviewer", "day"] | None, Query(
+    description="One group per value (model = the reviewed job's model revision, label = the model's view "
+                "label, reviewed_label = the view label as an interpretation review corrected it (the latest "
+                "correction; the model's where none), reviewer = the reviewing key, day = the review's date in "
+                "tz); empty: one overall group")]
 Format = Annotated[Literal["json", "csv"], Query(alias="format", description="json (default) or csv")]
 
 
@@ -113,7 +115,7 @@ class FiltersOut(BaseModel):
 
 class ScoreReportOut(BaseModel):
     filters: FiltersOut
-    group_by: Literal["mode", "model", "label", "reviewer", "day"] | None
+    group_by: Literal["mode", "model", "label", "reviewed_label", "reviewer", "day"] | None
     groups: list[GroupOut]
     agreement: list[AgreementOut]
     total: GroupOut = Field(description="all matching reviews as one group")

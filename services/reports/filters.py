@@ -35,6 +35,7 @@ class GroupBy(enum.StrEnum):
     mode = "mode"
     model = "model"
     label = "label"
+    reviewed_label = "reviewed_label"
     reviewer = "reviewer"
     day = "day"
 

@@ -34,8 +34,10 @@ from .svg import (
 
 MAX_BAR_ROWS = 30
 GROUP_TITLES = {None: "Overall", GroupBy.mode: "By mode", GroupBy.model: "By model revision",
-                GroupBy.label: "By view label", GroupBy.reviewer: "By reviewer", GroupBy.day: "By day"}
-UNKNOWN = {GroupBy.model: "(no model revision)", GroupBy.label: "(no view label)", GroupBy.reviewer: "(unknown)"}
+                GroupBy.label: "By view label", GroupBy.reviewed_label: "By view label as reviewed",
+                GroupBy.reviewer: "By reviewer", GroupBy.day: "By day"}
+UNKNOWN = {GroupBy.model: "(no model revision)", GroupBy.label: "(no view label)",
+           GroupBy.reviewed_label: "(no view label)", GroupBy.reviewer: "(unknown)"}
 
 CSS = """
 *{box-sizing:border-box}

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.db.models import ApiKey, JobMode, Result, Review, ReviewDimension
@@ -53,8 +53,9 @@ class ScoreRow:
     score: int
     mode: JobMode
     model: str | None
-    label: str | None
+    label: str | None  # the model's view label
     created_at: datetime
+    reviewed_label: str | None = None  # the view label as the reviewers left it (see fetch_rows)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ KEYS: dict[GroupBy, Callable[[ScoreRow], str | None]] = {
     GroupBy.mode: lambda r: r.mode.value,
     GroupBy.model: lambda r: r.model,
     GroupBy.label: lambda r: r.label,
+    GroupBy.reviewed_label: lambda r: r.reviewed_label,
     GroupBy.reviewer: lambda r: r.reviewer_id,
 }
 
@@ -170,11 +172,32 @@ def fetch_rows(session: Session, filters: ReportFilters) -> list[ScoreRow]:
         stmt = stmt.where(Review.created_at < filters.end)
     if filters.mode is not None:
         stmt = stmt.where(Review.job_mode == filters.mode)
+    found = session.execute(stmt).all()
+    corrected = corrected_labels(session, {row[0] for row in found})
     return [
         ScoreRow(job_id=job_id, reviewer_id=reviewer_id, reviewer_name=name, dimension=ReviewDimension(dimension),
-                 score=int(score), mode=JobMode(mode), model=model, label=lab, created_at=created)
-        for job_id, reviewer_id, name, dimension, score, mode, model, created, lab in session.execute(stmt)
+                 score=int(score), mode=JobMode(mode), model=model, label=lab, created_at=created,
+                 reviewed_label=corrected.get(job_id, lab))
+        for job_id, reviewer_id, name, dimension, score, mode, model, created, lab in found
     ]
+
+
+def corrected_labels(session: Session, job_ids: set[str]) -> dict[str, str]:
+    """The view label each job's reviewers corrected it to: from the current interpretation
+    review that corrects it, the latest written (created or amended) when several do, whatever
+    the report's window (a correction is a fact about the image, not about the period). Jobs
+    whose label no reviewer corrected are left out: their reviewed label is the model's."""
+    label = Review.corrections[("label",)].as_string()
+    written = func.coalesce(Review.amended_at, Review.created_at)
+    out: dict[str, str] = {}
+    ids = sorted(job_ids)
+    for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):  # bound the IN list
+        stmt = (select(Review.job_id, label)
+                .where(Review.job_id.in_(chunk), Review.dimension == ReviewDimension.interpretation,
+                       label.is_not(None))
+                .order_by(written, Review.id))
+        out.update({job_id: value for job_id, value in session.execute(stmt) if value})  # the latest wins
+    return out
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.reports import csv_columns
 from services.reports.filters import GroupBy
-from shared.db.models import JobMode, ReviewRevision
+from shared.db.models import JobMode, Review, ReviewRevision
 from tests.api.conftest import Keys
 from tests.api.helpers import assert_problem, audit_events
 
@@ -111,6 +111,7 @@ EXPECTED: dict[str, list[tuple[str | None, Any]]] = {
     "mode": [("autonomous", B_AND_C), ("hitl", A)],
     "model": [("rev-1", A), ("rev-2", B), (None, C)],
     "label": [("BPD_PLANE", A), ("FL_PLANE", B), (None, C)],
+    "reviewed_label": [("BPD_PLANE", A), ("FL_PLANE", B), (None, C)],  # no review corrects a label here
     # sono-1: interpretation 1, 2, 2 -> 5/3 = 1.667; overall (1.667 + 1.000) / 2 = 1.3335 -> 1.334
     "reviewer": [("sono-1", (3, (3, 1.667, 0.333), (3, 1.0, 1.0), 1.334)), ("sono-2", B)],
     "day": [("2026-03-02", A), ("2026-03-03", B_AND_C)],
@@ -130,6 +131,31 @@ def test_group_by_each_option(client: TestClient, keys: Keys, seeder: Seeder, gr
         assert {g["key"]: g["reviewer_id"] for g in body["groups"]} == seeder.reviewers
     else:
         assert all(g["reviewer_id"] is None for g in body["groups"])
+
+
+def test_reviewed_label_groups_by_the_label_the_reviewers_corrected(client: TestClient, keys: Keys,
+                                                                     seeder: Seeder) -> None:
+    """``label`` is the model's view label; ``reviewed_label`` is the one the latest correcting
+    interpretation review gave (an annotation review's corrections never hold a label), else
+    the model's."""
+    other = seeder.jobs(2, label="Other", at=T0)
+    bpd = seeder.jobs(1, label="BPD_PLANE", at=T0)
+    [corrected, _] = seeder.reviews(other, INTERPRETATION, [3, 1], reviewer="sono-1", at=T0)
+    seeder.reviews(other[:1], ANNOTATION, [2], reviewer="sono-1", at=T0)
+    [first, later] = [*seeder.reviews(bpd, INTERPRETATION, [2], reviewer="sono-1", at=T0),
+                      *seeder.reviews(bpd, INTERPRETATION, [3], reviewer="sono-2", at=T0 + timedelta(hours=1))]
+    with seeder.sm.begin() as session:
+        for review_id, label in ((corrected, "BPD_PLANE"), (first, "FL_PLANE"), (later, "HC_PLANE")):
+            session.get_one(Review, review_id).corrections = {"label": label}
+    by_model = get(client, keys.qa, group_by="label")
+    assert [(g["key"], g["cases"]) for g in by_model["groups"]] == [("BPD_PLANE", 1), ("Other", 2)]
+    reviewed = get(client, keys.qa, group_by="reviewed_label")
+    assert [(g["key"], g["cases"], g["interpretation"]["n"], g["annotation"]["n"]) for g in reviewed["groups"]] == [
+        ("BPD_PLANE", 1, 1, 1), ("HC_PLANE", 1, 2, 0), ("Other", 1, 1, 0)]
+    assert group(reviewed, "BPD_PLANE")["interpretation"]["mean"] == 3.0
+    # the page shows the same grouping
+    page = client.get(f"{SCORES}.html", params={"group_by": "reviewed_label"}, headers=keys.qa.headers).text
+    assert "By view label as reviewed" in page and "HC_PLANE" in page
 
 
 def test_mode_filter_and_grouping_combine(client: TestClient, keys: Keys, seeder: Seeder) -> None:

@@ -55,8 +55,10 @@ def make_celery(settings: Settings, *, name: str = "fada") -> Celery:
         worker_send_task_events=False,
         # Loading a real model in a fresh pool process takes minutes, not the default 4 s.
         worker_proc_alive_timeout=900,
-        # Past the hard limit the sweeper has failed the job; this stops the process still on it.
-        task_time_limit=int(settings.hard_time_limit_seconds) + 60,
+        # No Celery time limit: the worker's parent judges it, and while it reconnects to the
+        # broker it reads no results, so after an outage longer than the limit it killed pool
+        # processes whose job had finished (a model reload). The pool process stops itself
+        # instead (worker.tasks.process_time_limit, process_limit_seconds).
         # Redis: a message is handed out again only after this long unacknowledged. It must
         # exceed the longest job (or a running job is delivered twice); a dead worker's jobs
         # come back sooner through the lease sweeper, not through this.
@@ -65,13 +67,19 @@ def make_celery(settings: Settings, *, name: str = "fada") -> Celery:
     return app
 
 
+def process_limit_seconds(settings: Settings) -> int:
+    """How long one task may hold a pool process: the job's hard limit (past which the sweeper
+    fails the job) plus a minute to settle."""
+    return int(settings.hard_time_limit_seconds) + 60
+
+
 def _transport_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # Without socket timeouts a Redis that hangs (stopped, not down; a dropped connection)
         # blocks every publish and health check for as long as it hangs: the gateway's threads
         # run out and even /healthz stops answering. Reads stay far longer than the consumer's
         # 1 s BRPOP poll, so an idle worker never times out.
-        return {"visibility_timeout": int(settings.hard_time_limit_seconds) + 60,
+        return {"visibility_timeout": process_limit_seconds(settings),
                 "socket_timeout": settings.broker_timeout_seconds,
                 "socket_connect_timeout": settings.broker_timeout_seconds,
                 "socket_keepalive": True}

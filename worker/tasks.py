@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from celery.exceptions import Reject
 
 from services.jobs.process import JobRun, Outcome, process_batch
-from services.queue import TASK_RUN_JOB, enqueue_job
+from services.queue import TASK_RUN_JOB, enqueue_job, process_limit_seconds
 from shared.db.outage import database_unavailable, short_reason
 
 from . import runtime
@@ -30,11 +32,12 @@ def run_job(job_id: str) -> str:
     resting state. Idempotent: a job that is finished, canceled, awaiting review or leased by
     another live worker is left alone (the others' own messages then find them taken).
     Returns a summary for the worker's log, e.g. ``"3 succeeded, 1 awaiting_review"``."""
-    state = runtime.current(app_settings)
-    settings = state.settings
-    runs = when_the_database_answers(job_id, lambda: process_batch(
-        state.sm, state.runtime.pipeline, job_id, owner=state.owner, lease_seconds=settings.lease_seconds,
-        batch_size=settings.batch_size, linger_seconds=settings.batch_linger_seconds))
+    with process_time_limit(process_limit_seconds(app_settings)):
+        state = runtime.current(app_settings)
+        settings = state.settings
+        runs = when_the_database_answers(job_id, lambda: process_batch(
+            state.sm, state.runtime.pipeline, job_id, owner=state.owner, lease_seconds=settings.lease_seconds,
+            batch_size=settings.batch_size, linger_seconds=settings.batch_linger_seconds))
     for run in runs:
         if run.outcome is Outcome.requeued:
             enqueue_job(app, run.job_id)
@@ -70,3 +73,19 @@ def when_the_database_answers(job_id: str, work: Callable[[], list[JobRun]], *,
                             short_reason(exc), patience)
             time.sleep(pause)
             pause = min(pause * 2, 10.0)
+
+
+@contextmanager
+def process_time_limit(seconds: float) -> Iterator[None]:
+    """Past ``seconds`` this pool process writes every thread's stack to its stderr and exits
+    (faulthandler's watchdog, a C thread: it fires even in a hang that holds the GIL). The
+    process's death gives its message back (``reject_on_worker_lost``) and Celery starts a new
+    one; the sweeper has failed the job for its time limit by then. Judged here rather than by
+    Celery's parent, which reads no results while it reconnects to the broker (see
+    ``services.queue``)."""
+    # fd 2: Celery replaces sys.stderr with a logging proxy that has no file descriptor
+    faulthandler.dump_traceback_later(seconds, exit=True, file=2)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()

@@ -317,3 +317,31 @@ def test_redis_restart_with_jobs_queued_every_job_finishes(tmp_path: Path, postg
             assert queued_before >= 1, "no job was still queued when Redis went down; the test proved nothing"
     finally:
         broker.stop()
+
+
+def test_a_broker_outage_longer_than_the_time_limit_does_not_kill_a_worker_whose_job_finished(
+        tmp_path: Path, postgres_url: str, tiny_model_dir: Path, small_profile_path: Path) -> None:
+    """Redis goes down while a job runs and stays down past the task's time limit. The job
+    finishes meanwhile; its process must not be killed for it once Redis is back (Celery's
+    parent, blocked reconnecting, used to fire its time-limit timer before reading the result
+    and SIGKILL the pool process: a model reload, minutes on a GPU)."""
+    broker = PrivateRedis(tmp_path)
+    broker.start()
+    try:
+        for service in _service(tmp_path, postgres_url, broker.url, tiny_model_dir, small_profile_path):
+            service.env["FADA_HARD_TIME_LIMIT_SECONDS"] = "20"  # the process's limit: 80 s
+            worker = service.start_worker()
+            service.wait_ready()
+            first = service.submit(encode(noise_rgb(48, 40, seed=40), "PNG"), "during.png")
+            _wait_for_log(worker, "running 1 job(s) together")
+            broker.stop()
+            assert service.wait_status(first, "succeeded", "failed")["status"] == "succeeded"
+            time.sleep(85)  # Redis down past the 80 s
+            broker.start()
+            second = service.submit(encode(noise_rgb(48, 40, seed=41), "PNG"), "after.png")
+            assert service.wait_status(second, "succeeded", "failed", timeout=180)["status"] == "succeeded"
+            log = worker.log_tail(1_000_000)
+            assert "signal 9" not in log and "Hard time limit" not in log, log[-3000:]
+            assert log.count("model loaded in") == 1, "the model was loaded again"
+    finally:
+        broker.stop()

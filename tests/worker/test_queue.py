@@ -89,8 +89,8 @@ def test_a_message_sent_by_a_worker_carries_no_time_limit_of_its_own(tmp_path: P
     settings = Settings(data_dir=tmp_path, hard_time_limit_seconds=5)
     app = make_celery(settings)
 
-    @app.task(name=TASK_RUN_JOB)
-    def run_job(job_id: str) -> None:  # registered here, as in a worker process
+    @app.task(name=TASK_RUN_JOB, time_limit=65)
+    def run_job(job_id: str) -> None:  # registered here, as in a worker process, with a limit
         raise AssertionError("only sent, never run")
 
     assert app.tasks[TASK_RUN_JOB].time_limit == 65  # what Celery would otherwise put in the message

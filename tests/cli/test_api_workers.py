@@ -3,9 +3,7 @@ is answered by one of them, and must still count every process's requests."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +12,7 @@ import httpx
 
 from tests.worker.processes import free_port
 
-from .test_serve import _unconfigured, _wait
+from .test_serve import _unconfigured, _wait, terminate
 
 HEALTHZ = re.compile(r'^fada_http_requests_total\{method="GET",route="/healthz",status="200"\} (\S+)$', re.M)
 
@@ -45,9 +43,4 @@ def test_metrics_count_the_requests_of_every_gateway_process(tmp_path: Path) -> 
             counted = HEALTHZ.search(scrape)
             assert counted and float(counted.group(1)) == 30, (counted and counted.group(0), scrape[:2000])
     finally:
-        api.send_signal(signal.SIGTERM)
-        try:
-            api.wait(30)
-        finally:
-            if api.poll() is None:
-                os.killpg(api.pid, signal.SIGKILL)
+        terminate(api)

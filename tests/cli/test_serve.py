@@ -30,6 +30,16 @@ def _unconfigured() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("FADA_")}
 
 
+def terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as an operator stops it; its whole process group killed if it is not gone in 30 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 def _start_serve(folder: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
     """``fada serve`` with no configuration in ``folder`` (its own process group); its log."""
     log = folder / "serve.log"
@@ -72,12 +82,7 @@ def test_fada_serve_on_the_embedded_default(tmp_path: Path) -> None:
             result = client.get(job["result_url"], headers=auth).json()
             assert result["image"]["format"] == "dicom" and result["model"]["untrained"] is True
     finally:
-        serve.send_signal(signal.SIGTERM)
-        try:
-            serve.wait(30)
-        finally:
-            if serve.poll() is None:
-                os.killpg(serve.pid, signal.SIGKILL)
+        terminate(serve)
     assert serve.returncode == 0, log.read_text(errors="replace")[-3000:]
     # the worker it started went with it
     leftover = subprocess.run(["pgrep", "-g", str(serve.pid)], capture_output=True, text=True).stdout.split()

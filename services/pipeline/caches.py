@@ -5,7 +5,11 @@ taking one row out as a cache of its own.
 Full-attention layers hold per-token keys and values ``[batch, heads, tokens, dim]``; rows of
 different lengths are left-padded to one length and an attention mask hides the padding.
 Linear-attention layers hold fixed-size conv and recurrent states per row, which are simply
-concatenated: they never see padding.
+concatenated: they never see padding. Since transformers 5.25 a linear layer also counts the
+tokens it has seen (``cumulative_length_linear``), and ``Cache.get_seq_length()`` reads layer
+0's count, a linear layer in qwen3_5: the positions of a later forward come from it, so every
+operation here keeps that count equal to the row's real (unpadded) length, or to the padded
+width for stacked rows.
 """
 
 from __future__ import annotations
@@ -30,6 +34,15 @@ def kv_layer(layer: Any) -> bool:
     return False
 
 
+_COUNT = "cumulative_length_linear"  # absent before transformers 5.25
+
+
+def _set_count(layer: Any, count: torch.Tensor) -> None:
+    """Give a linear layer its own token count (a new tensor: transformers adds to it in place)."""
+    if hasattr(layer, _COUNT):
+        setattr(layer, _COUNT, count.clone())
+
+
 def stack_caches(caches: Sequence[Any], extra_pads: Sequence[int]) -> Any:
     """Stack the caches' rows into the first one (its tensors are replaced, not written):
     KV left-padded by ``extra_pads``, states concatenated."""
@@ -37,6 +50,8 @@ def stack_caches(caches: Sequence[Any], extra_pads: Sequence[int]) -> Any:
     for index, layer in enumerate(target.layers):
         layers = [cache.layers[index] for cache in caches]
         if isinstance(layer, LinearAttentionCacheLayerMixin):
+            if hasattr(layer, _COUNT):  # the common padded width: any cache's count plus its padding
+                _set_count(layer, getattr(layers[0], _COUNT) + extra_pads[0])
             for state in range(layer.number_of_states):
                 if layer.is_conv_states_initialized[state]:
                     layer.conv_states[state] = torch.cat([each.conv_states[state] for each in layers])
@@ -52,6 +67,8 @@ def stack_caches(caches: Sequence[Any], extra_pads: Sequence[int]) -> Any:
 def cut_left(cache: Any, count: int) -> None:
     """Drop the first ``count`` (padding) positions of every full-attention layer."""
     for layer in cache.layers:
+        if isinstance(layer, LinearAttentionCacheLayerMixin) and hasattr(layer, _COUNT):
+            _set_count(layer, getattr(layer, _COUNT) - count)
         if kv_layer(layer):
             layer.keys = layer.keys[:, :, count:, :]
             layer.values = layer.values[:, :, count:, :]
@@ -68,6 +85,8 @@ def row_of(cache: Any, row: int, pad: int) -> Any:
             part.conv_states = {s: None if t is None else t[row:row + 1].clone() for s, t in layer.conv_states.items()}
             part.recurrent_states = {s: None if t is None else t[row:row + 1].clone()
                                      for s, t in layer.recurrent_states.items()}
+            if hasattr(layer, _COUNT):  # the row's own length, without the padding
+                _set_count(part, getattr(layer, _COUNT) - pad)
             for flags in ("is_conv_states_initialized", "is_recurrent_states_initialized", "has_previous_state",
                           "conv_kernel_size"):
                 setattr(part, flags, dict(getattr(layer, flags)))

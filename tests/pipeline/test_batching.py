@@ -15,6 +15,7 @@ from services.ingest import DecodedImage
 from services.models.loader import LoadedModel, load_model, source_from_dir
 from services.pipeline import batching, grammars
 from services.pipeline.batching import GenRequest
+from services.pipeline.caches import cut_left
 from services.pipeline.engine import Engine, ImagePrefix
 from services.pipeline.profile import Profile
 from services.pipeline.runner import BatchItem, Pipeline, ResumeError
@@ -108,9 +109,6 @@ def batch_run(pipeline: Pipeline, items: list[BatchItem], loaded_tiny: LoadedMod
     return results, calls
 
 
-@pytest.mark.xfail(strict=False, reason="fails in full CI runs since 2026-12-03 15:30 (also at 56a2def, "
-                   "which passed before), passes alone: an environment- or history-dependent numeric difference under "
-                   "investigation (stop 18 note)")
 def test_every_item_gets_what_it_gets_alone(batch_run: tuple[list[ResultDocument | Exception], list[int]],
                                              alone: list[ResultDocument]) -> None:
     results, _ = batch_run
@@ -324,9 +322,6 @@ def test_prefill_many_equals_one_prefill_per_row(engine: Engine, prefixes: list[
         assert all(torch.equal(a, b) for a, b in zip(now, kept, strict=True))
 
 
-@pytest.mark.xfail(strict=False, reason="fails in full CI runs since 2026-12-03 15:30 (also at 56a2def, "
-                   "which passed before), passes alone: an environment- or history-dependent numeric difference under "
-                   "investigation (stop 18 note)")
 def test_encode_images_equals_one_encode_per_image(engine: Engine, images: dict[str, DecodedImage],
                                                    prefixes: list[ImagePrefix], tiny_profile: Profile,
                                                    loaded_tiny: LoadedModel) -> None:
@@ -344,6 +339,7 @@ def test_encode_images_equals_one_encode_per_image(engine: Engine, images: dict[
     for batched, single in zip(together, prefixes, strict=True):
         assert torch.equal(batched.input_ids, single.input_ids) and batched.model_size == single.model_size
         assert torch.equal(batched.rope_deltas, single.rope_deltas)
+        assert int(batched.cache.get_seq_length()) == int(single.cache.get_seq_length()) == single.input_ids.shape[1]
         for ours, theirs in zip(batched.cache.layers, single.cache.layers, strict=True):
             pairs = ([(ours.keys, theirs.keys), (ours.values, theirs.values)] if hasattr(theirs, "keys") else
                      [(ours.conv_states[0], theirs.conv_states[0]),
@@ -352,6 +348,28 @@ def test_encode_images_equals_one_encode_per_image(engine: Engine, images: dict[
                 torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
         torch.testing.assert_close(engine.prefill(batched, suffix)[1], engine.prefill(single, suffix)[1],
                                    rtol=0, atol=1e-4)
+
+
+def _counts(cache: Any) -> set[int]:
+    """The token count every layer reports: KV width for full attention, the linear layers'
+    own count (transformers 5.25 and later, where ``get_seq_length()`` reads layer 0's)."""
+    counts = {int(layer.keys.shape[2]) for layer in cache.layers if getattr(layer, "keys", None) is not None}
+    return counts | {int(layer.cumulative_length_linear) for layer in cache.layers
+                     if hasattr(layer, "cumulative_length_linear")}
+
+
+def test_row_operations_keep_every_layers_token_count(engine: Engine, prefixes: list[ImagePrefix],
+                                                      tiny_profile: Profile) -> None:
+    """Stacking, cutting padding and taking rows out keep every layer's count of seen tokens
+    equal to the KV width: positions of the next forward come from it."""
+    assert all(_counts(prefix.cache) == {prefix.input_ids.shape[1]} for prefix in prefixes)
+    suffix = engine.suffix_ids(tiny_profile.prompts.interpret)
+    cache, pads, _ = engine.prefill_many(prefixes, suffix.expand(len(prefixes), -1))
+    width = max(int(prefix.input_ids.shape[1]) for prefix in prefixes) + suffix.shape[1]
+    assert _counts(cache) == {width} and int(cache.get_seq_length()) == width
+    cut_left(cache, min(pads) + 1)  # one column more than the shortest padding: just the count is checked
+    assert _counts(cache) == {width - min(pads) - 1}
+    assert all(_counts(prefix.cache) == {prefix.input_ids.shape[1]} for prefix in prefixes)  # untouched
 
 
 def test_requests_of_one_prompt_are_prefilled_together(engine: Engine, prefixes: list[ImagePrefix],
@@ -518,9 +536,6 @@ def test_a_failed_step_frees_the_slots(static_engine: Engine, prefixes: list[Ima
     assert [g.token_ids for g in again] == [g.token_ids for g in expected]
 
 
-@pytest.mark.xfail(strict=False, reason="fails in full CI runs since 2026-12-03 15:30 (also at 56a2def, "
-                   "which passed before), passes alone: an environment- or history-dependent numeric difference under "
-                   "investigation (stop 18 note)")
 def test_a_batch_on_the_static_loop_equals_the_single_runs(static_engine: Engine, tiny_profile: Profile,
                                                            loaded_tiny: LoadedModel, items: list[BatchItem],
                                                            alone: list[ResultDocument]) -> None:

@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 TINY_MODEL ?= var/models/tiny
 SAMPLE ?= $(shell $(BIN)/python -c "from pydicom.data import get_testdata_file; print(get_testdata_file('examples_palette.dcm'))" 2>/dev/null)
 
-.PHONY: install run demo test lint bench clean
+.PHONY: install run demo test lint bench clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,11 @@ $(BIN)/python:
 
 # torch first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
 # xgrammar without its declared deps: they pull a 1 GB triton the CPU path never uses.
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+# Every other package at the version in constraints.txt (what CI tested); `make lock` refreshes it.
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q --no-deps "xgrammar>=0.2.8,<0.3" "apache-tvm-ffi>=0.1.11"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt --no-deps "xgrammar>=0.2.8,<0.3" "apache-tvm-ffi>=0.1.11"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -53,6 +54,14 @@ bench: $(TINY_MODEL)/fada_model.json
 .PHONY: bench-gpu
 bench-gpu: install
 	$(BIN)/python bench/gpu_pipeline.py --json var/bench/gpu_pipeline.json $(ARGS)
+
+# Take the newest releases pyproject.toml allows, then record them: run `make test` before committing.
+lock: $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q --upgrade --no-deps "xgrammar>=0.2.8,<0.3" "apache-tvm-ffi>=0.1.11"
+	$(BIN)/pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

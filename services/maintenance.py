@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 def sweep_once(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[[str], bool]) -> SweepReport:
     """One sweep in its own transaction; re-enqueues after the commit. ``enqueue`` returns
-    False (or raises) when the broker refused the message: that job is untouched again, so the
-    next pass tries it, not one grace period later."""
+    False (or raises) when the broker refused the message: that job and the ones not tried
+    after it are untouched again, so the next pass tries them, not one grace period later."""
     with sm.begin() as session:
         report = sweep(session, queued_grace_seconds=settings.queued_grace_seconds,
                        hard_time_limit_seconds=settings.hard_time_limit_seconds)
@@ -47,18 +47,19 @@ def sweep_once(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[
 
 
 def _publish(job_ids: list[str], enqueue: Callable[[str], bool]) -> tuple[list[str], str | None]:
-    """The ids whose message the broker refused, and the first error raised, if any: a broker
-    that is down fails every publish alike, so it is told once, not with a traceback each."""
-    unsent: list[str] = []
-    reason: str | None = None
-    for job_id in job_ids:
+    """The ids not published, and the error that stopped publishing, if one was raised. The
+    first refusal ends the pass's publishing: a broker that refuses one message refuses the
+    next alike, and a hung one costs about twice ``FADA_BROKER_TIMEOUT_SECONDS`` a try, so
+    trying every stale job would hold the sweeper for minutes. The rest wait for the next pass."""
+    for index, job_id in enumerate(job_ids):
         try:
             if enqueue(job_id):
                 continue
+            reason = None
         except Exception as exc:
-            reason = reason or short_reason(exc)
-        unsent.append(job_id)
-    return unsent, reason
+            reason = short_reason(exc)
+        return job_ids[index:], reason
+    return [], None
 
 
 class Every:

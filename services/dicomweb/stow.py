@@ -1,4 +1,5 @@
-"""STOW-RS: store DICOM instances, each as a job (``external_id`` = SOP Instance UID), and
+"""STOW-RS: store DICOM instances, each as a job (``external_id`` = SOP Instance UID) of the
+instance's representative frame (a cine's Representative Frame Number, else its first), and
 answer as DICOM PS3.18 says: 200 all stored, 202 some failed, 409 none stored, with a DICOM
 JSON body naming what was stored (ReferencedSOPSequence) and what failed (FailedSOPSequence).
 
@@ -81,7 +82,7 @@ def store_instances(
                 forget_if_ended_without_result(session, api_key_id, key)
             accepted = accept_job(
                 sm, Upload(bytes(part.data), f"{sop_instance}.dcm"),
-                replace(options, external_id=sop_instance[:128]),
+                replace(options, external_id=sop_instance[:128], frame=None),
                 api_key_id=api_key_id, enqueue=enqueue, max_pixels=max_pixels, max_attempts=max_attempts,
                 idempotency_key=key, max_pending=max_pending)
         except IngestError as exc:

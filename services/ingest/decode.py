@@ -16,10 +16,11 @@ DEFAULT_MAX_PIXELS = 40_000_000
 MAX_ASPECT_RATIO = 200
 
 
-def decode_image(data: bytes, *, frame: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def decode_image(data: bytes, *, frame: int | None = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Decode a PNG, JPEG or DICOM Part 10 upload, detected from its content, into 8-bit RGB.
 
-    ``frame`` is a 0-based index for multi-frame inputs; ``max_pixels`` bounds one decoded frame
+    ``frame`` is a 0-based index for multi-frame inputs; ``None`` takes a DICOM's representative
+    frame (frame 0 of anything else), and the result says which. ``max_pixels`` bounds one decoded frame
     and is checked from the header before any pixel data is decompressed.
     Raises an ``IngestError`` subclass for every refusal.
     """
@@ -30,15 +31,16 @@ def decode_image(data: bytes, *, frame: int = 0, max_pixels: int = DEFAULT_MAX_P
     fmt = sniff_format(data[:SNIFF_BYTES])
     if fmt is None:
         raise UnsupportedMediaType("the file is not a PNG, JPEG or DICOM (Part 10) image")
-    if frame < 0:
+    if frame is not None and frame < 0:
         raise FrameOutOfRange(f"frame index must be 0 or more, got {frame}")
 
     digest = hashlib.sha256(data).hexdigest()
     if fmt == "dicom":
         decoded = decode_dicom(data, frame=frame, max_pixels=max_pixels)
-        image, frame_count = decoded.image, decoded.frame_count
+        image, frame, frame_count = decoded.image, decoded.frame, decoded.frame_count
         spacing, info = decoded.pixel_spacing_mm, decoded.info
     else:
+        frame = frame or 0
         image, frame_count = decode_raster(data, fmt, frame=frame, max_pixels=max_pixels)
         spacing, info = None, None
     if max(image.size) > MAX_ASPECT_RATIO * min(image.size):

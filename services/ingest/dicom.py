@@ -69,13 +69,15 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 @dataclass(frozen=True)
 class DicomFrame:
     image: Image.Image
+    frame: int  # 0-based: the one asked for, or the representative one (see ``representative_frame``)
     frame_count: int
     pixel_spacing_mm: tuple[float, float] | None
     info: DicomInfo
 
 
-def decode_dicom(data: bytes, *, frame: int, max_pixels: int) -> DicomFrame:
-    """Decode frame ``frame`` (0-based) of a DICOM Part 10 file into 8-bit RGB."""
+def decode_dicom(data: bytes, *, frame: int | None, max_pixels: int) -> DicomFrame:
+    """Decode frame ``frame`` (0-based) of a DICOM Part 10 file into 8-bit RGB; ``None``: the
+    frame the instance itself names as representative."""
     check_deflated_size(data, max_inflated_bytes=max_pixels * _DEFLATE_BYTES_PER_PIXEL + _DEFLATE_NON_PIXEL_BYTES)
     ds = _read(data)
     try:
@@ -88,7 +90,7 @@ def decode_dicom(data: bytes, *, frame: int, max_pixels: int) -> DicomFrame:
         raise UndecodableImage(f"DICOM file is damaged: {exc}") from exc
 
 
-def _decode_dataset(ds: Dataset, *, size: int, frame: int, max_pixels: int) -> DicomFrame:
+def _decode_dataset(ds: Dataset, *, size: int, frame: int | None, max_pixels: int) -> DicomFrame:
     _check_not_empty(ds)
     # Before anything reads an attribute: reading converts raw elements and loses their offsets.
     cut_short = _ends_mid_element(ds, size)
@@ -105,6 +107,8 @@ def _decode_dataset(ds: Dataset, *, size: int, frame: int, max_pixels: int) -> D
     # Only the requested frame is ever decoded, so one frame is what the limit applies to.
     if rows * columns > max_pixels:
         raise TooManyPixels(f"DICOM frame is {columns}x{rows}; the limit is {max_pixels} pixels")
+    if frame is None:
+        frame = representative_frame(ds, frame_count)
     if not 0 <= frame < frame_count:
         raise FrameOutOfRange(f"frame {frame} requested but the DICOM object has {frame_count} frame(s)")
 
@@ -119,6 +123,7 @@ def _decode_dataset(ds: Dataset, *, size: int, frame: int, max_pixels: int) -> D
 
     return DicomFrame(
         image=frame_to_rgb8(arr, ds, decoded),
+        frame=frame,
         frame_count=frame_count,
         pixel_spacing_mm=pixel_spacing_mm(ds, frame),
         info=info,
@@ -181,6 +186,17 @@ def _yes_no(value: str | None) -> str | None:
     """BurnedInAnnotation is YES or NO (CS); anything else is recorded as unknown."""
     value = (value or "").strip().upper()
     return value if value in ("YES", "NO") else None
+
+
+def representative_frame(ds: Dataset, frame_count: int) -> int:
+    """The 0-based frame a multi-frame instance names as its pictorial representation
+    (Representative Frame Number, 0028,6010, 1-based: ultrasound cines carry it, set where the
+    sonographer froze the loop), or 0 when it names none, or one it does not have."""
+    try:
+        number = int(ds.get("RepresentativeFrameNumber") or 0)
+    except (TypeError, ValueError):  # a malformed value picks no frame; the image is still read
+        return 0
+    return number - 1 if 1 <= number <= frame_count else 0
 
 
 def _geometry(ds: Dataset) -> tuple[int, int, int]:

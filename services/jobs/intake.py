@@ -33,7 +33,7 @@ class Upload:
 class JobOptions:
     mode: JobMode = JobMode.autonomous
     external_id: str | None = None
-    frame: int = 0
+    frame: int | None = 0  # None: a DICOM's representative frame (what STOW-RS analyses), else 0
     # Notifications, resolved by the caller (services.notify.plan_notifications): where this
     # job's webhook events go, and whether a DICOM job's result is pushed to the PACS. Not
     # part of the Idempotency-Key fingerprint: they say where news goes, not what to analyse.
@@ -43,7 +43,9 @@ class JobOptions:
     links_base: str | None = None
 
     def fields(self) -> dict[str, object]:
-        return {"mode": self.mode.value, "external_id": self.external_id, "frame": self.frame}
+        # None counts as 0: the upload's own bytes decide which frame it is, and STOW-RS pushes
+        # stored when it always analysed frame 0 must still replay as the same request.
+        return {"mode": self.mode.value, "external_id": self.external_id, "frame": self.frame or 0}
 
 
 class _LostRace(Exception):
@@ -169,7 +171,7 @@ def _look_early(sm: sessionmaker[Session], api_key_id: str, asked: int, limit: i
             admit(session, api_key_id, asked, limit, lock=False)
 
 
-def _decode(index: int, uploads: Sequence[Upload], frame: int, max_pixels: int) -> DecodedImage:
+def _decode(index: int, uploads: Sequence[Upload], frame: int | None, max_pixels: int) -> DecodedImage:
     """One upload of a batch; its ``IngestError`` names the file as people count ("file 2 of
     3", and its name) and carries its 0-based position for programs (``file_index``)."""
     upload = uploads[index]

@@ -205,3 +205,23 @@ def test_a_part_whose_file_meta_lacks_its_uids_is_still_stored(make_app: AppFact
     r = httpx.post(f"{base}/dicomweb/studies", content=body, headers={**keys.submitter.headers, "Content-Type": ctype})
     assert r.status_code == 200, r.text
     assert [j.external_id for j in _jobs(sm)] == [ds.SOPInstanceUID]
+
+
+def test_a_cine_is_analysed_at_its_representative_frame(make_app: AppFactory, serve: Serve, keys: Keys,
+                                                        sm: sessionmaker[Session]) -> None:
+    """A PACS pushes whole instances and cannot ask for a frame: the job reads the frame the cine
+    names (Representative Frame Number, 1-based), or its first when it names none."""
+    base = serve(make_app())
+    named = pydicom.dcmread(str(get_testdata_file("examples_ybr_color.dcm")))  # a 30-frame ultrasound cine
+    named.SOPInstanceUID = named.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    named.RepresentativeFrameNumber = 12
+    unnamed = pydicom.dcmread(str(get_testdata_file("examples_ybr_color.dcm")))
+    unnamed.SOPInstanceUID = unnamed.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    assert "RepresentativeFrameNumber" not in unnamed
+    body, ctype = _related(_bytes(named), _bytes(unnamed))
+    r = httpx.post(f"{base}/dicomweb/studies", content=body, headers={**keys.submitter.headers, "Content-Type": ctype})
+    assert r.status_code == 200, r.text
+    with sm() as session:
+        frames = {job.external_id: (image.frame, image.frame_count) for job, image in
+                  session.execute(select(Job, Image).join(Image, Image.id == Job.image_id))}
+    assert frames == {named.SOPInstanceUID: (11, 30), unnamed.SOPInstanceUID: (0, 30)}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut
 from pydicom.sequence import Sequence
@@ -235,6 +237,27 @@ def test_multi_frame_ultrasound_cine() -> None:
     assert not np.array_equal(np.asarray(first.image), np.asarray(last.image))
     with pytest.raises(FrameOutOfRange):
         decode_image(data, frame=30)
+
+
+@pytest.mark.parametrize(("number", "expected"), [(4, 3), (30, 29), (1, 0), (None, 0), (31, 0), (0, 0)])
+def test_no_frame_asked_takes_the_cine_s_representative_frame(number: int | None, expected: int) -> None:
+    """``frame=None`` (what STOW-RS asks): Representative Frame Number (1-based) where the cine
+    names one it has, else frame 0; the result says which, and its pixels are that frame's."""
+    ds = sample_dataset("examples_ybr_color.dcm")  # 30 frames
+    if number is not None:
+        ds.RepresentativeFrameNumber = number
+    data = dataset_bytes(ds)
+    chosen, asked = decode_image(data, frame=None), decode_image(data, frame=expected)
+    assert (chosen.frame, chosen.frame_count) == (expected, 30)
+    assert np.array_equal(np.asarray(chosen.image), np.asarray(asked.image))
+    assert decode_image(data, frame=0).frame == 0  # a frame asked for is the frame analysed
+
+
+def test_no_frame_asked_of_a_single_frame_image_is_its_only_frame() -> None:
+    png = io.BytesIO()
+    Image.new("RGB", (32, 24), "gray").save(png, format="PNG")
+    for data in (sample_bytes("examples_palette.dcm"), png.getvalue()):
+        assert (decode_image(data, frame=None).frame, decode_image(data, frame=None).frame_count) == (0, 1)
 
 
 @pytest.mark.parametrize(("name", "frames"), [("rtdose.dcm", 15), ("SC_rgb_rle_2frame.dcm", 2)])

@@ -8,6 +8,7 @@ sweeper, which re-enqueues queued jobs nobody took (``services.jobs.sweep``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -107,6 +108,22 @@ def enqueue_job(app: Celery, job_id: str) -> bool:
         log.warning("could not enqueue job %s (the sweeper will): %s", job_id, exc)
         return False
     return True
+
+
+def publisher(app: Celery) -> Callable[[str], bool]:
+    """``enqueue_job`` for the jobs of one request (a batch, a STOW-RS push), which stops at the
+    first refusal: a broker that refuses one message refuses the next alike, and a hung one
+    costs each try about twice ``broker_timeout_seconds``, so a batch of 50 would hold its
+    caller for minutes. The jobs not published are committed as queued: the sweeper sends them."""
+    refused = False
+
+    def publish(job_id: str) -> bool:
+        nonlocal refused
+        if not refused:
+            refused = not enqueue_job(app, job_id)
+        return not refused
+
+    return publish
 
 
 def broker_reachable(app: Celery, *, timeout: float = 2.0) -> str | None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
 
 from services.jobs import batch_counts, get_job
 from services.jobs.intake import Upload, accept_batch
-from services.queue import enqueue_job
+from services.queue import publisher
 from shared.db.models import Batch, Role
 
 from ..context import Caller
@@ -50,7 +50,7 @@ def submit_batch(
     accepted, job_ids = accept_batch(
         ctx.sm, uploads, job_options(ctx, request, caller, mode=mode, external_id=external_id, frame=frame,
                                      callback_url=callback_url),
-        api_key_id=caller.key_id, enqueue=lambda job_id: enqueue_job(ctx.celery, job_id),
+        api_key_id=caller.key_id, enqueue=publisher(ctx.celery),
         max_pixels=ctx.settings.max_pixels, max_attempts=ctx.settings.job_max_attempts,
         idempotency_key=idempotency_key, max_pending=ctx.pending_limit(caller))
     set_audit_job(request, accepted.id, batch_id=accepted.id, jobs=len(job_ids), replay=not accepted.created)

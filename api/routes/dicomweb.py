@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.dicomweb.multipart_related import MalformedMultipart, NotMultipartRelated, boundary_of, split_parts
 from services.dicomweb.stow import store_instances, to_dicom_json
-from services.queue import enqueue_job
+from services.queue import publisher
 from shared.db.models import Role
 
 from ..context import Caller
@@ -93,7 +93,7 @@ async def stow(
     options = await run_in_threadpool(lambda: job_options(ctx, request, caller, mode=mode))
     outcome = await run_in_threadpool(
         store_instances, ctx.sm, parts, options, api_key_id=caller.key_id,
-        enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,
+        enqueue=publisher(ctx.celery), max_pixels=ctx.settings.max_pixels,
         max_attempts=ctx.settings.job_max_attempts, max_pending=ctx.pending_limit(caller))
     JOBS_SUBMITTED.labels(options.mode.value).inc(outcome.created)
     request.state.audit_detail = {"stored": len(outcome.stored), "failed": len(outcome.failed),

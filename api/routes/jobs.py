@@ -13,7 +13,7 @@ from services.jobs import cancel, current_document, get_job, list_jobs, rejected
 from services.jobs.intake import JobOptions, Upload, accept_job
 from services.notify import InvalidTarget, plan_notifications
 from services.notify.log import deliveries_of
-from services.queue import enqueue_job
+from services.queue import publisher
 from shared.db.models import Job, JobMode, JobStatus, ReviewState, Role
 from shared.schemas.results import ResultDocument
 from shared.text import code_points, unprintable
@@ -105,7 +105,7 @@ def submit(
                           callback_url=callback_url)
     accepted = accept_job(
         ctx.sm, Upload(file.file.read(), file.filename), options, api_key_id=caller.key_id,
-        enqueue=lambda job_id: enqueue_job(ctx.celery, job_id), max_pixels=ctx.settings.max_pixels,
+        enqueue=publisher(ctx.celery), max_pixels=ctx.settings.max_pixels,
         max_attempts=ctx.settings.job_max_attempts, idempotency_key=idempotency_key,
         max_pending=ctx.pending_limit(caller))
     set_audit_job(request, accepted.id, replay=not accepted.created)

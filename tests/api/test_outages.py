@@ -5,6 +5,7 @@ not a 500 that they give up on; a hung broker costs a submission seconds, not th
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import threading
@@ -14,13 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
 import pytest
 from fastapi import FastAPI
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from cli.client import FadaClient, RetryPolicy
+from services import queue
 from shared.db.migrate import upgrade
 from shared.db.models import Job, JobStatus
 from tests.fixtures_db import connections_refused, throwaway_postgres_database
@@ -157,6 +162,49 @@ def test_a_hung_broker_costs_a_submission_seconds_and_loses_no_job(
         ready = assert_problem(http.get("/readyz"), 503, "not_ready")
         assert ready["checks"]["broker"].startswith("unreachable") and ready["checks"]["database"] == "ok"
     assert jobs_in(sm) == 1
+
+
+def _stow_body(count: int) -> tuple[bytes, str]:
+    """A multipart/related body of ``count`` copies of pydicom's ultrasound, each its own instance."""
+    boundary, parts = uuid.uuid4().hex, []
+    for _ in range(count):
+        ds = pydicom.dcmread(str(get_testdata_file("examples_palette.dcm")))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        parts.append(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + buffer.getvalue()
+                     + b"\r\n")
+    return (b"".join(parts) + b"--" + boundary.encode() + b"--\r\n",
+            f'multipart/related; type="application/dicom"; boundary={boundary}')
+
+
+def test_a_request_of_many_jobs_tries_a_hung_broker_once(
+        hung_redis: tuple[str, socket.socket], app_on: Callable[..., tuple[FastAPI, Keys, sessionmaker[Session]]],
+        serve: Callable[[FastAPI], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch or a STOW-RS push stops publishing at the first refusal: each try costs about
+    twice the broker timeout, and a batch of 50 tried them all. Every job is stored, queued for
+    the sweeper."""
+    tries: list[str] = []
+    real = queue.enqueue_job
+
+    def counted(app: Any, job_id: str) -> bool:
+        tries.append(job_id)
+        return real(app, job_id)
+
+    monkeypatch.setattr(queue, "enqueue_job", counted)
+    app, keys, sm = app_on(hung_redis[0], broker_timeout_seconds=0.5)
+    with httpx.Client(base_url=serve(app), timeout=60) as http:
+        batch = http.post("/v1/batches", headers=keys.submitter.headers,
+                          files=[("file", (f"{seed}.png", png(seed), "image/png")) for seed in range(4)])
+        assert batch.status_code == 202, batch.text
+        assert len(tries) == 1
+        body, content_type = _stow_body(3)
+        pushed = http.post("/dicomweb/studies", content=body,
+                           headers={**keys.submitter.headers, "Content-Type": content_type})
+        assert pushed.status_code == 200, pushed.text
+        assert len(tries) == 2
+    with sm() as session:
+        assert list(session.scalars(select(Job.status))) == [JobStatus.queued] * 7
 
 
 def test_healthz_answers_while_every_worker_thread_waits_on_a_hung_broker(

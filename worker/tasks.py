@@ -11,8 +11,9 @@ from contextlib import contextmanager
 
 from celery.exceptions import Reject
 
+from services.jobs import publish_jobs
 from services.jobs.process import JobRun, Outcome, process_batch
-from services.queue import TASK_RUN_JOB, enqueue_job, process_limit_seconds
+from services.queue import TASK_RUN_JOB, process_limit_seconds, publisher
 from shared.db.outage import database_unavailable, short_reason
 
 from . import runtime
@@ -38,9 +39,7 @@ def run_job(job_id: str) -> str:
         runs = when_the_database_answers(job_id, lambda: process_batch(
             state.sm, state.runtime.pipeline, job_id, owner=state.owner, lease_seconds=settings.lease_seconds,
             batch_size=settings.batch_size, linger_seconds=settings.batch_linger_seconds))
-    for run in runs:
-        if run.outcome is Outcome.requeued:
-            enqueue_job(app, run.job_id)
+    publish_jobs(state.sm, publisher(app), [run.job_id for run in runs if run.outcome is Outcome.requeued])
     return summary(runs)
 
 

@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from services.queue import enqueue_job
+from services.jobs import publish_jobs
+from services.queue import publisher
 from services.reviews import (
     Corrections,
     QueueEntry,
@@ -190,7 +191,7 @@ def create(request: Request, response: Response, ctx: Ctx, caller: ReviewerOnly,
         hitl = {"hitl": "resumed" if submitted.resumed else "finished", "next_phases": submitted.gate.phases,
                 "group": submitted.gate.group}
     if submitted.resumed:
-        enqueue_job(ctx.celery, job_id)  # after the commit; a lost message is re-sent by the sweeper
+        publish_jobs(ctx.sm, publisher(ctx.celery), [job_id])  # after the commit; refused: the sweeper sends it
     _audit(request, out, **hitl)
     response.headers["Location"] = f"/v1/jobs/{job_id}/reviews/{out.dimension.value}"
     return out

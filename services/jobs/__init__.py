@@ -22,6 +22,7 @@ from .lifecycle import (
     resume_hitl,
 )
 from .listing import Page, batch_counts, get_job, get_result, list_jobs, status_counts
+from .publishing import Enqueue, mark_unpublished, publish_jobs
 from .results import current_document
 from .retention import count_purgeable, purge_all, purge_images
 from .submit import create_batch, encode_png, submit_job
@@ -32,6 +33,7 @@ __all__ = [
     "REJECTED_DETAIL",
     "TIME_LIMIT_CODE",
     "ClaimedJob",
+    "Enqueue",
     "IdempotencyConflict",
     "InvalidCursor",
     "InvalidTransition",
@@ -57,6 +59,8 @@ __all__ = [
     "get_job",
     "get_result",
     "list_jobs",
+    "mark_unpublished",
+    "publish_jobs",
     "purge_all",
     "purge_images",
     "rejected_by_reviewer",

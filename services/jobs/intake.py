@@ -7,7 +7,7 @@ Every refusal raises before the transaction commits, so a refused upload leaves 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,9 +18,8 @@ from shared.db.models import Batch, Job, JobMode
 from .admission import admit
 from .errors import IdempotencyConflict, TooManyPending
 from .idempotency import find_idempotent, fingerprint, remember_idempotent
+from .publishing import Enqueue, publish_jobs
 from .submit import create_batch, submit_job
-
-Enqueue = Callable[[str], object]
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def accept_job(
         return Accepted(race.target_id, created=False)
     except TooManyPending as refused:
         return Accepted(_committed_twin(sm, api_key_id, idempotency_key, print_, refused)[0], created=False)
-    enqueue(job_id)
+    publish_jobs(sm, enqueue, [job_id])
     return Accepted(job_id, created=True)
 
 
@@ -158,8 +157,7 @@ def accept_batch(
     except TooManyPending as refused:
         twin = _committed_twin(sm, api_key_id, idempotency_key, print_, refused)
         return Accepted(twin[0], created=False), twin[1]
-    for job_id in job_ids:
-        enqueue(job_id)
+    publish_jobs(sm, enqueue, job_ids)
     return Accepted(batch_id, created=True), job_ids
 
 

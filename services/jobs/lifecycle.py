@@ -85,6 +85,7 @@ def _claim_stmt(where: ColumnElement[bool], *, owner: str, now: datetime, expire
             lease_expires_at=expires,
             started_at=now,
             updated_at=now,
+            unpublished=False,  # taken: whatever message was missing no longer matters
         )
         .returning(Job.id, Job.attempts, Job.max_attempts, Job.mode, Job.image_id, Job.hitl_state, Job.hitl_choice)
     )

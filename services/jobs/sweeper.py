@@ -53,7 +53,9 @@ def sweep(
     1. running jobs started more than ``hard_time_limit_seconds`` ago -> failed ``time_limit``;
     2. running jobs whose lease expired -> queued (lease cleared) and reported for re-enqueue,
        or failed ``max_attempts`` when their attempts are used up;
-    3. queued jobs not touched for ``queued_grace_seconds`` whose message looks lost are
+    3. queued jobs whose message the broker refused (``unpublished``) are reported for
+       re-enqueue at once, their mark cleared and ``updated_at`` touched;
+    4. queued jobs not touched for ``queued_grace_seconds`` whose message looks lost are
        reported for re-enqueue and their ``updated_at`` touched, so each is re-enqueued at
        most once per grace period (``untouch`` gives the touch back where the message could
        not be published: the next pass tries again). Looks lost: no job was claimed within
@@ -116,7 +118,20 @@ def sweep(
         )
         report.failed_ids.extend(rows.scalars())
 
-    # 3. queued jobs whose message looks lost
+    # 3. queued jobs whose message the broker refused (``mark_unpublished``): sent at once
+    unsent = (Job.status == JobStatus.queued, Job.unpublished.is_(True))
+    locked = _locked(session, *unsent, limit=limit)
+    if locked:
+        rows = session.execute(
+            update(Job).where(Job.id.in_(list(locked)), *unsent).values(updated_at=now, unpublished=False)
+            .returning(Job.id),
+            execution_options=_SYNC,
+        )
+        touched = list(rows.scalars())
+        report.requeue_ids.extend(touched)
+        report.untouched.update({job_id: locked[job_id] for job_id in touched})
+
+    # 4. queued jobs whose message looks lost (the ones just touched are not stale)
     stale: tuple[ColumnElement[bool], ...] = (Job.status == JobStatus.queued, Job.updated_at < recent)
     newest_taken = session.scalar(select(func.max(Job.created_at)).where(Job.started_at >= recent))
     if newest_taken is not None:  # the workers are taking messages: only those passed over
@@ -136,13 +151,15 @@ def sweep(
 
 
 def untouch(session: Session, report: SweepReport, job_ids: Iterable[str]) -> None:
-    """Give back the pass's touch of jobs whose message could not be published, so that the
-    next pass re-enqueues them instead of one grace period later. Only where a job is still as
-    the pass left it: one a worker took since (on an older message) is left alone."""
+    """Give back the pass's touch of jobs whose message could not be published, and mark them
+    ``unpublished``, so that the next pass re-enqueues them instead of one grace period later.
+    Only where a job is still as the pass left it: one a worker took since (on an older
+    message) is left alone."""
     for job_id in job_ids:
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.queued, Job.updated_at == report.touched_at)
-            .values(updated_at=report.untouched[job_id]),
+            .values(updated_at=report.untouched[job_id], unpublished=True),
             execution_options=_SYNC,
         )
+

@@ -242,6 +242,9 @@ class Job(Base):
     # the base of the absolute links in this job's webhook events. Only kept with a webhook.
     links_base: Mapped[str | None] = mapped_column(String(2048))
     notify: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
+    # Queued, and its message was refused by the broker (down or hung): the sweeper sends it at
+    # its next pass, not a grace period later. Cleared when sent, or when a worker claims the job.
+    unpublished: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
     notified_status: Mapped[str | None] = mapped_column(String(32))
 
     image: Mapped[Image] = relationship()

@@ -205,6 +205,7 @@ def test_a_request_of_many_jobs_tries_a_hung_broker_once(
         assert len(tries) == 2
     with sm() as session:
         assert list(session.scalars(select(Job.status))) == [JobStatus.queued] * 7
+        assert list(session.scalars(select(Job.unpublished))) == [True] * 7  # the sweeper's next pass sends them
 
 
 def test_healthz_answers_while_every_worker_thread_waits_on_a_hung_broker(

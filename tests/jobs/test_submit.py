@@ -161,7 +161,7 @@ def test_a_twin_that_committed_while_this_request_was_on_its_way_is_its_answer_n
     monkeypatch.setattr(intake, held_in, held)
 
     def run(name: str) -> None:
-        options = {"api_key_id": api_key_id, "enqueue": lambda _: None, "max_pixels": 10**8, "max_attempts": 3,
+        options = {"api_key_id": api_key_id, "enqueue": lambda _: True, "max_pixels": 10**8, "max_attempts": 3,
                    "idempotency_key": "same", "max_pending": 1}
         if kind == "job":
             answers[name] = intake.accept_job(sm, intake.Upload(data), intake.JobOptions(), **options).id

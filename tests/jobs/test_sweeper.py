@@ -10,14 +10,14 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.jobs import claim, complete, get_job, sweep
+from services.jobs import claim, complete, get_job, intake, sweep
 from services.maintenance import sweep_once
 from services.queue import enqueue_job, make_celery
 from shared.db.models import Job, JobStatus, ReviewState
 from shared.db.types import utcnow
 from shared.settings import Settings
 
-from .helpers import make_document
+from .helpers import make_document, png_bytes
 
 GRACE = 30.0
 HARD = 3600.0
@@ -201,8 +201,12 @@ def test_a_job_whose_message_could_not_be_published_is_tried_again_at_the_next_p
         published.append(job_id)
         return True
 
+    with sm() as s:  # marked: the next pass sends them whatever their age
+        assert all(s.get(Job, j).unpublished for j in jobs)  # type: ignore[union-attr]
     again = sweep_once(sm, settings, enqueue)
     assert sorted(again.requeue_ids) == sorted(published) == sorted(jobs)
+    with sm() as s:
+        assert not any(s.get(Job, j).unpublished for j in jobs)  # type: ignore[union-attr]
     assert sweep_once(sm, settings, refusing_broker).requeue_ids == []  # published: touched until the grace ends
     with sm() as s:
         assert {get_job(s, j).status for j in jobs} == {JobStatus.queued}  # type: ignore[union-attr]
@@ -229,3 +233,28 @@ def test_a_publish_that_raises_is_counted_and_told_once_without_a_traceback(
                                  "(ConnectionError: the broker hangs up), the next pass tries again")
     assert not any(r.exc_info for r in caplog.records)
     assert sorted(sweep_once(sm, Settings(), lambda job_id: True).requeue_ids) == sorted(report.requeue_ids[1:])
+
+
+def test_a_job_whose_message_the_broker_refused_at_submission_is_sent_at_the_next_pass(
+        sm: sessionmaker[Session], api_key_id: str, refusing_broker: Callable[[str], bool]) -> None:
+    """Not a grace period (300 s by default) later: a broker outage of a minute delays the jobs
+    submitted during it by about a minute. A job a worker takes meanwhile loses its mark."""
+    upload = intake.Upload(png_bytes())
+    options = {"api_key_id": api_key_id, "max_pixels": 10**8, "max_attempts": 3}
+    refused = [intake.accept_job(sm, upload, intake.JobOptions(external_id=str(n)), enqueue=refusing_broker,
+                                 **options).id for n in range(2)]
+    sent = intake.accept_job(sm, upload, intake.JobOptions(external_id="sent"), enqueue=lambda _: True, **options).id
+    with sm() as s:
+        assert [s.get(Job, j).unpublished for j in [*refused, sent]] == [True, True, False]  # type: ignore[union-attr]
+    with sm.begin() as s:
+        assert claim(s, refused[1], owner="w", lease_seconds=60) is not None
+        assert not s.get(Job, refused[1]).unpublished  # type: ignore[union-attr]
+    published: list[str] = []
+
+    def enqueue(job_id: str) -> bool:  # the broker is back
+        published.append(job_id)
+        return True
+
+    report = sweep_once(sm, Settings(), enqueue)
+    assert report.requeue_ids == published == [refused[0]]
+    assert sweep_once(sm, Settings(), lambda job_id: True).requeue_ids == []  # sent once, mark cleared

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.jobs import SweepReport, purge_all, sweep, untouch
+from services.jobs import Enqueue, SweepReport, purge_all, sweep, untouch
 from services.queue import purge_delivered
 from shared.db.outage import short_reason
 from shared.settings import Settings
@@ -24,7 +24,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def sweep_once(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[[str], bool]) -> SweepReport:
+def sweep_once(sm: sessionmaker[Session], settings: Settings, enqueue: Enqueue) -> SweepReport:
     """One sweep in its own transaction; re-enqueues after the commit. ``enqueue`` returns
     False (or raises) when the broker refused the message: that job and the ones not tried
     after it are untouched again, so the next pass tries them, not one grace period later."""
@@ -46,7 +46,7 @@ def sweep_once(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[
     return report
 
 
-def _publish(job_ids: list[str], enqueue: Callable[[str], bool]) -> tuple[list[str], str | None]:
+def _publish(job_ids: list[str], enqueue: Enqueue) -> tuple[list[str], str | None]:
     """The ids not published, and the error that stopped publishing, if one was raised. The
     first refusal ends the pass's publishing: a broker that refuses one message refuses the
     next alike, and a hung one costs about twice ``FADA_BROKER_TIMEOUT_SECONDS`` a try, so
@@ -112,7 +112,7 @@ def purge_old_images(sm: sessionmaker[Session], settings: Settings) -> int:
     return purged
 
 
-def upkeep(sm: sessionmaker[Session], settings: Settings, enqueue: Callable[[str], bool]) -> None:
+def upkeep(sm: sessionmaker[Session], settings: Settings, enqueue: Enqueue) -> None:
     sweep_once(sm, settings, enqueue)
     purged = purge_delivered(settings)
     if purged:

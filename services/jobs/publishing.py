@@ -5,7 +5,7 @@ out ``queued_grace_seconds``: a Redis outage of a minute then delays those jobs 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,31 +18,19 @@ Enqueue = Callable[[str], bool]  # publishes a job id; False when the broker ref
 
 
 def publish_jobs(sm: sessionmaker[Session], enqueue: Enqueue, job_ids: Sequence[str]) -> None:
-    """Send the jobs' messages, after the commit; mark the ones the broker refused, so the
-    sweeper's next pass sends them. Marking is a shortcut only: if the database fails here,
-    the grace period still covers those jobs, and the caller still gets its answer."""
+    """Send the jobs' messages, after the commit; mark the queued ones the broker refused, so
+    the sweeper's next pass sends them (a job a worker already took is not marked). Marking is
+    a shortcut only: if the database fails here, the grace period still covers those jobs, and
+    the caller still gets its answer."""
     refused = [job_id for job_id in job_ids if not enqueue(job_id)]
     if not refused:
         return
     try:
         with sm.begin() as session:
-            mark_unpublished(session, refused)
+            session.execute(
+                update(Job).where(Job.id.in_(refused), Job.status == JobStatus.queued).values(unpublished=True),
+                execution_options={"synchronize_session": False},
+            )
     except Exception as exc:
         log.warning("%d job(s) not enqueued and not marked for the sweeper (it sends them after "
                     "FADA_QUEUED_GRACE_SECONDS): %s", len(refused), exc)
-
-
-def mark_unpublished(session: Session, job_ids: Iterable[str]) -> int:
-    """Mark queued jobs whose message the broker refused at submission (or resumption): the
-    sweeper's next pass sends it, instead of waiting out ``queued_grace_seconds``. Returns how
-    many were marked (a job a worker already took is not)."""
-    ids = list(job_ids)
-    if not ids:
-        return 0
-    rows = session.execute(
-        update(Job).where(Job.id.in_(ids), Job.status == JobStatus.queued).values(unpublished=True)
-        .returning(Job.id),
-        execution_options={"synchronize_session": False},
-    )
-    return len(list(rows.scalars()))
-

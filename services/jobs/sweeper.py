@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.clock import db_now
@@ -53,12 +53,11 @@ def sweep(
     1. running jobs started more than ``hard_time_limit_seconds`` ago -> failed ``time_limit``;
     2. running jobs whose lease expired -> queued (lease cleared) and reported for re-enqueue,
        or failed ``max_attempts`` when their attempts are used up;
-    3. queued jobs whose message the broker refused (``unpublished``) are reported for
-       re-enqueue at once, their mark cleared and ``updated_at`` touched;
-    4. queued jobs not touched for ``queued_grace_seconds`` whose message looks lost are
-       reported for re-enqueue and their ``updated_at`` touched, so each is re-enqueued at
-       most once per grace period (``untouch`` gives the touch back where the message could
-       not be published: the next pass tries again). Looks lost: no job was claimed within
+    3. queued jobs whose message the broker refused (``unpublished``: at once) or looks lost
+       (not touched for ``queued_grace_seconds``) are reported for re-enqueue, their mark
+       cleared and ``updated_at`` touched, so a lost one is re-enqueued at most once per grace
+       period (``untouch`` gives the touch back and marks the job where the message could not
+       be published: the next pass tries again). Looks lost: no job was claimed within
        the grace period (the workers are idle or gone), or a job submitted after this one's
        last enqueue was (the broker hands messages out oldest first, so this one's should
        have come before it). A job merely waiting its turn behind a long backlog is left
@@ -118,28 +117,17 @@ def sweep(
         )
         report.failed_ids.extend(rows.scalars())
 
-    # 3. queued jobs whose message the broker refused (``mark_unpublished``): sent at once
-    unsent = (Job.status == JobStatus.queued, Job.unpublished.is_(True))
+    # 3. queued jobs whose message the broker refused (``unpublished``) or looks lost
+    looks_lost: tuple[ColumnElement[bool], ...] = (Job.updated_at < recent,)
+    newest_taken = session.scalar(select(func.max(Job.created_at)).where(Job.started_at >= recent))
+    if newest_taken is not None:  # the workers are taking messages: only those passed over
+        looks_lost = (*looks_lost, Job.updated_at < newest_taken)
+    unsent = (Job.status == JobStatus.queued, or_(Job.unpublished.is_(True), and_(*looks_lost)))
     locked = _locked(session, *unsent, limit=limit)
     if locked:
         rows = session.execute(
             update(Job).where(Job.id.in_(list(locked)), *unsent).values(updated_at=now, unpublished=False)
             .returning(Job.id),
-            execution_options=_SYNC,
-        )
-        touched = list(rows.scalars())
-        report.requeue_ids.extend(touched)
-        report.untouched.update({job_id: locked[job_id] for job_id in touched})
-
-    # 4. queued jobs whose message looks lost (the ones just touched are not stale)
-    stale: tuple[ColumnElement[bool], ...] = (Job.status == JobStatus.queued, Job.updated_at < recent)
-    newest_taken = session.scalar(select(func.max(Job.created_at)).where(Job.started_at >= recent))
-    if newest_taken is not None:  # the workers are taking messages: only those passed over
-        stale = (*stale, Job.updated_at < newest_taken)
-    locked = _locked(session, *stale, limit=limit)
-    if locked:
-        rows = session.execute(
-            update(Job).where(Job.id.in_(list(locked)), *stale).values(updated_at=now).returning(Job.id),
             execution_options=_SYNC,
         )
         touched = list(rows.scalars())
@@ -162,4 +150,3 @@ def untouch(session: Session, report: SweepReport, job_ids: Iterable[str]) -> No
             .values(updated_at=report.untouched[job_id], unpublished=True),
             execution_options=_SYNC,
         )
-

@@ -37,10 +37,11 @@ def kv_layer(layer: Any) -> bool:
 _COUNT = "cumulative_length_linear"  # absent before transformers 5.25
 
 
-def _set_count(layer: Any, count: torch.Tensor) -> None:
-    """Give a linear layer its own token count (a new tensor: transformers adds to it in place)."""
-    if hasattr(layer, _COUNT):
-        setattr(layer, _COUNT, count.clone())
+def _shift_count(target: Any, source: Any, delta: int) -> None:
+    """``target``'s token count becomes ``source``'s plus ``delta``, as a tensor of its own
+    (transformers adds to it in place). Nothing where the layer keeps no count."""
+    if hasattr(source, _COUNT):
+        setattr(target, _COUNT, getattr(source, _COUNT) + delta)
 
 
 def stack_caches(caches: Sequence[Any], extra_pads: Sequence[int]) -> Any:
@@ -50,8 +51,7 @@ def stack_caches(caches: Sequence[Any], extra_pads: Sequence[int]) -> Any:
     for index, layer in enumerate(target.layers):
         layers = [cache.layers[index] for cache in caches]
         if isinstance(layer, LinearAttentionCacheLayerMixin):
-            if hasattr(layer, _COUNT):  # the common padded width: any cache's count plus its padding
-                _set_count(layer, getattr(layers[0], _COUNT) + extra_pads[0])
+            _shift_count(layer, layers[0], extra_pads[0])  # the padded width: any cache's count plus its padding
             for state in range(layer.number_of_states):
                 if layer.is_conv_states_initialized[state]:
                     layer.conv_states[state] = torch.cat([each.conv_states[state] for each in layers])
@@ -67,8 +67,8 @@ def stack_caches(caches: Sequence[Any], extra_pads: Sequence[int]) -> Any:
 def cut_left(cache: Any, count: int) -> None:
     """Drop the first ``count`` (padding) positions of every full-attention layer."""
     for layer in cache.layers:
-        if isinstance(layer, LinearAttentionCacheLayerMixin) and hasattr(layer, _COUNT):
-            _set_count(layer, getattr(layer, _COUNT) - count)
+        if isinstance(layer, LinearAttentionCacheLayerMixin):
+            _shift_count(layer, layer, -count)
         if kv_layer(layer):
             layer.keys = layer.keys[:, :, count:, :]
             layer.values = layer.values[:, :, count:, :]
@@ -85,8 +85,7 @@ def row_of(cache: Any, row: int, pad: int) -> Any:
             part.conv_states = {s: None if t is None else t[row:row + 1].clone() for s, t in layer.conv_states.items()}
             part.recurrent_states = {s: None if t is None else t[row:row + 1].clone()
                                      for s, t in layer.recurrent_states.items()}
-            if hasattr(layer, _COUNT):  # the row's own length, without the padding
-                _set_count(part, getattr(layer, _COUNT) - pad)
+            _shift_count(part, layer, -pad)  # the row's own length, without the padding
             for flags in ("is_conv_states_initialized", "is_recurrent_states_initialized", "has_previous_state",
                           "conv_kernel_size"):
                 setattr(part, flags, dict(getattr(layer, flags)))

@@ -51,6 +51,11 @@ def make_celery(settings: Settings, *, name: str = "fada") -> Celery:
         task_default_queue=GPU_QUEUE,
         task_routes={TASK_RUN_JOB: {"queue": GPU_QUEUE}},
         broker_connection_retry_on_startup=True,
+        # A worker never gives up on the broker: Celery's default (100 tries, about 46 minutes
+        # of kombu's back-off) ended every worker at once after a long Redis outage, and each
+        # came back only through its supervisor, reloading its model. The broker being away
+        # is /readyz's to report; the worker waits and reconnects within 30 s of its return.
+        broker_connection_max_retries=None,
         broker_connection_timeout=settings.broker_timeout_seconds,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

@@ -345,3 +345,23 @@ def test_a_broker_outage_longer_than_the_time_limit_does_not_kill_a_worker_whose
             assert log.count("model loaded in") == 1, "the model was loaded again"
     finally:
         broker.stop()
+
+
+def test_a_warm_shutdown_mid_batch_finishes_every_job_of_the_batch(redis_service: Service) -> None:
+    """SIGTERM to the worker's main process (an operator's stop, systemd's KillMode=mixed)
+    while it runs a batch of 4: the pool process finishes all four jobs, at their first
+    attempt, before the worker exits; none is left running for the lease sweeper."""
+    service = redis_service
+    service.env["FADA_BATCH_SIZE"] = "4"
+    ids = [service.submit(encode(noise_rgb(320, 240, seed=30 + i), "PNG"), f"warm-{i}.png") for i in range(4)]
+    worker = service.start_worker()
+    deadline = time.monotonic() + 120
+    while {service.job(i)["status"] for i in ids} != {"running"}:
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.1)
+    worker.proc.terminate()
+    assert worker.proc.wait(180) == 0, worker.log_tail()
+    for job_id in ids:
+        job = service.job(job_id)
+        assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    assert service.count(Result, Result.job_id.in_(ids)) == 4

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 from services.queue import GPU_QUEUE, broker_reachable, enqueue_job, make_celery, purge_delivered
 from shared.settings import Settings
 
-from .processes import free_port
+from .processes import PrivateRedis, free_port
 
 
 def _count(db: Path, where: str) -> int:
@@ -100,3 +100,29 @@ def test_a_message_sent_by_a_worker_carries_no_time_limit_of_its_own(tmp_path: P
         assert message.headers["task"] == TASK_RUN_JOB and message.headers["argsrepr"] == "['job-1']"
         assert message.headers["timelimit"] in ([None, None], (None, None)), message.headers
         message.ack()
+
+
+def test_a_worker_keeps_trying_a_broker_that_is_away_for_long(tmp_path: Path) -> None:
+    """The call Celery's consumer makes when it lost the broker (``Consumer.ensure_connected``:
+    ``ensure_connection`` with ``broker_connection_max_retries``), kombu's back-off cut to
+    nothing so that 150 refused tries take a moment instead of an hour: with Celery's default
+    of 100 tries the worker would exit with "Unrecoverable error" (seen by hand). Here it is
+    still trying at the 150th, and connects once Redis is there."""
+    redis_server = PrivateRedis(tmp_path)
+    settings = Settings(data_dir=tmp_path, broker_url=redis_server.url)
+    app = make_celery(settings)
+    tries: list[Exception] = []
+
+    def refused(exc: Exception, _interval: float) -> None:
+        tries.append(exc)
+        if len(tries) == 150:
+            redis_server.start()
+
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(refused, app.conf.broker_connection_max_retries,
+                                   interval_start=0, interval_step=0, interval_max=0)
+            assert conn.connected
+            assert len(tries) == 150
+    finally:
+        redis_server.stop()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -50,9 +52,11 @@ def dispatch_once(sm: sessionmaker[Session], settings: Settings, *, owner: str,
                                         public_url=settings.public_url)
     lease = timedelta(seconds=settings.notify_timeout_seconds * 3 + 5)
     with sm.begin() as session:
-        due = claim_due(session, owner=owner, lease=lease)
+        now = db_now(session)
+        due = claim_due(session, owner=owner, lease=lease, now=now)
     if not due:
         return report
+    clock = stamp_clock(now)
     authorization = settings.pacs_authorization.get_secret_value() if settings.pacs_authorization else None
     try:
         box = secret_box(settings)
@@ -63,7 +67,7 @@ def dispatch_once(sm: sessionmaker[Session], settings: Settings, *, owner: str,
     try:
         with ThreadPoolExecutor(max_workers=min(SENDERS, len(due))) as pool:
             attempts = list(pool.map(lambda d: send(d, http, sm, pacs_authorization=authorization, secrets=box,
-                                                   allowed_hosts=settings.webhook_allowed_hosts), due))
+                                                   allowed_hosts=settings.webhook_allowed_hosts, clock=clock), due))
     finally:
         if own_client:
             http.close()
@@ -76,6 +80,15 @@ def dispatch_once(sm: sessionmaker[Session], settings: Settings, *, owner: str,
             log.warning("delivery %s (%s of job %s) try %d: %s", delivery.id, delivery.kind.value,
                         delivery.job_id, delivery.attempts + 1, attempt.error)
     return report
+
+
+def stamp_clock(now: datetime) -> Callable[[], int]:
+    """Seconds by the database's clock, read once at the claim and carried on by this host's
+    monotonic clock, for the webhooks' ``webhook-timestamp``: receivers refuse a stamp over 5
+    minutes off theirs, and a worker's wall clock may drift. Sending a webhook then needs no
+    database: one that is away mid-pass costs the pass its records, not its sends."""
+    started = time.monotonic()
+    return lambda: int(now.timestamp() + time.monotonic() - started)
 
 
 def claim_due(session: Session, *, owner: str, lease: timedelta, now: datetime | None = None) -> list[DueDelivery]:

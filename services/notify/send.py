@@ -10,7 +10,7 @@ import os
 import ssl
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.export.dicom_sr import build_sr, content_time, source_instance, sr_bytes
 from services.jobs import get_result
-from shared.db.clock import db_now
 from shared.db.models import DeliveryKind
 from shared.schemas.results import ResultDocument
 
@@ -56,11 +55,13 @@ class Attempt:
 
 
 def send(delivery: DueDelivery, client: httpx.Client, sm: sessionmaker[Session], *,
-         pacs_authorization: str | None, secrets: SecretBox, allowed_hosts: Sequence[str]) -> Attempt:
+         pacs_authorization: str | None, secrets: SecretBox, allowed_hosts: Sequence[str],
+         clock: Callable[[], int]) -> Attempt:
+    """``clock`` gives the webhook's timestamp (``dispatch.stamp_clock``: the database's time)."""
     started = time.perf_counter()
     try:
         if delivery.kind is DeliveryKind.webhook:
-            response = _post_webhook(delivery, client, secrets, allowed_hosts, sent_at=_db_seconds(sm))
+            response = _post_webhook(delivery, client, secrets, allowed_hosts, sent_at=clock())
         else:
             response = _store_sr(delivery, client, sm, pacs_authorization)
     except _Unsendable as exc:  # its message says why; the class name would only be noise
@@ -86,13 +87,6 @@ def _http_error(response: httpx.Response, kind: DeliveryKind) -> str:
 class _Unsendable(Exception):
     """The delivery cannot be built (no secret any more, no result): retrying may help once
     an operator fixes it, so it counts as a failed try."""
-
-
-def _db_seconds(sm: sessionmaker[Session]) -> int:
-    """The time a webhook is stamped with (``webhook-timestamp``), by the database's clock:
-    receivers refuse a stamp over 5 minutes off theirs, and a worker's clock may drift."""
-    with sm() as session:
-        return int(db_now(session).timestamp())
 
 
 def _post_webhook(delivery: DueDelivery, client: httpx.Client, secrets: SecretBox,

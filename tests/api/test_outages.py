@@ -1,7 +1,8 @@
 """The gateway while a peer is out: a PostgreSQL database that refuses connections (as during a
 restart or failover) and a Redis broker that hangs (stopped, not down: it accepts connections
 and never answers). The database's outage is a 503 with ``Retry-After`` that the clients retry,
-not a 500 that they give up on; a hung broker costs a submission seconds, not the gateway."""
+not a 500 that they give up on; a hung broker costs a submission seconds, not the gateway.
+And the webhook dispatcher while the database goes away mid-pass."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import io
 import logging
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +21,29 @@ import httpx
 import pydicom
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from cli.client import FadaClient, RetryPolicy
+from cli.webhooks import verify_webhook
 from services import queue
+from services.keys import configure_webhook
+from services.notify import dispatch as dispatch_module
+from services.notify import dispatch_once
+from services.notify.sealing import secret_box
+from services.notify.send import Attempt
 from shared.db.migrate import upgrade
-from shared.db.models import Job, JobStatus
+from shared.db.models import Delivery, DeliveryStatus, Job, JobStatus
 from tests.fixtures_db import connections_refused, throwaway_postgres_database
+from tests.webhook_receiver import running_receiver
 
 from .conftest import Keys, close_app, make_keys, make_settings, open_sessions
-from .helpers import assert_problem, file_part, png
+from .helpers import assert_problem, file_part, png, succeed_job
 
 # --- the database refuses connections -------------------------------------------------------------
 
@@ -112,6 +124,54 @@ def test_the_client_waits_out_a_short_database_outage(
         worker.join(30)
     assert not worker.is_alive() and len(results) == 1, "the client gave up during the outage"
     assert results[0]["status"] == "queued" and jobs_in(sm) == 1
+
+
+def test_a_database_gone_mid_delivery_costs_the_pass_its_records_not_its_sends(
+        outage_app: tuple[FastAPI, Keys, sessionmaker[Session]], pg_url: str, tmp_path: Path, broker_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL refuses connections from just after the dispatcher claimed a webhook (a
+    restart). The webhook still goes out, stamped by the database's time read at the claim;
+    the pass cannot record it and fails. Once the database is back and the claim's lease has
+    run out, the next pass sends it again under the same webhook-id (receivers deduplicate by
+    it) and records it delivered."""
+    app, keys, sm = outage_app
+    settings = make_settings(pg_url, tmp_path, broker_url, webhook_allowed_hosts=["127.0.0.1"],
+                             notify_timeout_seconds=0.5)  # a lease of 6.5 s
+    outage = ExitStack()
+    real_send = dispatch_module.send
+
+    def claimed_then_gone(*args: Any, **kwargs: Any) -> Attempt:
+        outage.enter_context(connections_refused(pg_url))
+        return real_send(*args, **kwargs)
+
+    with running_receiver() as receiver:
+        with sm.begin() as session:
+            _, secret = configure_webhook(session, keys.submitter.id, url=receiver.url, allowed_hosts=["127.0.0.1"],
+                                          box=secret_box(settings, create=True))
+        assert secret is not None
+        with TestClient(app) as client:
+            done = client.post("/v1/jobs", files=file_part(png(4)), headers=keys.submitter.headers)
+            assert done.status_code == 202, done.text
+        job_id = done.json()["id"]
+        succeed_job(sm, job_id)
+        monkeypatch.setattr(dispatch_module, "send", claimed_then_gone)
+        try:
+            with pytest.raises(OperationalError):
+                dispatch_once(sm, settings, owner="d")
+            [sent] = receiver.wait_for(1)
+            event = verify_webhook(secret, sent.headers, sent.body)  # signed and stamped within 5 minutes of now
+            assert event["type"] == "job.succeeded" and event["data"]["job_id"] == job_id
+        finally:
+            outage.close()
+        monkeypatch.undo()
+        time.sleep(7)
+        report = dispatch_once(sm, settings, owner="d")
+        assert report.delivered == [sent.headers["webhook-id"]], report
+        again = receiver.wait_for(2)[1]
+        assert again.headers["webhook-id"] == sent.headers["webhook-id"] and again.body == sent.body
+    with sm() as session:
+        [delivery] = session.scalars(select(Delivery)).all()
+        assert delivery.status is DeliveryStatus.delivered and delivery.attempts == 1
 
 
 # --- the broker hangs -------------------------------------------------------------------------------

@@ -58,9 +58,6 @@ SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
                      "Retry-After seconds")}
 
 
-LINKS_BASE_MAX = 2048  # jobs.links_base; a longer Host header gets relative links, not a 500
-
-
 def job_options(ctx: AppContext, request: Request, caller: Caller, *, mode: str = "autonomous",
                 external_id: str | None = None, frame: int = 0, callback_url: str | None = None) -> JobOptions:
     """The options of new jobs of this caller, with where their notifications go (and the base
@@ -72,7 +69,7 @@ def job_options(ctx: AppContext, request: Request, caller: Caller, *, mode: str 
             raise Problem(422, "invalid_callback_url", str(exc)) from exc
     base = ctx.public_base(request)
     return JobOptions(mode=JobMode(mode), external_id=external_id, frame=frame, webhook_url=plan.webhook_url,
-                      pacs_push=plan.pacs_push, links_base=base if len(base) <= LINKS_BASE_MAX else None)
+                      pacs_push=plan.pacs_push, links_base=base)
 
 
 def _visible(ctx: AppContext, caller: Caller, job_id: str) -> Job:

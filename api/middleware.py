@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.keys import authenticate
 from shared.audit import record_event
-from shared.db.outage import database_unavailable, short_reason
+from shared.db.outage import database_full, database_unavailable, short_reason
 
 from .context import AppContext, Caller
 from .credentials import challenges, missing_key_detail, presented_key, takes_basic
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 AUTH_PREFIXES = ("/v1/", "/dicomweb/")  # everything but the health routes and docs
 # What a 503 for an unavailable database asks clients to wait: a restart or failover takes seconds.
 DATABASE_RETRY_AFTER_S = 5
+DATABASE_FULL_RETRY_AFTER_S = 60  # freeing disk space takes a person, not a restart's seconds
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -97,7 +98,15 @@ class GatewayMiddleware:
             if status_holder.get("started"):
                 log.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], request_id)
                 raise
-            if database_unavailable(exc):
+            if database_full(exc):
+                # No traceback either, but an error: it lasts until an operator frees space.
+                log.error("database out of disk space on %s %s (request %s): %s", scope["method"], scope["path"],
+                          request_id, short_reason(exc))
+                response = problem_response(
+                    503, "database_full", "the database has no disk space left to store this request; the service's "
+                    "operators must free some. Retry later (a submission: with the same Idempotency-Key, so that it "
+                    "is stored once)", headers={"Retry-After": str(DATABASE_FULL_RETRY_AFTER_S)})
+            elif database_unavailable(exc):
                 # The database's state, not a bug: one line per request, not a traceback.
                 log.warning("database unavailable on %s %s (request %s): %s", scope["method"], scope["path"],
                             request_id, short_reason(exc))

@@ -24,9 +24,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import Pool
 
 from api.app import create_app
 from cli.client import FadaClient, RetryPolicy
@@ -40,6 +41,7 @@ from services.notify.send import Attempt
 from shared.db.migrate import upgrade
 from shared.db.models import Delivery, DeliveryStatus, Job, JobStatus
 from tests.fixtures_db import connections_refused, throwaway_postgres_database
+from tests.ingest.builders import encode, noise_rgb
 from tests.webhook_receiver import running_receiver
 
 from .conftest import Keys, close_app, make_keys, make_settings, open_sessions
@@ -107,6 +109,49 @@ def test_a_database_outage_is_a_503_with_retry_after_and_a_retry_stores_the_job_
         replay = http.post("/v1/jobs", files=file_part(png(2)), headers=idempotency)
         assert replay.status_code == 200 and replay.json()["id"] == again.json()["id"]
     assert jobs_in(sm) == 2
+
+
+def test_a_full_database_is_a_503_that_says_so_and_a_retry_stores_the_job_once(
+        sqlite_db_url: str, tmp_path: Path, broker_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite at its size limit (PRAGMA max_page_count: the SQLITE_FULL a full disk gives, as
+    seen with ``fada serve`` on a filled 8 MB tmpfs). Reads still work, so only the answer to a
+    write can tell: a 503 that names the cause (not "cannot be reached"), a longer Retry-After,
+    an ERROR line for the operator; nothing stored. Once there is room, the retry with the same
+    Idempotency-Key stores the job once."""
+    sessions = open_sessions(sqlite_db_url)
+    sm = next(sessions)
+    keys = make_keys(sm)
+    full = {"on": False}
+
+    def size_limit(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # 1 page means "no larger than now" (SQLite never caps below the file's size)
+        dbapi_connection.execute(f"PRAGMA max_page_count = {1 if full['on'] else 1_073_741_823}")
+
+    event.listen(Pool, "checkout", size_limit)
+    app = create_app(make_settings(sqlite_db_url, tmp_path, broker_url))
+    headers = {**keys.submitter.headers, "Idempotency-Key": str(uuid.uuid4())}
+    image = encode(noise_rgb(200, 150, seed=5), "PNG")  # tens of pages: it cannot fit in a free one
+    try:
+        with TestClient(app) as http:
+            full["on"] = True
+            with caplog.at_level(logging.ERROR, logger="api.middleware"):
+                refused = http.post("/v1/jobs", files=file_part(image), headers=headers)
+            body = assert_problem(refused, 503, "database_full")
+            assert refused.headers["retry-after"] == "60" and "disk space" in body["detail"]
+            assert any("out of disk space on POST /v1/jobs" in r.getMessage() and r.exc_info is None
+                       for r in caplog.records), [r.getMessage() for r in caplog.records]
+            assert http.get("/v1/jobs?limit=5", headers=keys.submitter.headers).status_code == 200  # reads work
+            assert jobs_in(sm) == 0
+            full["on"] = False
+            stored = http.post("/v1/jobs", files=file_part(image), headers=headers)
+            assert stored.status_code == 202, stored.text
+            replay = http.post("/v1/jobs", files=file_part(image), headers=headers)
+            assert replay.status_code == 200 and replay.json()["id"] == stored.json()["id"]
+            assert jobs_in(sm) == 1
+    finally:
+        event.remove(Pool, "checkout", size_limit)
+        close_app(app)
+        sessions.close()
 
 
 def test_the_client_waits_out_a_short_database_outage(

@@ -211,6 +211,28 @@ def images_purge(
     typer.echo(f"purged the pixels of {total} image(s) of jobs finished over {days:g} day(s) ago")
 
 
+@app.command()
+def backup(folder: Annotated[Path, typer.Argument(help="a new or empty folder for this backup")]) -> None:
+    """Copy the database (FADA_DATABASE_URL) and the key file that opens its webhook secrets
+    into FOLDER, while the service runs: SQLite by its online backup (one moment, checked),
+    PostgreSQL by pg_dump --format=custom. backup.json, written last, lists the files and the
+    schema revision. README, "Backup and restore", says how to restore."""
+    from services.backup import BackupError, make_backup
+    from shared.settings import Settings
+
+    try:
+        made = make_backup(Settings(), folder)
+    except BackupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for name in made.files:
+        typer.echo(f"{folder / name}")
+    for note in made.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"{made.database} database at revision {made.revision}: backup complete ({folder / 'backup.json'})",
+               err=True)
+
+
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="key id or prefix")]) -> None:
     """Revoke a key; requests with it get 401 from then on."""

@@ -1,0 +1,166 @@
+"""`fada backup` as an operator runs it, and the restore the README describes: SQLite copied
+while jobs are being written, PostgreSQL dumped and restored with pg_restore into a new
+database; each restored copy serves the jobs and keys it holds and opens its webhook secrets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
+
+from api.app import create_app
+from cli.main import app
+from services.ingest import decode_image
+from services.jobs import submit_job
+from services.keys import authenticate, configure_webhook, create_key
+from services.notify.sealing import secret_box
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.db.migrate import current_revision, head_revision, upgrade
+from shared.db.models import ApiKey, Job
+from shared.settings import Settings
+from tests.fixtures_db import throwaway_postgres_database
+from tests.ingest.builders import encode, noise_rgb
+
+runner = CliRunner()
+
+
+def _jobs(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return set(session.scalars(select(Job.id)))
+    finally:
+        engine.dispose()
+
+
+def _seed(url: str, data_dir: Path, jobs: int) -> tuple[str, str, str]:
+    """A key with a webhook (its secret sealed), and ``jobs`` jobs. Returns (key id, secret, webhook secret)."""
+    engine = make_engine(url)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            key = create_key(session, name="pacs", role="admin")
+            _, webhook_secret = configure_webhook(
+                session, key.key.id, url="http://127.0.0.1:9/hooks", allowed_hosts=["127.0.0.1"],
+                box=secret_box(Settings(database_url=url, data_dir=data_dir), create=True))
+            for seed in range(jobs):
+                submit_job(session, decoded=decode_image(encode(noise_rgb(40, 30, seed=seed), "PNG")),
+                           original_size=1, api_key_id=key.key.id)
+    finally:
+        engine.dispose()
+    assert webhook_secret is not None
+    return key.key.id, key.secret, webhook_secret
+
+
+def test_a_sqlite_backup_taken_while_jobs_are_written_restores_to_a_working_service(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    url = f"sqlite:///{live}/fada.db"
+    upgrade(url)
+    key_id, secret, webhook_secret = _seed(url, live, jobs=3)
+
+    stop, written = threading.Event(), [0]
+
+    def keep_writing() -> None:  # a gateway taking submissions meanwhile
+        engine = make_engine(url)
+        sm = make_sessionmaker(engine)
+        while not stop.is_set():
+            with sm.begin() as session:
+                submit_job(session, decoded=decode_image(encode(noise_rgb(40, 30, seed=written[0]), "PNG")),
+                           original_size=1, api_key_id=key_id)
+            written[0] += 1
+        engine.dispose()
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    folder = tmp_path / "backup-1"
+    try:
+        done = runner.invoke(app, ["backup", str(folder)], env={"FADA_DATABASE_URL": url, "FADA_DATA_DIR": str(live),
+                                                                "FADA_SECRETS_KEY": ""})
+    finally:
+        stop.set()
+        writer.join(30)
+    assert done.exit_code == 0, done.output
+    assert written[0] > 0, "nothing was written during the backup"
+    manifest = json.loads((folder / "backup.json").read_text())
+    assert manifest["database"] == "sqlite" and manifest["revision"] == head_revision()
+    assert set(manifest["files"]) == {"fada.db", "secrets.key"}
+    # patient images and the means to sign as the service: the owner's alone
+    assert [(folder / name).stat().st_mode & 0o777 for name in ("fada.db", "secrets.key")] == [0o600, 0o600]
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+    # Restore as the README says: the two files into an empty data folder.
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    for name in ("fada.db", "secrets.key"):
+        shutil.copy(folder / name, restored / name)
+    restored_url = f"sqlite:///{restored}/fada.db"
+    kept = _jobs(restored_url)
+    assert len(kept) >= 3 and kept <= _jobs(url)
+    settings = Settings(database_url=restored_url, data_dir=restored, secrets_key=None)
+    with TestClient(create_app(settings)) as http:
+        listed = http.get("/v1/jobs?limit=500", headers={"Authorization": f"Bearer {secret}"})
+        assert listed.status_code == 200, listed.text
+        assert {job["id"] for job in listed.json()["items"]} == kept
+    engine = make_engine(restored_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            stored = session.scalar(select(ApiKey.webhook_secret).where(ApiKey.id == key_id))
+    finally:
+        engine.dispose()
+    assert stored is not None and secret_box(settings).open(stored) == webhook_secret
+
+
+def test_a_postgres_backup_restores_with_pg_restore_into_a_new_database(tmp_path: Path) -> None:
+    with throwaway_postgres_database() as postgres_url:
+        _backup_and_restore_postgres(postgres_url, tmp_path)
+
+
+def _backup_and_restore_postgres(postgres_url: str, tmp_path: Path) -> None:
+    upgrade(postgres_url)
+    _, secret, _ = _seed(postgres_url, tmp_path, jobs=2)
+    folder = tmp_path / "backup"
+    done = runner.invoke(app, ["backup", str(folder)], env={"FADA_DATABASE_URL": postgres_url,
+                                                            "FADA_DATA_DIR": str(tmp_path / "elsewhere"),
+                                                            "FADA_SECRETS_KEY": "k" * 43 + "="})
+    assert done.exit_code == 0, done.output
+    assert "FADA_SECRETS_KEY, which is not in this backup" in done.output
+    manifest = json.loads((folder / "backup.json").read_text())
+    assert set(manifest["files"]) == {"fada.dump"} and manifest["revision"] == head_revision()
+    assert (folder / "fada.dump").stat().st_mode & 0o777 == 0o600
+    with throwaway_postgres_database() as target:
+        libpq = make_url(target).set(drivername="postgresql").render_as_string(hide_password=False)
+        restore = subprocess.run(["pg_restore", "--no-owner", "--dbname", libpq, str(folder / "fada.dump")],
+                                 capture_output=True, text=True)
+        assert restore.returncode == 0, restore.stderr
+        assert current_revision(target) == head_revision()
+        assert _jobs(target) == _jobs(postgres_url) and len(_jobs(target)) == 2
+        engine = make_engine(target)
+        try:
+            with make_sessionmaker(engine).begin() as session:
+                assert authenticate(session, secret) is not None
+                assert session.scalar(select(func.count()).select_from(ApiKey)) == 1
+        finally:
+            engine.dispose()
+
+
+def test_backups_that_cannot_be_made_say_why_and_create_nothing(tmp_path: Path) -> None:
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "old.txt").write_text("an earlier backup")
+    url = f"sqlite:///{tmp_path}/fada.db"
+    upgrade(url)
+    refused = runner.invoke(app, ["backup", str(used)], env={"FADA_DATABASE_URL": url, "FADA_DATA_DIR": str(tmp_path)})
+    assert refused.exit_code == 2 and "is not empty" in refused.output
+    assert [p.name for p in used.iterdir()] == ["old.txt"]
+    missing = tmp_path / "nowhere.db"
+    absent = runner.invoke(app, ["backup", str(tmp_path / "b")],
+                           env={"FADA_DATABASE_URL": f"sqlite:///{missing}", "FADA_DATA_DIR": str(tmp_path)})
+    assert absent.exit_code == 2 and "no SQLite database file" in absent.output
+    assert not missing.exists(), "the backup created the database it was to copy"

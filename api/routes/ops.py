@@ -11,6 +11,7 @@ from services.jobs import status_counts
 from services.queue import broker_reachable
 from services.workers import live_workers
 from shared.db.outage import database_unavailable
+from shared.db.space import database_free_bytes
 
 from ..deps import Ctx
 from ..metrics import render
@@ -29,8 +30,8 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"content": {"application/problem+json": {}}}})
 def readyz(ctx: Ctx) -> Readiness | JSONResponse:
-    """Ready when the database and the broker answer and a worker with a loaded model has
-    sent a heartbeat recently; otherwise 503 naming what failed."""
+    """Ready when the database and the broker answer, a SQLite database's disk has room, and a
+    worker with a loaded model has sent a heartbeat recently; otherwise 503 naming what failed."""
     checks: dict[str, str] = {}
     failing: list[str] = []
     workers = []
@@ -46,6 +47,14 @@ def readyz(ctx: Ctx) -> Readiness | JSONResponse:
     checks["broker"] = "ok" if reason is None else f"unreachable: {reason}"
     if reason is not None:
         failing.append("broker")
+    free = database_free_bytes(ctx.settings.database_url)
+    if free is not None:
+        # Reads go on working on a full disk, and only submissions fail (database_full): say
+        # so before, while there is still room for two of the largest requests.
+        checks["disk"] = f"{free / 2**30:.2f} GiB free for the database"
+        if free < 2 * ctx.settings.max_body_bytes:
+            checks["disk"] += f", under twice FADA_MAX_BODY_BYTES ({2 * ctx.settings.max_body_bytes} bytes)"
+            failing.append("disk")
     if workers:
         revisions = sorted({w.model_revision for w in workers})
         checks["workers"] = f"{len(workers)} live, model revision {', '.join(revisions)}"

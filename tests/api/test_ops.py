@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,26 @@ def test_readyz_needs_a_live_worker(client: TestClient, sm: sessionmaker[Session
     with sm.begin() as session:
         forget(session, "host:1:gpu")
     assert_problem(client.get("/readyz"), 503, "not_ready")
+
+
+def test_readyz_says_when_the_disk_of_a_sqlite_database_is_nearly_full(
+        make_client: ClientFactory, sm: sessionmaker[Session], db_url: str) -> None:
+    """SQLite: the free space of the database's file system is a check, failing below twice the
+    largest request body (on a full disk reads still work and every submission fails). Here
+    FADA_MAX_BODY_BYTES is raised past the real free space instead of filling a disk.
+    PostgreSQL's disk is on its server, out of sight: no such check."""
+    with sm.begin() as session:
+        beat(session, "host:1:gpu", provenance=PROVENANCE, queues="gpu")
+    ready = make_client().get("/readyz")
+    assert ready.status_code == 200, ready.text
+    if db_url.startswith("postgresql"):
+        assert "disk" not in ready.json()["checks"]
+        return
+    assert ready.json()["checks"]["disk"].endswith("GiB free for the database")
+    free = shutil.disk_usage(Path(db_url.removeprefix("sqlite:///")).parent).free
+    body = assert_problem(make_client(max_body_bytes=free).get("/readyz"), 503, "not_ready")
+    assert body["detail"] == "not ready: disk"
+    assert "under twice FADA_MAX_BODY_BYTES" in body["checks"]["disk"]
 
 
 def test_readyz_names_an_unreachable_database(tmp_path: Path, broker_url: str) -> None:

@@ -233,6 +233,27 @@ def backup(folder: Annotated[Path, typer.Argument(help="a new or empty folder fo
                err=True)
 
 
+@app.command()
+def restore(folder: Annotated[Path, typer.Argument(help="a folder written by fada backup")]) -> None:
+    """Restore a backup into FADA_DATABASE_URL, with the service stopped: a SQLite file that does
+    not exist yet, or an empty PostgreSQL database (pg_restore). Every file's sha256 is checked
+    first; the key file goes into FADA_DATA_DIR; the schema is then migrated to this version."""
+    from services.restore import RestoreError, restore_backup
+    from shared.settings import Settings
+
+    try:
+        done = restore_backup(Settings(), folder)
+    except RestoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for note in done.notes:
+        typer.echo(f"note: {note}", err=True)
+    if done.key_file is not None:
+        typer.echo(f"webhook secret key file: {done.key_file}", err=True)
+    typer.echo(f"restored the {done.database} database of revision {done.backup_revision}, now at {done.revision}",
+               err=True)
+
+
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="key id or prefix")]) -> None:
     """Revoke a key; requests with it get 401 from then on."""

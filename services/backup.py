@@ -66,7 +66,7 @@ def make_backup(settings: Settings, folder: Path) -> Backup:
     backup = Backup(folder, backend, revision)
     (folder / names[0]).chmod(0o600)
     names += _copy_secrets_key(settings, folder, backup.notes)
-    backup.files = {name: _sha256(folder / name) for name in names}
+    backup.files = {name: sha256_of(folder / name) for name in names}
     manifest = {"created_at": datetime.now(UTC).isoformat(), "database": backend, "revision": backup.revision,
                 "files": backup.files, "notes": backup.notes}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -94,15 +94,21 @@ def _dump_postgres(url: URL, target: Path) -> None:
     if pg_dump is None:
         raise BackupError("pg_dump is not installed here: install the PostgreSQL client of the server's major "
                           "version, or run pg_dump --format=custom where the database runs")
-    env = dict(os.environ)
-    if url.password is not None:  # by environment, not on a command line that `ps` shows
-        env["PGPASSWORD"] = str(url.password)
-    libpq = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    libpq, env = libpq_target(url)
     done = subprocess.run([pg_dump, "--format=custom", "--no-owner", "--file", str(target), libpq],
                           env=env, capture_output=True, text=True)
     if done.returncode != 0:
         target.unlink(missing_ok=True)
         raise BackupError(f"pg_dump failed: {done.stderr.strip()[-1000:]}")
+
+
+def libpq_target(url: URL) -> tuple[str, dict[str, str]]:
+    """The database as pg_dump and pg_restore take it, and their environment: the password by
+    environment, not on a command line that `ps` shows."""
+    env = dict(os.environ)
+    if url.password is not None:
+        env["PGPASSWORD"] = str(url.password)
+    return url.set(drivername="postgresql", password=None).render_as_string(hide_password=False), env
 
 
 def _copy_secrets_key(settings: Settings, folder: Path, notes: list[str]) -> list[str]:
@@ -124,7 +130,7 @@ def _copy_secrets_key(settings: Settings, folder: Path, notes: list[str]) -> lis
     return [KEY_FILE]
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

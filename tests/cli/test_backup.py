@@ -1,18 +1,17 @@
-"""`fada backup` as an operator runs it, and the restore the README describes: SQLite copied
-while jobs are being written, PostgreSQL dumped and restored with pg_restore into a new
-database; each restored copy serves the jobs and keys it holds and opens its webhook secrets."""
+"""`fada backup` and `fada restore` as an operator runs them: SQLite copied while jobs are
+being written and restored into a new data folder, PostgreSQL dumped and restored into a new
+database; each restored copy serves the jobs and keys it holds and opens its webhook secrets.
+A damaged, mismatched or misplaced restore is refused before anything is written."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import threading
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from api.app import create_app
@@ -95,12 +94,15 @@ def test_a_sqlite_backup_taken_while_jobs_are_written_restores_to_a_working_serv
     assert [(folder / name).stat().st_mode & 0o777 for name in ("fada.db", "secrets.key")] == [0o600, 0o600]
     assert folder.stat().st_mode & 0o777 == 0o700
 
-    # Restore as the README says: the two files into an empty data folder.
     restored = tmp_path / "restored"
-    restored.mkdir()
-    for name in ("fada.db", "secrets.key"):
-        shutil.copy(folder / name, restored / name)
     restored_url = f"sqlite:///{restored}/fada.db"
+    target = {"FADA_DATABASE_URL": restored_url, "FADA_DATA_DIR": str(restored), "FADA_SECRETS_KEY": ""}
+    put_back = runner.invoke(app, ["restore", str(folder)], env=target)
+    assert put_back.exit_code == 0, put_back.output
+    assert f"revision {head_revision()}, now at {head_revision()}" in put_back.output
+    assert (restored / "secrets.key").stat().st_mode & 0o777 == 0o600
+    again = runner.invoke(app, ["restore", str(folder)], env=target)  # never over a database
+    assert again.exit_code == 2 and "exists: stop the service" in again.output
     kept = _jobs(restored_url)
     assert len(kept) >= 3 and kept <= _jobs(url)
     settings = Settings(database_url=restored_url, data_dir=restored, secrets_key=None)
@@ -135,11 +137,12 @@ def _backup_and_restore_postgres(postgres_url: str, tmp_path: Path) -> None:
     assert set(manifest["files"]) == {"fada.dump"} and manifest["revision"] == head_revision()
     assert (folder / "fada.dump").stat().st_mode & 0o777 == 0o600
     with throwaway_postgres_database() as target:
-        libpq = make_url(target).set(drivername="postgresql").render_as_string(hide_password=False)
-        restore = subprocess.run(["pg_restore", "--no-owner", "--dbname", libpq, str(folder / "fada.dump")],
-                                 capture_output=True, text=True)
-        assert restore.returncode == 0, restore.stderr
+        env = {"FADA_DATABASE_URL": target, "FADA_DATA_DIR": str(tmp_path / "restored"), "FADA_SECRETS_KEY": ""}
+        put_back = runner.invoke(app, ["restore", str(folder)], env=env)
+        assert put_back.exit_code == 0, put_back.output
         assert current_revision(target) == head_revision()
+        again = runner.invoke(app, ["restore", str(folder)], env=env)  # never over a database in use
+        assert again.exit_code == 2 and "has tables" in again.output
         assert _jobs(target) == _jobs(postgres_url) and len(_jobs(target)) == 2
         engine = make_engine(target)
         try:
@@ -164,3 +167,38 @@ def test_backups_that_cannot_be_made_say_why_and_create_nothing(tmp_path: Path) 
                            env={"FADA_DATABASE_URL": f"sqlite:///{missing}", "FADA_DATA_DIR": str(tmp_path)})
     assert absent.exit_code == 2 and "no SQLite database file" in absent.output
     assert not missing.exists(), "the backup created the database it was to copy"
+
+
+def test_a_damaged_or_mismatched_backup_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    url = f"sqlite:///{live}/fada.db"
+    upgrade(url)
+    _seed(url, live, jobs=1)
+    folder = tmp_path / "backup"
+    made = runner.invoke(app, ["backup", str(folder)], env={"FADA_DATABASE_URL": url, "FADA_DATA_DIR": str(live),
+                                                            "FADA_SECRETS_KEY": ""})
+    assert made.exit_code == 0, made.output
+    restored = tmp_path / "restored"
+    env = {"FADA_DATABASE_URL": f"sqlite:///{restored}/fada.db", "FADA_DATA_DIR": str(restored),
+           "FADA_SECRETS_KEY": ""}
+
+    def refused(source: Path, **overrides: str) -> str:
+        done = runner.invoke(app, ["restore", str(source)], env={**env, **overrides})
+        assert done.exit_code == 2, done.output
+        assert not (restored / "fada.db").exists(), "a refused restore wrote the database"
+        return done.output
+
+    assert "postgresql one" in refused(folder, FADA_DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/x")
+    restored.mkdir()
+    (restored / "secrets.key").write_bytes(b"another key")
+    assert "a different key file" in refused(folder)
+    (restored / "secrets.key").unlink()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    with (damaged / "fada.db").open("r+b") as f:
+        f.seek(200)
+        f.write(b"\xff")
+    assert "does not match its sha256" in refused(damaged)
+    (damaged / "backup.json").unlink()
+    assert "not a backup, or one that did not finish" in refused(damaged)

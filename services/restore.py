@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import inspect
+from sqlalchemy import inspect, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 from services.backup import MANIFEST, POSTGRES_DUMP, SQLITE_COPY, libpq_target, sha256_of
 from services.notify.sealing import KEY_FILE
-from shared.db.engine import make_engine
+from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.migrate import current_revision, upgrade
+from shared.db.models import Job, JobStatus
 from shared.settings import Settings
 
 
@@ -54,7 +55,25 @@ def restore_backup(settings: Settings, folder: Path) -> Restored:
         shutil.copyfile(folder / KEY_FILE, key_target)
         key_target.chmod(0o600)
     upgrade(url)
+    resent = _mark_queued_unpublished(url)
+    if resent:
+        notes.append(f"{resent} queued job(s) marked for the sweeper: their messages were in the old broker, so "
+                     "the first worker's first pass sends them again")
     return Restored(backend, manifest.get("revision"), current_revision(url), key_target, notes)
+
+
+def _mark_queued_unpublished(url: URL) -> int:
+    """The backup's queued jobs had their messages in a broker that is not part of it: marked
+    ``unpublished``, the sweeper's next pass sends them, instead of after its grace period.
+    (Running ones come back when their leases, long expired, are swept.)"""
+    engine = make_engine(url, poolclass=NullPool)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            marked = session.scalars(update(Job).where(Job.status == JobStatus.queued).values(unpublished=True)
+                                     .returning(Job.id), execution_options={"synchronize_session": False}).all()
+            return len(marked)
+    finally:
+        engine.dispose()
 
 
 def _checked_manifest(folder: Path) -> dict[str, Any]:

@@ -101,9 +101,16 @@ def test_a_sqlite_backup_taken_while_jobs_are_written_restores_to_a_working_serv
     assert put_back.exit_code == 0, put_back.output
     assert f"revision {head_revision()}, now at {head_revision()}" in put_back.output
     assert (restored / "secrets.key").stat().st_mode & 0o777 == 0o600
+    assert "queued job(s) marked for the sweeper" in put_back.output
     again = runner.invoke(app, ["restore", str(folder)], env=target)  # never over a database
     assert again.exit_code == 2 and "exists: stop the service" in again.output
     kept = _jobs(restored_url)
+    engine = make_engine(restored_url)
+    try:  # their messages were in the old broker: the sweeper's next pass sends them
+        with make_sessionmaker(engine)() as session:
+            assert set(session.scalars(select(Job.id).where(Job.unpublished.is_(True)))) == kept
+    finally:
+        engine.dispose()
     assert len(kept) >= 3 and kept <= _jobs(url)
     settings = Settings(database_url=restored_url, data_dir=restored, secrets_key=None)
     with TestClient(create_app(settings)) as http:

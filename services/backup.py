@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
-from services.notify.sealing import KEY_FILE
+from services.notify.sealing import KEY_FILE, key_file
 from shared.db.migrate import current_revision
 from shared.settings import Settings
 
@@ -38,7 +38,6 @@ class BackupError(Exception):
 
 @dataclass
 class Backup:
-    folder: Path
     database: str  # "sqlite" or "postgresql"
     revision: str | None  # the schema's Alembic revision
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
@@ -63,7 +62,7 @@ def make_backup(settings: Settings, folder: Path) -> Backup:
         names = [POSTGRES_DUMP]
     else:
         raise BackupError(f"no backup method for a {backend} database")
-    backup = Backup(folder, backend, revision)
+    backup = Backup(backend, revision)
     (folder / names[0]).chmod(0o600)
     names += _copy_secrets_key(settings, folder, backup.notes)
     backup.files = {name: sha256_of(folder / name) for name in names}
@@ -114,16 +113,16 @@ def libpq_target(url: URL) -> tuple[str, dict[str, str]]:
 def _copy_secrets_key(settings: Settings, folder: Path, notes: list[str]) -> list[str]:
     """The key file that opens the sealed webhook secrets, if the service uses one; without it
     a restored service cannot sign webhooks until every secret is set again."""
-    if settings.secrets_key is not None and settings.secrets_key.get_secret_value().strip():
+    source = key_file(settings)
+    if source is None:
         notes.append("webhook secrets are sealed with FADA_SECRETS_KEY, which is not in this backup: keep it "
                      "safe, apart from the backup; the restored service needs it")
         return []
-    key_file = Path(settings.data_dir) / KEY_FILE
-    if not key_file.exists():
+    if not source.exists():
         notes.append("no webhook secret key file: no webhook secret was ever sealed")
         return []
     target = folder / KEY_FILE
-    shutil.copyfile(key_file, target)
+    shutil.copyfile(source, target)
     target.chmod(0o600)
     notes.append(f"{KEY_FILE} opens the webhook secrets in the database: whoever holds both can sign as the "
                  "service; keep the backup as safe as the database")

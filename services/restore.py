@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import inspect, update
+from sqlalchemy import inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 from services.backup import MANIFEST, POSTGRES_DUMP, SQLITE_COPY, libpq_target, sha256_of
-from services.notify.sealing import KEY_FILE
+from services.jobs import mark_queued_unpublished
+from services.notify.sealing import KEY_FILE, key_file
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.migrate import current_revision, upgrade
-from shared.db.models import Job, JobStatus
 from shared.settings import Settings
 
 
@@ -69,9 +69,7 @@ def _mark_queued_unpublished(url: URL) -> int:
     engine = make_engine(url, poolclass=NullPool)
     try:
         with make_sessionmaker(engine).begin() as session:
-            marked = session.scalars(update(Job).where(Job.status == JobStatus.queued).values(unpublished=True)
-                                     .returning(Job.id), execution_options={"synchronize_session": False}).all()
-            return len(marked)
+            return mark_queued_unpublished(session)
     finally:
         engine.dispose()
 
@@ -98,12 +96,12 @@ def _key_target(settings: Settings, folder: Path, manifest: dict[str, Any], note
     the secrets sealed with that one would no longer open."""
     if KEY_FILE not in manifest["files"]:
         return None
-    if settings.secrets_key is not None and settings.secrets_key.get_secret_value().strip():
+    target = key_file(settings)
+    if target is None:
         notes.append(f"the backup's {KEY_FILE} was not put back: FADA_SECRETS_KEY is set, and the webhook secrets "
                      "were sealed with the key file; unset it, or give each key a new secret "
                      "(fada keys webhook --rotate-secret)")
         return None
-    target = Path(settings.data_dir) / KEY_FILE
     if target.exists():
         if target.read_bytes() == (folder / KEY_FILE).read_bytes():
             return None

@@ -14,7 +14,7 @@ from services.jobs.intake import JobOptions, Upload, accept_job
 from services.notify import InvalidTarget, plan_notifications
 from services.notify.log import deliveries_of
 from services.queue import publisher
-from shared.db.models import Job, JobMode, JobStatus, ReviewState, Role
+from shared.db.models import URL_MAX_LENGTH, Job, JobMode, JobStatus, ReviewState, Role
 from shared.schemas.results import ResultDocument
 from shared.text import code_points, unprintable
 
@@ -45,7 +45,7 @@ ExternalIdField = Annotated[str | None, Form(min_length=1, max_length=128, patte
                             AfterValidator(_printable)]
 FrameField = Annotated[int, Form(ge=0, le=100_000)]
 CallbackUrlField = Annotated[str | None, Form(
-    min_length=1, max_length=2048, pattern=NO_NUL,
+    min_length=1, max_length=URL_MAX_LENGTH, pattern=NO_NUL,
     description="http(s) URL for this job's signed webhook events instead of the key's own (the key needs a "
                 "webhook secret)")]
 

@@ -22,7 +22,7 @@ from .lifecycle import (
     resume_hitl,
 )
 from .listing import Page, batch_counts, get_job, get_result, list_jobs, status_counts
-from .publishing import Enqueue, publish_jobs
+from .publishing import Enqueue, mark_queued_unpublished, publish_jobs
 from .results import current_document
 from .retention import count_purgeable, purge_all, purge_images
 from .submit import create_batch, encode_png, submit_job
@@ -59,6 +59,7 @@ __all__ = [
     "get_job",
     "get_result",
     "list_jobs",
+    "mark_queued_unpublished",
     "publish_jobs",
     "purge_all",
     "purge_images",

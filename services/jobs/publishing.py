@@ -17,6 +17,14 @@ log = logging.getLogger(__name__)
 Enqueue = Callable[[str], bool]  # publishes a job id; False when the broker refused it
 
 
+def mark_queued_unpublished(session: Session) -> int:
+    """Mark every queued job for the sweeper's next pass, as after a restore, whose broker's
+    messages were not part of the backup. Returns how many."""
+    marked = session.scalars(update(Job).where(Job.status == JobStatus.queued).values(unpublished=True)
+                             .returning(Job.id), execution_options={"synchronize_session": False}).all()
+    return len(marked)
+
+
 def publish_jobs(sm: sessionmaker[Session], enqueue: Enqueue, job_ids: Sequence[str]) -> None:
     """Send the jobs' messages, after the commit; mark the queued ones the broker refused, so
     the sweeper's next pass sends them (a job a worker already took is not marked). Marking is

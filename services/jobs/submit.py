@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.ingest import DecodedImage
 from shared.db.clock import db_now
-from shared.db.models import Batch, Image, ImageFormat, Job, JobMode, JobStatus, ReviewState
+from shared.db.models import URL_MAX_LENGTH, Batch, Image, ImageFormat, Job, JobMode, JobStatus, ReviewState
 from shared.db.types import new_id
 
 
@@ -53,7 +53,6 @@ def store_image(session: Session, decoded: DecodedImage, *, original_size: int, 
     return image
 
 
-LINKS_BASE_MAX = 2048  # the column's length: a longer base (a long Host header) gets relative links, not a 500
 
 
 def submit_job(
@@ -92,7 +91,7 @@ def submit_job(
         max_attempts=max_attempts,
         burned_in_annotation=decoded.dicom.burned_in_annotation if decoded.dicom else None,
         webhook_url=webhook_url,
-        links_base=links_base if webhook_url and len(links_base or "") <= LINKS_BASE_MAX else None,
+        links_base=links_base if webhook_url and len(links_base or "") <= URL_MAX_LENGTH else None,
         notify=bool(webhook_url) or (pacs_push and image.dicom_sop_instance_uid is not None),
     )
     session.add(job)

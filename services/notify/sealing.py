@@ -53,12 +53,21 @@ class SecretBox:
             raise SecretUnavailable(f"the webhook secret was sealed with a key that is not in {self.source}") from None
 
 
+def key_file(settings: Settings) -> Path | None:
+    """Where the key file that seals webhook secrets is; None when ``FADA_SECRETS_KEY`` is set
+    (then no file is used)."""
+    if settings.secrets_key is not None and settings.secrets_key.get_secret_value().strip():
+        return None
+    return Path(settings.data_dir) / KEY_FILE
+
+
 def secret_box(settings: Settings, *, create: bool = False) -> SecretBox:
     """The keys of ``FADA_SECRETS_KEY``, else of the key file under ``data_dir``, which is made
     when ``create`` is set and there is none yet."""
-    if settings.secrets_key is not None and settings.secrets_key.get_secret_value().strip():
+    path = key_file(settings)
+    if path is None:
+        assert settings.secrets_key is not None
         return SecretBox(_parse(settings.secrets_key.get_secret_value(), "FADA_SECRETS_KEY"), "FADA_SECRETS_KEY")
-    path = Path(settings.data_dir) / KEY_FILE
     if create and not path.exists():
         _write_new_key(path)
     if not path.exists():

@@ -41,6 +41,9 @@ NAMING_CONVENTION: dict[str, str] = {
 }
 
 
+URL_MAX_LENGTH = 2048  # every URL column (webhook, links base, delivery target)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSONDocument}
@@ -130,7 +133,7 @@ class ApiKey(Base):
     # Webhooks (``fada keys webhook``): where this key's job events go by default, and the
     # Standard Webhooks signing secret. The service must sign with the secret, so it cannot be
     # hashed; it is stored sealed (services/notify/sealing.py).
-    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_url: Mapped[str | None] = mapped_column(String(URL_MAX_LENGTH))
     webhook_secret: Mapped[str | None] = mapped_column(String(512))
     # Most jobs this key may have queued or running (``fada keys limit``); NULL: the
     # service-wide FADA_MAX_PENDING_PER_KEY.
@@ -237,10 +240,10 @@ class Job(Base):
     # callback, else its key's), whether anything is to be sent for this job (webhook or a
     # PACS push; cleared once its final status is handled, so the dispatcher scans few rows),
     # and the last status that was turned into deliveries.
-    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_url: Mapped[str | None] = mapped_column(String(URL_MAX_LENGTH))
     # The gateway's address as the submitter reached it (FADA_PUBLIC_URL, else the request's):
     # the base of the absolute links in this job's webhook events. Only kept with a webhook.
-    links_base: Mapped[str | None] = mapped_column(String(2048))
+    links_base: Mapped[str | None] = mapped_column(String(URL_MAX_LENGTH))
     notify: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false(), index=True)
     # Queued, and its message was refused by the broker (down or hung): the sweeper sends it at
     # its next pass, not a grace period later. Cleared when sent, or when a worker claims the job.
@@ -416,7 +419,7 @@ class Delivery(Base):
     job_id: Mapped[str] = _fk("jobs.id", ondelete="CASCADE")
     kind: Mapped[DeliveryKind] = mapped_column(str_enum(DeliveryKind, "delivery_kind"))
     event: Mapped[str] = mapped_column(String(64))
-    url: Mapped[str] = mapped_column(String(2048))
+    url: Mapped[str] = mapped_column(String(URL_MAX_LENGTH))
     payload: Mapped[dict[str, Any]]
     status: Mapped[DeliveryStatus] = mapped_column(str_enum(DeliveryStatus, "delivery_status"),
                                                    default=DeliveryStatus.pending)

@@ -9,10 +9,13 @@ prometheus_client does in that mode."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from starlette.types import Scope
+
+from services.monitoring import Figures
 
 REQUESTS = Counter("fada_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
 LATENCY = Histogram("fada_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
@@ -31,27 +34,49 @@ def observe_request(scope: Scope, status: int, seconds: float) -> None:
     LATENCY.labels(method, route).observe(seconds)
 
 
-def render(database: tuple[dict[str, int], int] | None) -> bytes:
-    """The process metrics plus the database's figures: job counts per status and the live
-    worker count; None when the database did not answer (``fada_database_up`` 0, no counts)."""
+def render(figures: Figures | None) -> bytes:
+    """The process metrics plus the database's figures (``services.monitoring``); None when the
+    database did not answer (``fada_database_up`` 0, no figures)."""
     extra = CollectorRegistry(auto_describe=False)
 
     class _Db:
         def collect(self):  # type: ignore[no-untyped-def]
             yield GaugeMetricFamily("fada_database_up", "1 when the database answered this scrape, else 0",
-                                    value=0 if database is None else 1)
-            if database is None:
-                return
-            job_counts, live_workers = database
-            jobs = GaugeMetricFamily("fada_jobs", "jobs in the database per status", labels=["status"])
-            for status, n in sorted(job_counts.items()):
-                jobs.add_metric([status], n)
-            yield jobs
-            yield GaugeMetricFamily("fada_workers_live", "worker processes with a recent heartbeat",
-                                    value=live_workers)
+                                    value=0 if figures is None else 1)
+            if figures is not None:
+                yield from _families(figures)
 
     extra.register(_Db())
     return generate_latest(_gateway_registry()) + generate_latest(extra)
+
+
+def _families(f: Figures) -> Iterator[GaugeMetricFamily]:
+    jobs = GaugeMetricFamily("fada_jobs", "jobs in the database per status", labels=["status"])
+    for status, n in sorted(f.jobs.items()):
+        jobs.add_metric([status], n)
+    yield jobs
+    oldest = GaugeMetricFamily(
+        "fada_jobs_oldest_waiting_seconds",
+        "seconds since the submission of the oldest job waiting in this status (queued: for a worker; "
+        "awaiting_review: for a sonographer); 0 when none waits", labels=["status"])
+    for status, seconds in sorted(f.oldest_waiting_seconds.items()):
+        oldest.add_metric([status], seconds)
+    yield oldest
+    yield GaugeMetricFamily("fada_jobs_unpublished",
+                            "queued jobs whose message the broker refused, left for the sweeper to send",
+                            value=f.unpublished)
+    yield GaugeMetricFamily("fada_workers_live", "worker processes with a recent heartbeat", value=f.workers_live)
+    deliveries = GaugeMetricFamily("fada_deliveries", "webhook events and PACS SR pushes still to send (pending) "
+                                   "or given up (failed)", labels=["kind", "status"])
+    for (kind, status), n in sorted(f.deliveries.items()):
+        deliveries.add_metric([kind, status], n)
+    yield deliveries
+    pending = GaugeMetricFamily("fada_deliveries_oldest_pending_seconds",
+                                "seconds since the event of the oldest delivery still to send; 0 when none",
+                                labels=["kind"])
+    for kind, seconds in sorted(f.oldest_pending_delivery_seconds.items()):
+        pending.add_metric([kind], seconds)
+    yield pending
 
 
 def _gateway_registry() -> CollectorRegistry:

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from services.jobs import status_counts
+from services.monitoring import read_figures
 from services.queue import broker_reachable
 from services.workers import live_workers
 from shared.db.outage import database_unavailable
@@ -68,15 +68,16 @@ def readyz(ctx: Ctx) -> Readiness | JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 def metrics(ctx: Ctx) -> Response:
-    """Prometheus text format: HTTP metrics of this process, jobs per status, live workers, and
-    whether the database answered. Without the database the process's own metrics still come,
-    with ``fada_database_up 0``: an outage is when they matter most."""
+    """Prometheus text format: HTTP metrics of this process, the figures of the work
+    (``services.monitoring``: jobs per status, the oldest waiting, stuck messages and
+    deliveries, live workers), and whether the database answered. Without the database the
+    process's own metrics still come, with ``fada_database_up 0``: an outage is when they
+    matter most."""
     try:
         with ctx.sm() as session:
-            counts = status_counts(session)
-            live = len(live_workers(session, within_seconds=3 * ctx.settings.worker_heartbeat_seconds))
+            figures = read_figures(session, heartbeat_within_seconds=3 * ctx.settings.worker_heartbeat_seconds)
     except Exception as exc:
         if not database_unavailable(exc):
             raise
         return Response(render(None), media_type=CONTENT_TYPE_LATEST)
-    return Response(render((counts, live)), media_type=CONTENT_TYPE_LATEST)
+    return Response(render(figures), media_type=CONTENT_TYPE_LATEST)

@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from services.workers import beat, forget
-from shared.db.models import WorkerHeartbeat
+from shared.db.models import Delivery, DeliveryKind, DeliveryStatus, Job, JobStatus, WorkerHeartbeat
 from shared.db.types import utcnow
 
 from .conftest import ClientFactory, Keys, close_app, make_settings
-from .helpers import PROVENANCE, assert_problem, file_part, png
+from .helpers import PROVENANCE, assert_problem, file_part, png, succeed_job
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -148,6 +148,60 @@ def test_metrics(client: TestClient, keys: Keys, sm: sessionmaker[Session]) -> N
     methods = {dict(labels).get("method") for name, labels in _samples(client.get("/metrics").text)
                if name == "fada_http_requests_total"}
     assert "other" in methods and not methods & {"BREW", "X-SCAN-1", "X-SCAN-2"}
+
+
+def test_metrics_say_how_long_the_oldest_work_has_waited(client: TestClient, keys: Keys,
+                                                         sm: sessionmaker[Session]) -> None:
+    """The figures an operator alerts on: the oldest queued job and the oldest one awaiting a
+    sonographer (since submission), queued jobs whose message is stuck, and webhooks or SR
+    pushes still to send or given up."""
+    empty = _samples(client.get("/metrics").text)
+    for status in ("queued", "awaiting_review"):
+        assert empty[("fada_jobs_oldest_waiting_seconds", (("status", status),))] == 0
+    assert empty[("fada_jobs_unpublished", ())] == 0
+    assert empty[("fada_deliveries", (("kind", "pacs_sr"), ("status", "failed")))] == 0
+    assert empty[("fada_deliveries_oldest_pending_seconds", (("kind", "webhook"),))] == 0
+
+    old, _fresh, hitl, done = (
+        client.post("/v1/jobs", files=file_part(png(i)), data={"mode": mode},
+                    headers=keys.submitter.headers).json()["id"]
+        for i, mode in enumerate(("autonomous", "autonomous", "hitl", "autonomous")))
+    succeed_job(sm, hitl, awaiting_review=True)
+    succeed_job(sm, done)
+    now = utcnow()
+    with sm.begin() as session:
+        session.execute(update(Job).where(Job.id == old).values(created_at=now - timedelta(seconds=600),
+                                                                unpublished=True))
+        session.execute(update(Job).where(Job.id == hitl).values(created_at=now - timedelta(hours=5)))
+        # A finished job older than all of them is not waiting: it must not count.
+        session.execute(update(Job).where(Job.id == done).values(created_at=now - timedelta(days=3)))
+        session.add_all([
+            Delivery(job_id=done, kind=DeliveryKind.pacs_sr, event="job.succeeded", url="http://pacs.test/studies",
+                     payload={}, created_at=now - timedelta(seconds=900)),
+            Delivery(job_id=done, kind=DeliveryKind.webhook, event="job.succeeded", url="http://ris.test/hook",
+                     payload={}, status=DeliveryStatus.failed, attempts=8),
+        ])
+
+    after = _samples(client.get("/metrics").text)
+    queued_age = after[("fada_jobs_oldest_waiting_seconds", (("status", "queued"),))]
+    review_age = after[("fada_jobs_oldest_waiting_seconds", (("status", "awaiting_review"),))]
+    assert 600 <= queued_age < 660, queued_age  # the old one, not the fresh one
+    assert 5 * 3600 <= review_age < 5 * 3600 + 60, review_age
+    assert after[("fada_jobs_unpublished", ())] == 1
+    assert after[("fada_jobs", (("status", "queued"),))] == 2
+    assert after[("fada_deliveries", (("kind", "pacs_sr"), ("status", "pending")))] == 1
+    assert after[("fada_deliveries", (("kind", "webhook"), ("status", "failed")))] == 1
+    assert after[("fada_deliveries", (("kind", "webhook"), ("status", "pending")))] == 0
+    assert not any(name == "fada_deliveries" and ("status", "delivered") in labels for name, labels in after)
+    assert 900 <= after[("fada_deliveries_oldest_pending_seconds", (("kind", "pacs_sr"),))] < 960
+    assert after[("fada_deliveries_oldest_pending_seconds", (("kind", "webhook"),))] == 0
+
+    # Once the queue moves on, the figure follows: the fresh job is now the oldest queued.
+    with sm.begin() as session:
+        session.execute(update(Job).where(Job.id == old).values(status=JobStatus.canceled, unpublished=False))
+    moved = _samples(client.get("/metrics").text)
+    assert moved[("fada_jobs_oldest_waiting_seconds", (("status", "queued"),))] < 60
+    assert moved[("fada_jobs_unpublished", ())] == 0
 
 
 def test_unknown_route_is_a_404_problem(client: TestClient, keys: Keys, subtests: pytest.Subtests) -> None:

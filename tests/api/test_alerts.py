@@ -1,0 +1,139 @@
+"""docs/prometheus-alerts.yml against Prometheus's own checker: the rules parse, and on the
+series a real gateway exposes (scraped here, once healthy and once in trouble) exactly the
+alerts meant for that trouble fire, once however many gateways are scraped."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.workers import beat, forget
+from shared.db.models import Delivery, DeliveryKind, DeliveryStatus, Job
+from shared.db.types import utcnow
+from tests.fixtures_db import peer_unavailable
+
+from .conftest import Keys
+from .helpers import PROVENANCE, file_part, png, succeed_job
+
+RULES = Path(__file__).resolve().parents[2] / "docs" / "prometheus-alerts.yml"
+WORKER = "host:7:gpu"
+GATEWAYS = ("gateway-1:8000", "gateway-2:8000")
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        peer_unavailable("promtool not found", hint="apt-get install --no-install-recommends prometheus")
+    return path
+
+
+def _alerts() -> dict[str, dict[str, Any]]:
+    rules = yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
+    return {rule["alert"]: rule for rule in rules}
+
+
+def _database_figures(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The scrape's samples read from the database (the ones the rules judge), by name and labels."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name.startswith(("fada_jobs", "fada_workers", "fada_deliveries", "fada_database"))}
+
+
+def _series(name: str, labels: tuple[tuple[str, str], ...], instance: str) -> str:
+    every = dict(labels, instance=instance, job="fada")
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(every.items())) + "}"
+
+
+def test_the_alert_rules_pass_promtool_check() -> None:
+    done = subprocess.run([_promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(_alerts())} rules found" in done.stdout
+
+
+def test_the_alerts_fire_on_what_a_gateway_scrapes_in_trouble(client: TestClient, keys: Keys,
+                                                              sm: sessionmaker[Session], tmp_path: Path) -> None:
+    promtool = _promtool()
+    # Healthy: a live worker, a fresh queued job, nothing to deliver.
+    with sm.begin() as session:
+        beat(session, WORKER, provenance=PROVENANCE, queues="gpu")
+    queued, hitl, done = (client.post("/v1/jobs", files=file_part(png(i)), data={"mode": mode},
+                                      headers=keys.submitter.headers).json()["id"]
+                          for i, mode in enumerate(("autonomous", "hitl", "autonomous")))
+    healthy = _database_figures(client.get("/metrics").text)
+
+    # Trouble: the worker gone, the queued job 20 minutes old and its message refused, a HITL
+    # job two days with no reviewer, an SR push two hours pending, a webhook given up.
+    succeed_job(sm, hitl, awaiting_review=True)
+    succeed_job(sm, done)
+    now = utcnow()
+    with sm.begin() as session:
+        forget(session, WORKER)
+        session.execute(update(Job).where(Job.id == queued).values(created_at=now - timedelta(minutes=20),
+                                                                   unpublished=True))
+        session.execute(update(Job).where(Job.id == hitl).values(created_at=now - timedelta(days=2)))
+        session.add_all([
+            Delivery(job_id=done, kind=DeliveryKind.pacs_sr, event="job.succeeded", url="http://pacs.test/studies",
+                     payload={}, created_at=now - timedelta(hours=2)),
+            Delivery(job_id=done, kind=DeliveryKind.webhook, event="job.succeeded", url="http://ris.test/hook",
+                     payload={}, status=DeliveryStatus.failed, attempts=8),
+        ])
+    trouble = _database_figures(client.get("/metrics").text)
+    assert set(trouble) == set(healthy)  # the same series, so each keeps one name through the change
+
+    # Each gateway reports the same database figures: healthy for 30 minutes, then in trouble
+    # for 30; then no gateway answers at all.
+    input_series = [{"series": _series(name, labels, gateway),
+                     "values": f"{healthy[(name, labels)]!r}x29 {trouble[(name, labels)]!r}x30"}
+                    for name, labels in sorted(trouble) for gateway in GATEWAYS]
+    rules = _alerts()
+
+    def expect(alert: str, **labels: str) -> dict[str, Any]:
+        rule = rules[alert]
+        annotations = {k: v.replace("{{ $labels.kind }}", labels.get("kind", ""))
+                       for k, v in rule["annotations"].items()}
+        return {"exp_labels": {**rule["labels"], **labels}, "exp_annotations": annotations}
+
+    firing_in_trouble = {
+        "FadaNoLiveWorker": [expect("FadaNoLiveWorker")],
+        "FadaQueueStalled": [expect("FadaQueueStalled")],
+        "FadaJobsUnpublished": [expect("FadaJobsUnpublished")],
+        "FadaDeliveriesFailed": [expect("FadaDeliveriesFailed", kind="webhook")],
+        "FadaDeliveriesDelayed": [expect("FadaDeliveriesDelayed", kind="pacs_sr")],
+        "FadaReviewBacklog": [expect("FadaReviewBacklog")],
+    }
+    checks = [{"eval_time": "25m", "alertname": alert, "exp_alerts": []} for alert in rules]
+    checks += [{"eval_time": "55m", "alertname": alert, "exp_alerts": firing_in_trouble.get(alert, [])}
+               for alert in rules]
+    # The series end at 60m and go stale 5 minutes later; absent() then holds for its 5 minutes.
+    checks.append({"eval_time": "72m", "alertname": "FadaMetricsAbsent", "exp_alerts": [expect("FadaMetricsAbsent")]})
+    unit = tmp_path / "alerts_test.yml"
+    unit.write_text(yaml.safe_dump({
+        "rule_files": [str(RULES)], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": input_series, "alert_rule_test": checks}],
+    }))
+    result = subprocess.run([promtool, "test", "rules", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_metric_the_rules_name_is_one_a_gateway_exposes(client: TestClient) -> None:
+    """A renamed metric would leave its alert silent for ever; promtool cannot know our names."""
+    client.get("/healthz")  # so that the request counter has a sample
+    exposed = {family.name for family in text_string_to_metric_families(client.get("/metrics").text)}
+    exposed |= {f"{name}_total" for name in exposed}  # the parser drops a counter's _total
+    rules = _alerts()
+    named = {name for rule in rules.values() for name in re.findall(r"\bfada_[a-z_]+", rule["expr"])}
+    assert named - exposed == set()
+    assert len(named) >= 7, named
+    for alert, rule in rules.items():
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, alert
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], alert

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.pipeline.runner import Abandoned, BatchItem, Mode, Pipeline, ResumeError
 from shared.db.models import JobMode, JobStatus
-from shared.db.outage import database_unavailable, short_reason
+from shared.db.outage import database_full, database_unavailable, short_reason
 from shared.schemas.results import ResultDocument
 
 from .images import StoredImageError, load_decoded
@@ -291,8 +291,12 @@ def _settle_alone(sm: sessionmaker[Session], job: ClaimedJob, output: _Output, *
         except Exception as exc:
             if not database_unavailable(exc) or time.monotonic() + pause >= until:
                 return _settle_failed(sm, job, exc)
-            log.warning("job %s: the database is unavailable (%s); storing its outcome again in %.1f s", job.id,
-                        short_reason(exc), pause)
+            if database_full(exc):  # an operator must free space: say so, not "unavailable"
+                log.error("job %s: the database's disk is full (%s); storing its outcome again in %.1f s",
+                          job.id, short_reason(exc), pause)
+            else:
+                log.warning("job %s: the database is unavailable (%s); storing its outcome again in %.1f s",
+                            job.id, short_reason(exc), pause)
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,7 @@ def sqlite_db_url(_sqlite_template: Path, tmp_path: Path) -> str:
 # --- direct database access for assertions ---------------------------------------------------
 
 
-def open_sessions(url: str) -> Iterator[sessionmaker[Session]]:
+def open_sessions(url: str) -> Generator[sessionmaker[Session]]:
     engine: Engine = make_engine(url)
     try:
         yield make_sessionmaker(engine)

@@ -4,6 +4,7 @@ it would alone. And one real Celery worker that batches."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.ingest import decode_image
@@ -414,4 +415,48 @@ def test_a_database_restart_as_the_model_finishes_costs_no_model_work(
         assert job.status is JobStatus.succeeded and job.attempts == 1
     with sm() as s:
         assert len(s.scalars(select(Result).where(Result.job_id.in_(ids))).all()) == 2
+    engine.dispose()
+
+
+def test_a_full_disk_as_the_model_finishes_is_logged_as_such_and_costs_no_model_work(
+        sqlite_url: str, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite refuses writes for want of space (PRAGMA max_page_count: the SQLITE_FULL a full
+    disk gives) for 1.5 s just as the model work ends. The worker's log says the disk is full,
+    at ERROR, for the operator who must free it (not "unavailable", the wording of a restart),
+    and once there is room both results are stored at the first attempt."""
+    upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    sm = make_sessionmaker(engine)
+    full = threading.Event()
+
+    def size_limit(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # 1 page means "no larger than now" (SQLite never caps below the file's size)
+        dbapi_connection.execute(f"PRAGMA max_page_count = {1 if full.is_set() else 1_073_741_823}")
+
+    event.listen(engine.pool, "checkout", size_limit)
+    key_id = new_id()
+    with sm.begin() as s:
+        s.add(ApiKey(id=key_id, name="test", role=Role.submitter, key_prefix="fada_t", key_hash=new_id()))
+    ids = []
+    for seed in (50, 51):
+        with sm.begin() as s:
+            ids.append(submit_job(s, decoded=decode_image(png(seed)), original_size=10, api_key_id=key_id).id)
+    original = pipeline.run_batch
+
+    def model_then_full_disk(items: Sequence[BatchItem]) -> list[ResultDocument | Exception]:
+        docs = original(items)
+        full.set()
+        threading.Timer(1.5, full.clear).start()
+        return docs
+
+    monkeypatch.setattr(pipeline, "run_batch", model_then_full_disk)
+    with caplog.at_level(logging.WARNING, logger=process_module.log.name):
+        runs = process_batch(sm, pipeline, ids[0], owner=OWNER, lease_seconds=30, batch_size=2)
+    assert outcomes(runs) == {ids[0]: Outcome.succeeded, ids[1]: Outcome.succeeded}
+    for job_id in ids:
+        job = job_row(sm, job_id)
+        assert job.status is JobStatus.succeeded and job.attempts == 1
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert any(level == logging.ERROR and "disk is full" in text for level, text in said), said
+    assert not any("unavailable" in text for _, text in said), said
     engine.dispose()

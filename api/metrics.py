@@ -57,8 +57,9 @@ def _families(f: Figures) -> Iterator[GaugeMetricFamily]:
     yield jobs
     oldest = GaugeMetricFamily(
         "fada_jobs_oldest_waiting_seconds",
-        "seconds since the submission of the oldest job waiting in this status (queued: for a worker; "
-        "awaiting_review: for a sonographer); 0 when none waits", labels=["status"])
+        "seconds the longest-waiting job in this status has waited: queued, for a worker (since it was "
+        "submitted, put back for a retry or resumed after review); awaiting_review, for a sonographer; "
+        "0 when none waits", labels=["status"])
     for status, seconds in sorted(f.oldest_waiting_seconds.items()):
         oldest.add_metric([status], seconds)
     yield oldest

@@ -29,7 +29,7 @@ WATCHED_DELIVERIES = (DeliveryStatus.pending, DeliveryStatus.failed)
 @dataclass(frozen=True)
 class Figures:
     jobs: dict[str, int]  # per status, every status present
-    oldest_waiting_seconds: dict[str, float]  # per WAITING status: since the oldest's submission; 0 if none
+    oldest_waiting_seconds: dict[str, float]  # per WAITING status: since the oldest began to wait; 0 if none
     unpublished: int  # queued jobs whose broker message was refused, for the sweeper to send
     workers_live: int
     deliveries: dict[tuple[str, str], int]  # (kind, status) for WATCHED_DELIVERIES, zeros included
@@ -39,7 +39,7 @@ class Figures:
 def read_figures(session: Session, *, heartbeat_within_seconds: float) -> Figures:
     now = db_now(session)
     oldest_job = dict(session.execute(
-        select(Job.status, func.min(Job.created_at)).where(Job.status.in_(WAITING)).group_by(Job.status)).all())
+        select(Job.status, func.min(Job.waiting_since)).where(Job.status.in_(WAITING)).group_by(Job.status)).all())
     deliveries = {(kind.value, status.value): 0 for kind in DeliveryKind for status in WATCHED_DELIVERIES}
     for kind, status, n in session.execute(
             select(Delivery.kind, Delivery.status, func.count())

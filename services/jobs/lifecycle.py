@@ -236,6 +236,7 @@ def complete(
     }
     if awaiting_review:
         values["hitl_state"] = payload
+        values["waiting_since"] = now
     else:
         values["finished_at"] = now
     result_values: dict[str, Any] = {
@@ -292,7 +293,8 @@ def release_for_retry(
     requeued = session.execute(
         update(Job)
         .where(_owned(job_id, owner), Job.attempts < Job.max_attempts)
-        .values(status=JobStatus.queued, lease_owner=None, lease_expires_at=None, updated_at=now)
+        .values(status=JobStatus.queued, lease_owner=None, lease_expires_at=None, updated_at=now,
+                waiting_since=now)
         .returning(Job.id),
         execution_options=_SYNC,
     ).first()
@@ -357,7 +359,7 @@ def resume_hitl(session: Session, job_id: str, choice: dict[str, Any], *, now: d
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.awaiting_review)
-        .values(status=JobStatus.queued, hitl_choice=choice, attempts=0, updated_at=now)
+        .values(status=JobStatus.queued, hitl_choice=choice, attempts=0, updated_at=now, waiting_since=now)
         .returning(Job.id)
     )
     done = session.execute(stmt, execution_options=_SYNC).first() is not None

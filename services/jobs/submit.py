@@ -87,6 +87,7 @@ def submit_job(
         api_key_id=api_key_id,
         created_at=now,
         updated_at=now,
+        waiting_since=now,
         attempts=0,
         max_attempts=max_attempts,
         burned_in_annotation=decoded.dicom.burned_in_annotation if decoded.dicom else None,

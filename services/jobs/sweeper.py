@@ -96,7 +96,8 @@ def sweep(
         rows = session.execute(
             update(Job)
             .where(Job.id.in_(ids), *expired, Job.attempts < Job.max_attempts)
-            .values(status=JobStatus.queued, lease_owner=None, lease_expires_at=None, updated_at=now)
+            .values(status=JobStatus.queued, lease_owner=None, lease_expires_at=None, updated_at=now,
+                    waiting_since=now)
             .returning(Job.id),
             execution_options=_SYNC,
         )

@@ -226,6 +226,10 @@ class Job(Base):
     # indexed for the sweeper's "has any job been claimed lately?" (services.jobs.sweeper)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
     finished_at: Mapped[datetime | None]
+    # When the job last began to wait: queued (submitted, put back after a failed attempt or a
+    # dead worker, resumed after review) or awaiting_review. How long the oldest waits is the
+    # metric a stalled queue or an unstaffed review list shows in (services.monitoring).
+    waiting_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_detail: Mapped[str | None] = mapped_column(Text)
     model_revision: Mapped[str | None] = mapped_column(String(128), index=True)

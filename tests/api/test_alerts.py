@@ -78,9 +78,9 @@ def test_the_alerts_fire_on_what_a_gateway_scrapes_in_trouble(client: TestClient
     now = utcnow()
     with sm.begin() as session:
         forget(session, WORKER)
-        session.execute(update(Job).where(Job.id == queued).values(created_at=now - timedelta(minutes=20),
+        session.execute(update(Job).where(Job.id == queued).values(waiting_since=now - timedelta(minutes=20),
                                                                    unpublished=True))
-        session.execute(update(Job).where(Job.id == hitl).values(created_at=now - timedelta(days=2)))
+        session.execute(update(Job).where(Job.id == hitl).values(waiting_since=now - timedelta(days=2)))
         session.add_all([
             Delivery(job_id=done, kind=DeliveryKind.pacs_sr, event="job.succeeded", url="http://pacs.test/studies",
                      payload={}, created_at=now - timedelta(hours=2)),

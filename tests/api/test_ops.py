@@ -14,6 +14,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
+from services.jobs import resume_hitl
 from services.workers import beat, forget
 from shared.db.models import Delivery, DeliveryKind, DeliveryStatus, Job, JobStatus, WorkerHeartbeat
 from shared.db.types import utcnow
@@ -152,9 +153,9 @@ def test_metrics(client: TestClient, keys: Keys, sm: sessionmaker[Session]) -> N
 
 def test_metrics_say_how_long_the_oldest_work_has_waited(client: TestClient, keys: Keys,
                                                          sm: sessionmaker[Session]) -> None:
-    """The figures an operator alerts on: the oldest queued job and the oldest one awaiting a
-    sonographer (since submission), queued jobs whose message is stuck, and webhooks or SR
-    pushes still to send or given up."""
+    """The figures an operator alerts on: how long the oldest queued job has waited for a
+    worker and the oldest one awaiting review for a sonographer, queued jobs whose message is
+    stuck, and webhooks or SR pushes still to send or given up."""
     empty = _samples(client.get("/metrics").text)
     for status in ("queued", "awaiting_review"):
         assert empty[("fada_jobs_oldest_waiting_seconds", (("status", status),))] == 0
@@ -162,19 +163,26 @@ def test_metrics_say_how_long_the_oldest_work_has_waited(client: TestClient, key
     assert empty[("fada_deliveries", (("kind", "pacs_sr"), ("status", "failed")))] == 0
     assert empty[("fada_deliveries_oldest_pending_seconds", (("kind", "webhook"),))] == 0
 
-    old, _fresh, hitl, done = (
+    old, _fresh, hitl, resumed, done = (
         client.post("/v1/jobs", files=file_part(png(i)), data={"mode": mode},
                     headers=keys.submitter.headers).json()["id"]
-        for i, mode in enumerate(("autonomous", "autonomous", "hitl", "autonomous")))
-    succeed_job(sm, hitl, awaiting_review=True)
+        for i, mode in enumerate(("autonomous", "autonomous", "hitl", "hitl", "autonomous")))
+    for job_id in (hitl, resumed):
+        succeed_job(sm, job_id, awaiting_review=True)
     succeed_job(sm, done)
     now = utcnow()
     with sm.begin() as session:
-        session.execute(update(Job).where(Job.id == old).values(created_at=now - timedelta(seconds=600),
+        session.execute(update(Job).where(Job.id == old).values(waiting_since=now - timedelta(seconds=600),
                                                                 unpublished=True))
-        session.execute(update(Job).where(Job.id == hitl).values(created_at=now - timedelta(hours=5)))
-        # A finished job older than all of them is not waiting: it must not count.
-        session.execute(update(Job).where(Job.id == done).values(created_at=now - timedelta(days=3)))
+        # Submitted two days ago, waiting for its reviewer for five hours.
+        session.execute(update(Job).where(Job.id == hitl).values(created_at=now - timedelta(days=2),
+                                                                 waiting_since=now - timedelta(hours=5)))
+        # Submitted three days ago and resumed by its reviewer now: it has waited for a worker
+        # for moments, not three days.
+        session.execute(update(Job).where(Job.id == resumed).values(created_at=now - timedelta(days=3)))
+        assert resume_hitl(session, resumed, {"next_phases": ["detect"], "group": None})
+        # A finished job that waited long ago is not waiting: it must not count.
+        session.execute(update(Job).where(Job.id == done).values(waiting_since=now - timedelta(days=3)))
         session.add_all([
             Delivery(job_id=done, kind=DeliveryKind.pacs_sr, event="job.succeeded", url="http://pacs.test/studies",
                      payload={}, created_at=now - timedelta(seconds=900)),
@@ -185,10 +193,10 @@ def test_metrics_say_how_long_the_oldest_work_has_waited(client: TestClient, key
     after = _samples(client.get("/metrics").text)
     queued_age = after[("fada_jobs_oldest_waiting_seconds", (("status", "queued"),))]
     review_age = after[("fada_jobs_oldest_waiting_seconds", (("status", "awaiting_review"),))]
-    assert 600 <= queued_age < 660, queued_age  # the old one, not the fresh one
+    assert 600 <= queued_age < 660, queued_age  # the old one, not the fresh or the resumed one
     assert 5 * 3600 <= review_age < 5 * 3600 + 60, review_age
     assert after[("fada_jobs_unpublished", ())] == 1
-    assert after[("fada_jobs", (("status", "queued"),))] == 2
+    assert after[("fada_jobs", (("status", "queued"),))] == 3
     assert after[("fada_deliveries", (("kind", "pacs_sr"), ("status", "pending")))] == 1
     assert after[("fada_deliveries", (("kind", "webhook"), ("status", "failed")))] == 1
     assert after[("fada_deliveries", (("kind", "webhook"), ("status", "pending")))] == 0
@@ -196,7 +204,7 @@ def test_metrics_say_how_long_the_oldest_work_has_waited(client: TestClient, key
     assert 900 <= after[("fada_deliveries_oldest_pending_seconds", (("kind", "pacs_sr"),))] < 960
     assert after[("fada_deliveries_oldest_pending_seconds", (("kind", "webhook"),))] == 0
 
-    # Once the queue moves on, the figure follows: the fresh job is now the oldest queued.
+    # Once the queue moves on, the figure follows: the fresh or the resumed job is now the oldest.
     with sm.begin() as session:
         session.execute(update(Job).where(Job.id == old).values(status=JobStatus.canceled, unpublished=False))
     moved = _samples(client.get("/metrics").text)

@@ -4,6 +4,7 @@ SQLite, and go down and up again cleanly."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,25 @@ def test_hitl_choices_saved_before_0010_get_their_gate_reviews_decision(backend:
     assert choices[accepted] == {"next_phases": ["detect"], "group": None, "review_id": "r-2", "decision": "accept"}
     assert choices[no_review] == {"next_phases": ["detect"], "group": "brain"}
     assert rejected_by_reviewer(choices[rejected]) and not rejected_by_reviewer(choices[accepted])
+
+
+@pytest.mark.parametrize("backend", ["postgres_url", "sqlite_url"])
+def test_jobs_waiting_at_0013_get_their_best_known_waiting_time(backend: str, request: pytest.FixtureRequest) -> None:
+    """0013 adds ``waiting_since``: a queued job from its submission, one awaiting review from
+    its last change, others none (they do not wait)."""
+    url = request.getfixturevalue(backend)
+    upgrade(url)
+    engine = make_engine(url)
+    queued, waiting, done = _submit_jobs(engine, 3, JobMode.hitl)
+    downgrade(url, "0012")
+    with engine.begin() as conn:  # as the code before 0013 left them
+        conn.execute(text("UPDATE jobs SET created_at = :t"), {"t": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)})
+        conn.execute(text("UPDATE jobs SET status = 'awaiting_review', updated_at = :t WHERE id = :id"),
+                     {"t": datetime(2026, 1, 3, 0, 0, 0, tzinfo=UTC), "id": waiting})
+        conn.execute(text("UPDATE jobs SET status = 'succeeded' WHERE id = :id"), {"id": done})
+    upgrade(url)
+    with make_sessionmaker(engine)() as session:
+        since = {job.id: job.waiting_since for job in session.scalars(select(Job))}
+    engine.dispose()
+    assert since == {queued: datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+                     waiting: datetime(2026, 1, 3, 0, 0, 0, tzinfo=UTC), done: None}

@@ -21,6 +21,7 @@ from services.jobs import (
     release_for_retry,
     renew_lease,
     resume_hitl,
+    sweep,
 )
 from shared.db.models import Job, JobStatus, Result, ReviewState
 from shared.db.types import utcnow
@@ -177,3 +178,45 @@ def test_cancel_awaiting_review(sm: sessionmaker[Session], submit: Callable[...,
     with sm() as s:
         job = s.get_one(Job, job_id)
         assert job.status is JobStatus.canceled and job.review_state is ReviewState.not_required
+
+
+def test_every_way_into_waiting_stamps_waiting_since_and_nothing_else_moves_it(
+        sm: sessionmaker[Session], submit: Callable[..., str]) -> None:
+    """``waiting_since`` (the metric of the oldest waiting job) is when the job last began to
+    wait for a worker or a sonographer: its submission, a retry, a requeue after a dead
+    worker, the end of a HITL first stage, a resume. A claim or the end of the job keeps it."""
+    job_id = submit(mode="hitl")
+    start = utcnow() + timedelta(minutes=1)
+    at = [start + timedelta(minutes=i) for i in range(10)]
+
+    def since() -> object:
+        with sm() as s:
+            job = get_job(s, job_id)
+            assert job is not None
+            return job.waiting_since
+
+    with sm() as s:
+        job = get_job(s, job_id)
+        assert job is not None and job.waiting_since == job.created_at
+    with sm.begin() as s:
+        assert claim(s, job_id, owner="w1", lease_seconds=60, now=at[1]) is not None
+    assert since() != at[1]
+    with sm.begin() as s:
+        assert release_for_retry(s, job_id, "w1", "transient", now=at[2]) is JobStatus.queued
+    assert since() == at[2]
+    with sm.begin() as s:
+        assert claim(s, job_id, owner="dead", lease_seconds=10, now=at[3]) is not None
+    with sm.begin() as s:
+        assert sweep(s, now=at[4], queued_grace_seconds=30, hard_time_limit_seconds=3600).requeue_ids == [job_id]
+    assert since() == at[4]
+    with sm.begin() as s:
+        assert claim(s, job_id, owner="w2", lease_seconds=60, now=at[5]) is not None
+        assert complete(s, job_id, "w2", make_document(), awaiting_review=True, now=at[6])
+    assert since() == at[6]
+    with sm.begin() as s:
+        assert resume_hitl(s, job_id, {"next_phases": ["detect"], "group": None}, now=at[7])
+    assert since() == at[7]
+    with sm.begin() as s:
+        assert claim(s, job_id, owner="w3", lease_seconds=60, now=at[8]) is not None
+        assert complete(s, job_id, "w3", make_document(), now=at[9])
+    assert since() == at[7]

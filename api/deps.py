@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated
+from zoneinfo import available_timezones
 
 from fastapi import Depends, Path, Request
 from fastapi.dependencies.models import Dependant
@@ -25,6 +26,14 @@ NO_NUL = r"^[^\x00]*$"
 # form parser falls back to Latin-1.
 PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"
 ID_MAX = 64
+# What the schema admits for a time bound (reports, the audit trail): a date, a datetime
+# (RFC 3339, with an offset), or empty.
+BOUND_SCHEMA = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"},
+                          {"type": "string", "maxLength": 0}]}
+# The zones this host knows (its zoneinfo, or the tzdata package): the document lists them, so a
+# client (or the docs page) offers a choice instead of a free text that may name no zone.
+TZ_SCHEMA = {"anyOf": [{"type": "string", "enum": sorted(available_timezones())},
+                       {"type": "string", "maxLength": 0}]}
 JobId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="job id")]
 BatchId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="batch id")]
 EvaluationId = Annotated[str, Path(max_length=ID_MAX, pattern=NO_NUL, description="evaluation id")]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
 from shared.db.models import (
+    ApiKey,
+    AuditEvent,
     Delivery,
     DeliveryAttempt,
     DeliveryKind,
@@ -17,6 +19,7 @@ from shared.db.models import (
     JobMode,
     JobStatus,
     ReviewState,
+    Role,
 )
 
 
@@ -122,3 +125,35 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"]
     checks: dict[str, str]
+
+
+class AuditKeyOut(BaseModel):
+    """The key that made the request, as ``fada keys list`` shows it (never its secret)."""
+
+    id: str
+    prefix: str
+    name: str
+    role: Role
+
+
+class AuditEventOut(BaseModel):
+    id: str
+    at: datetime
+    api_key: AuditKeyOut | None  # null: no known key (a request refused as unauthorized)
+    action: str  # the method and the route's template, e.g. "GET /v1/jobs/{job_id}/result"
+    outcome: Literal["ok", "denied", "rejected", "error"]
+    job_id: str | None
+    request_id: str | None  # the X-Request-ID the caller was answered with
+    detail: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, event: AuditEvent, key: ApiKey | None) -> AuditEventOut:
+        return cls(id=event.id, at=event.at, action=event.action, outcome=event.outcome,
+                   job_id=event.job_id, request_id=event.request_id, detail=event.detail,
+                   api_key=AuditKeyOut(id=key.id, prefix=key.key_prefix, name=key.name, role=key.role)
+                   if key is not None else None)
+
+
+class AuditPageOut(BaseModel):
+    items: list[AuditEventOut]
+    next_cursor: str | None

@@ -356,6 +356,13 @@ def _list_params(status: str | None, mode: str | None, external_id: str | None, 
     return {name: value for name, value in values.items() if value is not None}
 
 
+def _audit_params(job_id: str | None, key: str | None, action: str | None, outcome: str | None, from_: str | None,
+                  to: str | None, tz: str | None, limit: int | None, cursor: str | None) -> dict[str, Any]:
+    values = {"job_id": job_id, "key": key, "action": action, "outcome": outcome, "from": from_, "to": to, "tz": tz,
+              "limit": limit, "cursor": cursor}
+    return {name: value for name, value in values.items() if value is not None}
+
+
 class FadaClient(_Base):
     """Blocking client; use as a context manager (or call :meth:`close`)."""
 
@@ -459,6 +466,15 @@ class FadaClient(_Base):
         of dates and days (the service's default when None)."""
         return self._run(_report(self.policy, from_, to, mode, tz, group_by, format))
 
+    # the audit trail
+    def audit_events(self, *, job_id: str | None = None, key: str | None = None, action: str | None = None,
+                     outcome: str | None = None, from_: str | None = None, to: str | None = None,
+                     tz: str | None = None, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """One page of the audit trail (admin key), newest first: ``{"items", "next_cursor"}``.
+        ``key`` is the acting key's id or prefix."""
+        params = _audit_params(job_id, key, action, outcome, from_, to, tz, limit, cursor)
+        return self._run(self._op_get("/v1/audit", params))
+
 
 class AsyncFadaClient(_Base):
     """The same client for asyncio; use with ``async with`` (or await :meth:`aclose`)."""
@@ -557,3 +573,10 @@ class AsyncFadaClient(_Base):
                            tz: str | None = None, group_by: str | None = None,
                            format: Literal["json", "csv"] = "json") -> Any:
         return await self._run(_report(self.policy, from_, to, mode, tz, group_by, format))
+
+    async def audit_events(self, *, job_id: str | None = None, key: str | None = None, action: str | None = None,
+                           outcome: str | None = None, from_: str | None = None, to: str | None = None,
+                           tz: str | None = None, limit: int | None = None,
+                           cursor: str | None = None) -> dict[str, Any]:
+        params = _audit_params(job_id, key, action, outcome, from_, to, tz, limit, cursor)
+        return await self._run(self._op_get("/v1/audit", params))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli.audit import audit as audit_command
 from cli.report import report as report_command
 from cli.submit import submit as submit_command
 
@@ -21,6 +22,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; a se
 app.add_typer(keys_app, name="keys")
 images_app = typer.Typer(no_args_is_help=True, help="Stored images (the retention policy).")
 app.add_typer(images_app, name="images")
+app.command("audit")(audit_command)
 app.command("report")(report_command)
 app.command("submit")(submit_command)
 

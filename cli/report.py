@@ -11,13 +11,12 @@ reached (connection, timeout); 5 any other answer from the service.
 from __future__ import annotations
 
 import enum
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from cli.files import write_atomically
 from services.reports.filters import GroupBy
 from shared.db.models import JobMode
 
@@ -63,21 +62,6 @@ def _check(response: httpx.Response, url: str) -> None:
     if status == 422:
         _fail(f"the service refused the report parameters (422: {detail})", EXIT_USAGE)
     _fail(f"the service at {url} answered {status} {response.reason_phrase}: {detail}", EXIT_SERVER)
-
-
-def _write(out: Path, data: bytes) -> None:
-    """Write the whole file or nothing (a temporary file in the same folder, then a rename)."""
-    folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
-        _fail(f"cannot write {out}: the folder {folder} does not exist", EXIT_USAGE)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def report(
@@ -132,5 +116,8 @@ def report(
     if out is None:
         typer.echo(response.text, nl=False)
         return
-    _write(out, response.content)
+    try:
+        write_atomically(out, response.content)
+    except FileNotFoundError as exc:
+        _fail(f"cannot write {out}: {exc}", EXIT_USAGE)
     typer.echo(f"wrote {out} ({len(response.content)} bytes, {format_.value})", err=True)

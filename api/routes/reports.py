@@ -16,7 +16,6 @@ filter (what an HTML form sends). The rules live in ``services.reports.filters``
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
-from zoneinfo import available_timezones
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
@@ -36,29 +35,22 @@ from services.reports import (
 from shared.db.models import Role
 
 from ..context import AppContext, Caller
-from ..deps import Ctx, require
+from ..deps import BOUND_SCHEMA, TZ_SCHEMA, Ctx, require
 from ..problems import Problem
 
 router = APIRouter(tags=["reports"])
 
 QA = Annotated[Caller, Depends(require(Role.qa))]
 
-# What the schema admits for a bound: a date, a datetime (RFC 3339, with an offset), or empty.
-_BOUND_SCHEMA = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"},
-                           {"type": "string", "maxLength": 0}]}
 From = Annotated[str | None, Query(
-    alias="from", max_length=64, json_schema_extra=_BOUND_SCHEMA,
+    alias="from", max_length=64, json_schema_extra=BOUND_SCHEMA,
     description="Reviews created at or after this instant (inclusive). RFC 3339 date (the start of that day "
                 "in tz) or datetime with Z or an offset.")]
 To = Annotated[str | None, Query(
-    alias="to", max_length=64, json_schema_extra=_BOUND_SCHEMA,
+    alias="to", max_length=64, json_schema_extra=BOUND_SCHEMA,
     description="Reviews created before this instant (exclusive). A date alone includes that whole day in tz.")]
-# The zones this host knows (its zoneinfo, or the tzdata package): the document lists them, so a
-# client (or the docs page) offers a choice instead of a free text that may name no zone.
-_TZ_SCHEMA = {"anyOf": [{"type": "string", "enum": sorted(available_timezones())},
-                        {"type": "string", "maxLength": 0}]}
 Tz = Annotated[str | None, Query(
-    max_length=64, examples=["Europe/Paris"], json_schema_extra=_TZ_SCHEMA,
+    max_length=64, examples=["Europe/Paris"], json_schema_extra=TZ_SCHEMA,
     description="IANA time zone in which dates and group_by=day are read; empty: the service's "
                 "FADA_REPORT_TIMEZONE (UTC unless configured)")]
 Mode = Annotated[Literal["", "autonomous", "hitl"] | None, Query(description="The job's mode; empty: all")]

@@ -21,7 +21,7 @@ from .lifecycle import (
     renew_leases,
     resume_hitl,
 )
-from .listing import Page, batch_counts, get_job, get_result, list_jobs, status_counts
+from .listing import Page, batch_counts, decode_cursor, encode_cursor, get_job, get_result, list_jobs, status_counts
 from .publishing import Enqueue, mark_queued_unpublished, publish_jobs
 from .results import current_document
 from .retention import count_purgeable, purge_all, purge_images
@@ -50,6 +50,8 @@ __all__ = [
     "count_purgeable",
     "create_batch",
     "current_document",
+    "decode_cursor",
+    "encode_cursor",
     "encode_png",
     "fail",
     "find_idempotent",

@@ -3,7 +3,15 @@
 
 from .agreement import Kappa, PairAgreement, pair_agreements, quadratic_kappa
 from .csv_render import csv_columns, render_csv
-from .filters import GroupBy, ReportFilters, ReportParameterError, parse_filters, parse_group_by
+from .filters import (
+    GroupBy,
+    ReportFilters,
+    ReportParameterError,
+    parse_bound,
+    parse_filters,
+    parse_group_by,
+    parse_zone,
+)
 from .html_render import render_html
 from .scores import DimensionStats, Group, ScoreReport, ScoreRow, aggregate, build_report, fetch_rows, score_report
 
@@ -22,8 +30,10 @@ __all__ = [
     "csv_columns",
     "fetch_rows",
     "pair_agreements",
+    "parse_bound",
     "parse_filters",
     "parse_group_by",
+    "parse_zone",
     "quadratic_kappa",
     "render_csv",
     "render_html",

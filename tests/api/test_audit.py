@@ -3,12 +3,15 @@ the action (method and route template), the job, the outcome and the request id.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from typing import Any
+
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.models import AuditEvent
+from shared.db.models import ApiKey, AuditEvent
 
 from .conftest import ClientFactory, Keys
 from .helpers import assert_problem, audit_events, file_part, png
@@ -172,3 +175,94 @@ def test_request_for_an_overlong_job_id_is_audited(request: pytest.FixtureReques
     assert_problem(r, 404, "job_not_found")
     event = _only_event(sm, r)
     assert (event.action, event.outcome) == ("GET /v1/jobs/{job_id}", "rejected")
+
+
+# --- reading the trail back: GET /v1/audit (admin) -----------------------------------------------
+
+
+def _audit(client: TestClient, keys: Keys, **params: str | int) -> dict[str, Any]:
+    r = client.get("/v1/audit", params=params, headers=keys.admin.headers)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_a_privacy_officer_finds_who_opened_a_result(client: TestClient, keys: Keys) -> None:
+    """"Who opened this job's result?": every request naming the job, newest first, with the
+    key's name, prefix and role, the outcome and the request id the caller was answered with;
+    the other job's requests are not in it."""
+    job_id = client.post("/v1/jobs", files=file_part(png(1)), headers=keys.submitter.headers).json()["id"]
+    other = client.post("/v1/jobs", files=file_part(png(2)), headers=keys.submitter.headers).json()["id"]
+    client.get(f"/v1/jobs/{other}", headers=keys.submitter.headers)
+    opened = client.get(f"/v1/jobs/{job_id}/result", headers=keys.reviewer.headers)
+    client.get(f"/v1/jobs/{job_id}", headers=keys.other_submitter.headers)  # not theirs: 404, still recorded
+
+    page = _audit(client, keys, job_id=job_id)
+    seen = [(e["action"], e["api_key"]["name"], e["outcome"]) for e in page["items"]]
+    assert seen == [("GET /v1/jobs/{job_id}", "other_submitter", "rejected"),
+                    ("GET /v1/jobs/{job_id}/result", "reviewer", "rejected"),
+                    ("POST /v1/jobs", "submitter", "ok")]
+    reviewer_event = page["items"][1]
+    assert reviewer_event["request_id"] == opened.headers["x-request-id"]
+    assert reviewer_event["api_key"] == {"id": keys.reviewer.id, "prefix": reviewer_event["api_key"]["prefix"],
+                                         "name": "reviewer", "role": "reviewer"}
+    assert keys.reviewer.secret.startswith(reviewer_event["api_key"]["prefix"])
+    assert reviewer_event["detail"]["status"] == 409 and reviewer_event["job_id"] == job_id
+    assert page["next_cursor"] is None
+
+
+def test_the_trail_filters_by_key_action_outcome_and_time_and_pages(client: TestClient, keys: Keys,
+                                                                    sm: sessionmaker[Session]) -> None:
+    ids = [client.post("/v1/jobs", files=file_part(png(i)), headers=keys.submitter.headers).json()["id"]
+           for i in range(5)]
+    client.get("/v1/jobs", headers={"Authorization": "Bearer fada_not-a-key"})  # no key: api_key null
+    by_prefix = _audit(client, keys, key=keys.submitter.secret[:len(_prefix(sm, keys.submitter.id))])
+    by_id = _audit(client, keys, key=keys.submitter.id)
+    assert by_prefix == by_id and [e["job_id"] for e in by_id["items"]] == ids[::-1]
+    denied = _audit(client, keys, outcome="denied")["items"]
+    assert [(e["action"], e["api_key"]) for e in denied] == [("GET /v1/jobs", None)]
+    assert len(_audit(client, keys, action="POST /v1/jobs")["items"]) == 5
+
+    # Pages of 2 hold every submission once, newest first.
+    pages, cursor = [], None
+    while True:
+        page = _audit(client, keys, action="POST /v1/jobs", limit=2, **({"cursor": cursor} if cursor else {}))
+        pages.append([e["job_id"] for e in page["items"]])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == [ids[4:2:-1], ids[2:0:-1], ids[:1]]
+
+    # A window: a date is a whole day (in tz), a datetime needs an offset.
+    [first] = [e for e in by_id["items"] if e["job_id"] == ids[0]]
+    at = datetime.fromisoformat(first["at"])
+    assert len(_audit(client, keys, key=keys.submitter.id, to=at.isoformat())["items"]) == 0  # exclusive
+    after = _audit(client, keys, key=keys.submitter.id, **{"from": (at + timedelta(microseconds=1)).isoformat()})
+    assert ids[0] not in [e["job_id"] for e in after["items"]] and len(after["items"]) == 4
+    today = at.date().isoformat()
+    assert len(_audit(client, keys, key=keys.submitter.id, **{"from": today, "to": today})["items"]) == 5
+
+
+def test_only_an_admin_reads_the_trail_and_bad_filters_are_clear(client: TestClient, keys: Keys,
+                                                                 sm: sessionmaker[Session]) -> None:
+    for who in (keys.submitter, keys.reviewer, keys.qa):
+        assert_problem(client.get("/v1/audit", headers=who.headers), 403, "forbidden")
+    assert_problem(client.get("/v1/audit", params={"key": "fada_nope"}, headers=keys.admin.headers), 404,
+                   "key_not_found")
+    bad_time = assert_problem(client.get("/v1/audit", params={"from": "2026-03-01T08:00"},
+                                         headers=keys.admin.headers), 422, "invalid_request")
+    assert "no time zone" in bad_time["detail"] and bad_time["errors"][0]["loc"] == ["query", "from"]
+    assert_problem(client.get("/v1/audit", params={"outcome": "maybe"}, headers=keys.admin.headers), 422,
+                   "invalid_request")
+    assert_problem(client.get("/v1/audit", params={"cursor": "garbage"}, headers=keys.admin.headers), 422,
+                   "invalid_cursor")
+    # Reading the trail is in the trail, refusals included (this read's own event is written
+    # once it is answered).
+    reads = _audit(client, keys, action="GET /v1/audit")["items"]
+    assert [e["outcome"] for e in reads] == ["rejected"] * 4 + ["denied"] * 3
+
+
+def _prefix(sm: sessionmaker[Session], key_id: str) -> str:
+    with sm() as session:
+        key = session.get(ApiKey, key_id)
+        assert key is not None
+        return key.key_prefix

@@ -143,6 +143,15 @@ class GatewayMiddleware:
         path_params = scope.get("path_params") or {}
         job_id = state.get("audit_job_id") or path_params.get("job_id")
         detail = {"method": scope["method"], "route": template, "status": status, **(state.get("audit_detail") or {})}
+        # Where the request came from, for "which workstation opened this result?": the peer's
+        # address (behind a reverse proxy, the caller's once FORWARDED_ALLOW_IPS trusts the
+        # proxy's X-Forwarded-For) and the program that sent it.
+        client = scope.get("client")
+        if client:
+            detail["client"] = str(client[0])[:64]
+        agent = _header(scope, b"user-agent")
+        if agent:
+            detail["user_agent"] = agent[:128]
 
         def write() -> None:
             with self.ctx.sm.begin() as session:

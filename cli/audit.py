@@ -33,8 +33,8 @@ from cli.files import write_atomically
 
 EXIT_USAGE, EXIT_AUTH, EXIT_UNREACHABLE, EXIT_SERVER = 2, 3, 4, 5
 PAGE = 500
-COLUMNS = ("at", "key_name", "key_prefix", "key_role", "action", "outcome", "status", "job_id", "request_id",
-           "event_id")
+COLUMNS = ("at", "key_name", "key_prefix", "key_role", "action", "outcome", "status", "job_id", "client",
+           "user_agent", "request_id", "event_id")
 
 
 class Outcome(enum.StrEnum):
@@ -68,8 +68,8 @@ def _row(event: dict[str, Any]) -> list[Any]:
     key = event.get("api_key") or {}
     detail = event.get("detail") or {}
     return [event["at"], key.get("name", ""), key.get("prefix", ""), key.get("role", ""), event["action"],
-            event["outcome"], detail.get("status", ""), event.get("job_id") or "", event.get("request_id") or "",
-            event["id"]]
+            event["outcome"], detail.get("status", ""), event.get("job_id") or "", detail.get("client", ""),
+            detail.get("user_agent", ""), event.get("request_id") or "", event["id"]]
 
 
 def _render(events: list[dict[str, Any]], format_: AuditFormat) -> str:

@@ -37,7 +37,10 @@ def test_every_page_of_a_jobs_trail_as_csv_and_jsonl(base: str, keys: Keys, tmp_
         job_id = http.post("/v1/jobs", files=file_part(png(1)), headers=keys.submitter.headers).json()["id"]
         for _ in range(3):
             http.get(f"/v1/jobs/{job_id}", headers=keys.reviewer.headers)
-        http.get(f"/v1/jobs/{job_id}/result", headers=keys.qa.headers)
+        # Through a reverse proxy on this host (trusted by uvicorn's default FORWARDED_ALLOW_IPS):
+        # the workstation's address is the one recorded.
+        http.get(f"/v1/jobs/{job_id}/result", headers={**keys.qa.headers, "X-Forwarded-For": "10.20.30.40",
+                                                        "User-Agent": "ward-viewer/2.1"})
         http.post("/v1/jobs", files=file_part(png(2)), headers=keys.submitter.headers)  # another job
 
     done = runner.invoke(fada, ["audit", "--url", base, "--key", keys.admin.secret, "--job", job_id])
@@ -47,6 +50,8 @@ def test_every_page_of_a_jobs_trail_as_csv_and_jsonl(base: str, keys: Keys, tmp_
         ("GET /v1/jobs/{job_id}/result", "qa", "409")] + [("GET /v1/jobs/{job_id}", "reviewer", "200")] * 3 + [
         ("POST /v1/jobs", "submitter", "202")]
     assert {r["job_id"] for r in rows} == {job_id} and all(r["request_id"] and r["at"] for r in rows)
+    assert (rows[0]["client"], rows[0]["user_agent"]) == ("10.20.30.40", "ward-viewer/2.1")
+    assert rows[1]["client"] == "127.0.0.1" and rows[1]["user_agent"].startswith("python-httpx/")
 
     out = tmp_path / "trail.jsonl"
     done = runner.invoke(fada, ["audit", "--by", keys.reviewer.id, "--format", "jsonl", "--out", str(out)],

@@ -125,6 +125,45 @@ def test_the_alerts_fire_on_what_a_gateway_scrapes_in_trouble(client: TestClient
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_server_errors_count_the_api_not_a_load_balancers_readiness_polls(client: TestClient, keys: Keys,
+                                                                          tmp_path: Path) -> None:
+    """FadaServerErrors on request counters of the label sets a gateway really exposes: 503s
+    of /readyz (no worker yet, a load balancer polling) do not fire it; 503s of submissions
+    (a database outage) do, after its 10 minutes."""
+    promtool = _promtool()
+    assert client.post("/v1/jobs", files=file_part(png(1)), headers=keys.submitter.headers).status_code == 202
+    assert client.get("/readyz").status_code == 503
+    counters = {labels for (name, labels) in _request_counters(client.get("/metrics").text)}
+    submitted = next(labels for labels in counters if dict(labels) == {"method": "POST", "route": "/v1/jobs",
+                                                                      "status": "202"})
+    polled = next(labels for labels in counters if dict(labels) == {"method": "GET", "route": "/readyz",
+                                                                   "status": "503"})
+    refused = tuple(sorted({**dict(submitted), "status": "503"}.items()))
+    name = "fada_http_requests_total"
+    series = [
+        {"series": _series(name, submitted, GATEWAYS[0]), "values": "0+60x59"},  # 60 submissions a minute
+        {"series": _series(name, polled, GATEWAYS[0]), "values": "0+30x59"},  # every poll 503, all along
+        {"series": _series(name, refused, GATEWAYS[0]), "values": "0x19 0+20x39"},  # 20 a minute from 20m
+    ]
+    rule = _alerts()["FadaServerErrors"]
+    firing = [{"exp_labels": rule["labels"], "exp_annotations": rule["annotations"]}]
+    unit = tmp_path / "errors_test.yml"
+    unit.write_text(yaml.safe_dump({
+        "rule_files": [str(RULES)], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [
+            {"eval_time": "19m", "alertname": "FadaServerErrors", "exp_alerts": []},
+            {"eval_time": "45m", "alertname": "FadaServerErrors", "exp_alerts": firing},
+        ]}],
+    }))
+    result = subprocess.run([promtool, "test", "rules", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _request_counters(text: str) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    return {(s.name, tuple(sorted(s.labels.items()))) for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "fada_http_requests_total"}
+
+
 def test_every_metric_the_rules_name_is_one_a_gateway_exposes(client: TestClient) -> None:
     """A renamed metric would leave its alert silent for ever; promtool cannot know our names."""
     client.get("/healthz")  # so that the request counter has a sample

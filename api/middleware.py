@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.keys import authenticate
 from shared.audit import record_event
 from shared.db.outage import database_full, database_unavailable, short_reason
+from shared.logs import REQUEST_ID
 
 from .context import AppContext, Caller
 from .credentials import challenges, missing_key_detail, presented_key, takes_basic
@@ -65,6 +66,7 @@ class GatewayMiddleware:
         request_id = (_header(scope, b"x-request-id") or "")[:64] or uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        request_token = REQUEST_ID.set(request_id)  # on every line logged for this request
         audited = scope["path"].startswith(AUTH_PREFIXES)
         status_holder = {"status": 500}
 
@@ -121,6 +123,7 @@ class GatewayMiddleware:
             await response(scope, receive, send_wrapper)
         finally:
             observe_request(scope, status_holder["status"], time.perf_counter() - started)
+            REQUEST_ID.reset(request_token)
 
     async def _authenticate(self, scope: Scope, *, basic: bool) -> tuple[Caller | None, str | None]:
         secret = presented_key(_header(scope, b"authorization"), basic=basic)

@@ -293,7 +293,7 @@ def serve(
     upgrade(settings.database_url)
     model_env = ensure_model(settings)
     exit_cleanly_on_signals()
-    worker = start_worker(model_env)
+    worker = start_worker(model_env, loglevel=settings.log_level, quiet=settings.log_format == "json")
     stopping, died = watch_worker(worker)
     try:
         run_api(host, port)
@@ -323,7 +323,7 @@ def api(
 
 @app.command()
 def worker(
-    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+    loglevel: Annotated[str | None, typer.Option(help="log level (default FADA_LOG_LEVEL)")] = None,
 ) -> None:
     """One GPU worker: one model, up to FADA_BATCH_SIZE jobs run together. Run one per GPU."""
     import os
@@ -333,12 +333,13 @@ def worker(
     from services.runtime import model_source
     from shared.settings import Settings
 
+    settings = Settings()
     try:
-        model_source(Settings())  # fail here, clearly, rather than in every pool process
+        model_source(settings)  # fail here, clearly, rather than in every pool process
     except ModelNotFound as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    argv = worker_argv(loglevel=loglevel)
+    argv = worker_argv(loglevel=loglevel or settings.log_level, quiet=settings.log_format == "json")
     os.execv(argv[0], argv)
 
 

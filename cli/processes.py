@@ -11,19 +11,23 @@ import tempfile
 import threading
 from pathlib import Path
 
+from shared.logs import log_config
 from shared.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own switch to multiprocess mode
 
 
-def worker_argv(*, concurrency: int = 1, loglevel: str = "INFO", name: str | None = None) -> list[str]:
+def worker_argv(*, concurrency: int = 1, loglevel: str = "INFO", name: str | None = None,
+                quiet: bool = False) -> list[str]:
     """``celery worker`` for the gpu queue: one pool process per GPU (concurrency 1), each
     loading its own model after the fork. Gossip and mingle are off: they need broadcast,
     which the SQLite broker lacks, and this design does not use them. The node name carries
     this process's id (``fada worker`` execs Celery, so it is the worker's own): two workers on
-    one host, one per GPU, get names Celery's inspect and control commands can tell apart."""
+    one host, one per GPU, get names Celery's inspect and control commands can tell apart.
+    ``quiet`` leaves out Celery's start-up banner (JSON logs: every line must be an object)."""
     name = name or f"fada-gpu-{os.getpid()}@%h"
-    return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "gpu", "-c", str(concurrency),
+    return [sys.executable, "-m", "celery", "-A", "worker.app", *(["--quiet"] if quiet else []), "worker",
+            "-Q", "gpu", "-c", str(concurrency),
             "-P", "prefork", "-l", loglevel, "-n", name, "--without-gossip", "--without-mingle"]
 
 
@@ -86,14 +90,19 @@ def exit_cleanly_on_signals() -> None:
     signal.signal(signal.SIGINT, _exit)
 
 
-def run_api(host: str, port: int, *, workers: int = 1, log_level: str = "info") -> None:
-    """uvicorn with ``workers`` gateway processes. With more than one, their metrics are kept in
-    files that every process reads at a scrape (prometheus_client's multiprocess mode): a scrape
-    lands on one process, and must still count every process's requests."""
+def run_api(host: str, port: int, *, workers: int = 1) -> None:
+    """uvicorn with ``workers`` gateway processes, logging as FADA_LOG_FORMAT and FADA_LOG_LEVEL
+    say (``shared.logs``). With more than one, their metrics are kept in files that every
+    process reads at a scrape (prometheus_client's multiprocess mode): a scrape lands on one
+    process, and must still count every process's requests."""
     import uvicorn
 
+    settings = Settings()
+    logs = log_config(settings.log_format, settings.log_level)
+    level = settings.log_level.lower()
     if workers <= 1:
-        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_level=log_level, proxy_headers=True)
+        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, proxy_headers=True, log_config=logs,
+                    log_level=level)
         return
     given = os.environ.get(MULTIPROC_ENV)
     made = not given
@@ -102,8 +111,8 @@ def run_api(host: str, port: int, *, workers: int = 1, log_level: str = "info") 
     for stale in Path(shared_dir).glob("*.db"):  # counts of an earlier run are not this run's
         stale.unlink()
     try:
-        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
-                    proxy_headers=True)
+        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, proxy_headers=True,
+                    log_config=logs, log_level=level)
     finally:
         if made:
             shutil.rmtree(shared_dir, ignore_errors=True)

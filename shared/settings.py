@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         5.0, gt=0, description="longest wait for a network broker to connect or answer; a broker that hangs costs "
         "a submission at most about twice this (the job stays queued in the database for the sweeper)")
 
+    log_format: Literal["text", "json"] = Field(
+        "text", description="the gateway's and the workers' log lines: text (time, level, logger, process, "
+        "message) or json (one object per line, with the request id, for a log collector)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="the least severe level logged (fada worker --loglevel overrides it for a worker)")
+
     report_timezone: str = Field("UTC", description="IANA time zone (Europe/Paris) in which QA reports read "
                                  "dates and days when a request names none")
 
@@ -124,6 +130,11 @@ class Settings(BaseSettings):
                 raise ValueError("each key must be 32 url-safe base64-encoded bytes "
                                  "(`fada keys secrets-key` makes one)")
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("report_timezone")
     @classmethod

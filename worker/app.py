@@ -11,7 +11,7 @@ import logging
 import secrets
 from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from services.maintenance import Every, purge_old_images, upkeep
 from services.notify import dispatch_once
@@ -19,6 +19,7 @@ from services.queue import enqueue_job, make_celery
 from services.runtime import quiet_library_logs
 from services.workers import worker_name
 from shared.db.engine import engine_from_settings, make_sessionmaker
+from shared.logs import configure_logging
 from shared.settings import get_settings
 
 from . import runtime
@@ -30,6 +31,14 @@ app = make_celery(settings)
 quiet_library_logs()  # before the fork: the pool processes inherit it
 
 _periodic: list[Every] = []
+
+
+@setup_logging.connect
+def _log_as_the_gateway(loglevel: int | str | None = None, **_: Any) -> None:
+    """Celery leaves logging to a receiver of this signal: the lines then have the gateway's
+    format (FADA_LOG_FORMAT), at the worker's ``--loglevel``."""
+    configure_logging(settings.log_format, logging.getLevelName(loglevel) if isinstance(loglevel, int)
+                      else loglevel or settings.log_level)
 
 
 @worker_process_init.connect

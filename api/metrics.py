@@ -78,6 +78,12 @@ def _families(f: Figures) -> Iterator[GaugeMetricFamily]:
     for kind, seconds in sorted(f.oldest_pending_delivery_seconds.items()):
         pending.add_metric([kind], seconds)
     yield pending
+    keys = GaugeMetricFamily("fada_api_key_expires_in_seconds",
+                             "seconds an unrevoked API key with an expiry still works; negative once it has "
+                             "expired (revoking the key removes it)", labels=["key_prefix", "name", "role"])
+    for key in f.key_expiry:
+        keys.add_metric([key.key_prefix, key.name, key.role], key.expires_in_seconds)
+    yield keys
 
 
 def _gateway_registry() -> CollectorRegistry:

@@ -1,10 +1,11 @@
 """What the service's metrics say about its work, read from the database at scrape time (the
 gateway cannot see the workers' processes): how many jobs are in each state, how long the
-oldest have waited, whether messages or notifications are stuck, and how many workers live.
+oldest have waited, whether messages or notifications are stuck, how many workers live, and
+when the API keys that still count run out.
 
 These are the figures an operator alerts on: a queue whose oldest job keeps ageing while
 workers are live means the GPUs are too few or stuck; a failed SR push means a result the PACS
-never got."""
+never got; a PACS bridge's key that expires unnoticed stops the site's submissions."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.db.clock import db_now
-from shared.db.models import Delivery, DeliveryKind, DeliveryStatus, Job, JobStatus
+from shared.db.models import ApiKey, Delivery, DeliveryKind, DeliveryStatus, Job, JobStatus, Role
 
 from .jobs import status_counts
 from .workers import live_workers
@@ -34,6 +35,18 @@ class Figures:
     workers_live: int
     deliveries: dict[tuple[str, str], int]  # (kind, status) for WATCHED_DELIVERIES, zeros included
     oldest_pending_delivery_seconds: dict[str, float]  # per kind: since the event; 0 if none
+    key_expiry: list[KeyExpiry]
+
+
+@dataclass(frozen=True)
+class KeyExpiry:
+    """An unrevoked key with an expiry: how long it still works (negative once it has expired:
+    it stays listed until revoked, so a key that ran out in use is not silently forgotten)."""
+
+    key_prefix: str
+    name: str
+    role: str
+    expires_in_seconds: float
 
 
 def read_figures(session: Session, *, heartbeat_within_seconds: float) -> Figures:
@@ -57,7 +70,15 @@ def read_figures(session: Session, *, heartbeat_within_seconds: float) -> Figure
         workers_live=len(live_workers(session, within_seconds=heartbeat_within_seconds)),
         deliveries=deliveries,
         oldest_pending_delivery_seconds={k.value: _age(now, oldest_delivery.get(k)) for k in DeliveryKind},
+        key_expiry=_key_expiry(session, now),
     )
+
+
+def _key_expiry(session: Session, now: datetime) -> list[KeyExpiry]:
+    keys = session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None), ApiKey.expires_at.is_not(None))
+                           .order_by(ApiKey.expires_at))
+    return [KeyExpiry(key.key_prefix, key.name, Role(key.role).value, (key.expires_at - now).total_seconds())
+            for key in keys if key.expires_at is not None]
 
 
 def _age(now: datetime, since: datetime | None) -> float:

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.keys import create_key, revoke_key
 from services.workers import beat, forget
 from shared.db.models import Delivery, DeliveryKind, DeliveryStatus, Job
 from shared.db.types import utcnow
@@ -153,6 +154,48 @@ def test_server_errors_count_the_api_not_a_load_balancers_readiness_polls(client
         "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [
             {"eval_time": "19m", "alertname": "FadaServerErrors", "exp_alerts": []},
             {"eval_time": "45m", "alertname": "FadaServerErrors", "exp_alerts": firing},
+        ]}],
+    }))
+    result = subprocess.run([promtool, "test", "rules", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_keys_about_to_expire_or_expired_alert_until_revoked(client: TestClient, keys: Keys,
+                                                           sm: sessionmaker[Session], tmp_path: Path) -> None:
+    """FadaApiKeyExpiring on the key series a gateway exposes: a PACS bridge's key 10 days from
+    its end and one that ran out 3 days ago alert; a key with a month left, a revoked one about
+    to expire and the keys with no expiry do not."""
+    promtool = _promtool()
+    now = utcnow()
+    with sm.begin() as session:
+        for name, days in (("pacs-bridge", 10), ("batch-script", 30), ("old-bridge", -3), ("retired", 5)):
+            made = create_key(session, name=name, role="submitter", expires_at=now + timedelta(days=days))
+            if name == "retired":
+                revoke_key(session, made.key.id)
+    samples = [s for family in text_string_to_metric_families(client.get("/metrics").text) for s in family.samples
+               if s.name == "fada_api_key_expires_in_seconds"]
+    left = {s.labels["name"]: s.value for s in samples}
+    assert set(left) == {"pacs-bridge", "batch-script", "old-bridge"}  # revoked and never-expiring keys: none
+    assert abs(left["pacs-bridge"] - 10 * 86400) < 120 and abs(left["old-bridge"] + 3 * 86400) < 120
+    assert {s.labels["role"] for s in samples} == {"submitter"}
+
+    series = [{"series": _series(s.name, tuple(sorted(s.labels.items())), gateway), "values": f"{s.value!r}x30"}
+              for s in samples for gateway in GATEWAYS]
+    rule = _alerts()["FadaApiKeyExpiring"]
+
+    def firing(sample_name: str) -> dict[str, Any]:
+        labels = next(s.labels for s in samples if s.labels["name"] == sample_name)
+        summary = (rule["annotations"]["summary"].replace("{{ $labels.name }}", labels["name"])
+                   .replace("{{ $labels.key_prefix }}", labels["key_prefix"]))
+        return {"exp_labels": {**rule["labels"], **labels},
+                "exp_annotations": {**rule["annotations"], "summary": summary}}
+
+    unit = tmp_path / "keys_test.yml"
+    unit.write_text(yaml.safe_dump({
+        "rule_files": [str(RULES)], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": [
+            {"eval_time": "10m", "alertname": "FadaApiKeyExpiring",
+             "exp_alerts": [firing("old-bridge"), firing("pacs-bridge")]},
         ]}],
     }))
     result = subprocess.run([promtool, "test", "rules", str(unit)], capture_output=True, text=True, timeout=60)

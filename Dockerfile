@@ -4,7 +4,8 @@
 #   docker build -t fada-serve .                                   # CUDA 12.x torch (GPU hosts)
 #   docker build -t fada-serve:cpu --build-arg GPU_KERNELS=0 \
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .   # CPU-only torch
-FROM python:3.11-slim
+# Debian trixie, named: its PostgreSQL client below must match the server's major version.
+FROM python:3.11-slim-trixie
 
 # torch first and pinned, from the index that decides its build (CUDA 12.x by default); a
 # plain `torch` requirement resolved later would pick whatever PyPI offers.
@@ -18,8 +19,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # A C compiler: on a GPU, xgrammar masks the logits with a Triton kernel (Triton comes with
 # the CUDA torch wheel), and Triton compiles a small launcher with it on first use.
+# pg_dump and pg_restore for `fada backup` / `fada restore` on PostgreSQL, of the major version
+# of docker-compose.yml's postgres image (tests/deploy checks they agree): an older pg_dump
+# refuses a newer server, and a newer one's dump is not promised to load into an older server.
+ARG PG_MAJOR=17
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && apt-get install -y --no-install-recommends gcc libc6-dev "postgresql-client-${PG_MAJOR}" \
     && rm -rf /var/lib/apt/lists/*
 
 RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"

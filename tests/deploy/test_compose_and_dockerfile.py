@@ -2,12 +2,11 @@
 a Docker daemon can: every FADA_* variable they set is a setting (or one the code reads by
 name) and its value validates; every `fada ...` command line parses with the real CLI; the
 healthcheck's path is a route of the gateway; the Dockerfile copies every package the
-project installs. A renamed setting, option or command fails here, not at a site's first
-`docker compose up`."""
+project installs, and its PostgreSQL client is the compose server's major version. A renamed
+setting, option or command fails here, not at a site's first `docker compose up`."""
 
 from __future__ import annotations
 
-import itertools
 import re
 import shlex
 import tomllib
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 import yaml
 from cryptography.fernet import Fernet
 from typer.testing import CliRunner
@@ -85,6 +85,19 @@ def test_the_dockerfile_s_variables_are_settings_and_it_copies_every_installed_p
     assert re.search(r'^CMD \["fada", ', dockerfile, re.M)
 
 
+def test_the_image_s_postgresql_client_is_the_compose_server_s_major_version() -> None:
+    """`fada backup` runs the image's pg_dump against compose's server: an older pg_dump refuses
+    a newer server, and a newer one's dump is not promised to load into an older server."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    client = re.search(r"^ARG PG_MAJOR=(\d+)$", dockerfile, re.M)
+    assert client is not None and '"postgresql-client-${PG_MAJOR}"' in dockerfile
+    server = re.fullmatch(r"postgres:(\d+)(?:[.-].*)?", _compose()["services"]["postgres"]["image"])
+    assert server is not None, "the postgres image names its major version"
+    assert client.group(1) == server.group(1)
+    # The client comes from the base image's Debian release, so that release must be named.
+    assert re.search(r"^FROM python:[\d.]+-slim-(trixie|forky)$", dockerfile, re.M)
+
+
 def _fada_commands() -> list[list[str]]:
     compose = _compose()
     lines = [compose["services"][name]["command"] for name in FADA_SERVICES]
@@ -104,8 +117,21 @@ def test_every_fada_command_line_parses_with_the_real_cli(argv: list[str]) -> No
     assert argv[0] == "fada"
     result = CliRunner().invoke(cli_app, [*argv[1:], "--help"], prog_name="fada")
     assert result.exit_code == 0, result.output
-    path = " ".join(itertools.takewhile(lambda word: not word.startswith("-"), argv))
+    path = " ".join(_command_path(argv))
     assert f"Usage: {path} [OPTIONS]" in " ".join(result.output.split())  # that command's help, not a group's
+
+
+def _command_path(argv: list[str]) -> list[str]:
+    """``fada`` and the words of ``argv`` that name its commands (not their arguments)."""
+    command = typer.main.get_command(cli_app)
+    path = [argv[0]]
+    for word in argv[1:]:
+        subcommands = getattr(command, "commands", {})  # a group's (typer has its own click classes)
+        if word not in subcommands:
+            break
+        command = subcommands[word]
+        path.append(word)
+    return path
 
 
 def test_the_api_healthcheck_asks_a_route_the_gateway_has(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy api worker services shared cli
+	$(BIN)/mypy api worker services shared cli tests bench
 
 bench: $(TINY_MODEL)/fada_model.json
 	$(BIN)/python bench/pipeline_cpu.py --model $(TINY_MODEL)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+from collections.abc import Mapping
 from contextlib import closing
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -53,11 +53,31 @@ def multiframe_dicom(frames: int = 2) -> bytes:
     return make_dicom(np.zeros((frames, 8, 8), dtype=np.uint8), "MONOCHROME2", NumberOfFrames=frames)
 
 
+# One multipart part in a list of them: (field, (filename, content)) or (field, (filename, content, content type)).
+FormPart = tuple[str, tuple[str | None, bytes | str] | tuple[str | None, bytes | str, str | None]]
+
+
 def file_part(data: bytes, name: str = "scan.bin", content_type: str = "application/octet-stream") -> dict[str, Any]:
     return {"file": (name, data, content_type)}
 
 
-def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+class HTTPResponse(Protocol):
+    """What the assertions read of a response: an httpx one (a live server), or the one Starlette's
+    TestClient answers with (an httpx2 response where httpx2 is installed, which httpx's type does not cover)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self, **kwargs: Any) -> Any: ...
+
+
+def assert_problem(response: HTTPResponse, status: int, code: str | None = None) -> dict[str, Any]:
     """The answer is an RFC 9457 problem document with this status (and code)."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].split(";")[0].strip() == PROBLEM_TYPE, response.headers

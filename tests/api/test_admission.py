@@ -18,7 +18,7 @@ from services.keys import set_max_pending
 from shared.db.models import Job
 
 from .conftest import AppFactory, ClientFactory, Keys, Serve
-from .helpers import assert_problem, file_part, png, succeed_job
+from .helpers import HTTPResponse, assert_problem, file_part, png, succeed_job
 from .test_dicomweb import _bytes, _related, _ultrasound
 
 
@@ -32,7 +32,7 @@ def test_a_key_at_its_limit_waits_and_nothing_is_stored(make_client: ClientFacto
     client = make_client(max_pending_per_key=2)
     auth = keys.submitter.headers
 
-    def submit(seed: int, **headers: str) -> httpx.Response:
+    def submit(seed: int, **headers: str) -> HTTPResponse:
         return client.post("/v1/jobs", files=file_part(png(seed)), headers={**auth, **headers})
 
     first = submit(1, **{"Idempotency-Key": "scan-1"})
@@ -64,7 +64,7 @@ def test_a_batch_counts_each_image_and_one_larger_than_the_limit_is_422(
     client = make_client(max_pending_per_key=2)
     auth = keys.submitter.headers
 
-    def batch(*seeds: int) -> httpx.Response:
+    def batch(*seeds: int) -> HTTPResponse:
         return client.post("/v1/batches", files=[("file", (f"{s}.png", png(s), "image/png")) for s in seeds],
                            headers=auth)
 

@@ -112,7 +112,7 @@ def test_the_alerts_fire_on_what_a_gateway_scrapes_in_trouble(client: TestClient
         "FadaDeliveriesDelayed": [expect("FadaDeliveriesDelayed", kind="pacs_sr")],
         "FadaReviewBacklog": [expect("FadaReviewBacklog")],
     }
-    checks = [{"eval_time": "25m", "alertname": alert, "exp_alerts": []} for alert in rules]
+    checks: list[dict[str, Any]] = [{"eval_time": "25m", "alertname": alert, "exp_alerts": []} for alert in rules]
     checks += [{"eval_time": "55m", "alertname": alert, "exp_alerts": firing_in_trouble.get(alert, [])}
                for alert in rules]
     # The series end at 60m and go stale 5 minutes later; absent() then holds for its 5 minutes.

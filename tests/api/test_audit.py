@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,12 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db.models import ApiKey, AuditEvent
 
 from .conftest import ClientFactory, Keys
-from .helpers import assert_problem, audit_events, file_part, png
+from .helpers import HTTPResponse, assert_problem, audit_events, file_part, png
 
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 
 
-def _only_event(sm: sessionmaker[Session], response: httpx.Response) -> AuditEvent:
+def _only_event(sm: sessionmaker[Session], response: HTTPResponse) -> AuditEvent:
     """The one event of this response (found by its X-Request-ID)."""
     request_id = response.headers["x-request-id"]
     events = [e for e in audit_events(sm) if e.request_id == request_id]

@@ -117,6 +117,7 @@ def test_no_planted_identifier_is_stored_or_logged(client: TestClient, keys: Key
         from shared.db.models import Image as ImageRow
 
         for blob in session.scalars(select(ImageRow.data)):
+            assert blob is not None
             with Image.open(io.BytesIO(blob)) as img:
                 assert img.format == "PNG"
                 assert not {k for k in img.info if k not in ("dpi",)}, img.info

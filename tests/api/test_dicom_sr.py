@@ -7,6 +7,7 @@ import io
 import time
 from datetime import UTC
 from pathlib import Path
+from typing import cast
 
 import highdicom as hd
 import pydicom
@@ -41,10 +42,12 @@ def test_structured_report_reads_back_and_references_the_source(client: TestClie
 
     report = hd.sr.srread(io.BytesIO(r.content))
     assert isinstance(report, hd.sr.Comprehensive3DSR)
+    assert isinstance(report.content, hd.sr.MeasurementReport)  # a TID 1500 document
     groups = report.content.get_planar_roi_measurement_groups()
     # the fixture document: 2 boxes, 1 polygon, 1 keypoint item with 2 visible points
     assert len(groups) == len(document.detections) + len(document.segmentations) + 2
-    labels = sorted(g.get_qualitative_evaluations()[0].value.meaning for g in groups)
+    # highdicom annotates QualitativeEvaluation.value as int | float; it is the coded concept
+    labels = sorted(cast(hd.sr.CodedConcept, g.get_qualitative_evaluations()[0].value).meaning for g in groups)
     assert labels == sorted([d.label for d in document.detections] + [s.label for s in document.segmentations]
                             + [k.label for k in document.keypoints] * 2)
     for group in groups:
@@ -54,6 +57,7 @@ def test_structured_report_reads_back_and_references_the_source(client: TestClie
         assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert "ReferencedFrameNumber" not in referenced  # a single-frame source: no frame to name
     first_box = groups[0].roi
+    assert first_box is not None
     assert first_box.GraphicType == "POLYLINE" and len(first_box.GraphicData) == 10  # closed rectangle
     text = r.content.decode("latin-1")  # the algorithm identification (name, version) and the view label
     assert "FADA-SKD" in text and document.model.revision in text and "untrained" in text
@@ -89,7 +93,9 @@ def test_an_sr_of_a_cine_names_the_frame_it_annotates_frame_1_included(client: T
         assert r.status_code == 202, r.text
         succeed_job(sm, r.json()["id"])
         sr = client.get(f"/v1/jobs/{r.json()['id']}/sr.dcm", headers=keys.submitter.headers)
-        groups = hd.sr.srread(io.BytesIO(sr.content)).content.get_planar_roi_measurement_groups()
+        content = hd.sr.srread(io.BytesIO(sr.content)).content
+        assert isinstance(content, hd.sr.MeasurementReport)  # a TID 1500 document
+        groups = content.get_planar_roi_measurement_groups()
         assert groups
         for group in groups:
             referenced = group.roi.ContentSequence[0].ReferencedSOPSequence[0]  # type: ignore[union-attr]

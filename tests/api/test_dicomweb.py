@@ -15,7 +15,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.data import get_testdata_file
-from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,7 +31,7 @@ def _ultrasound(sop_instance_uid: str | None = None) -> pydicom.Dataset:
     ds = pydicom.dcmread(str(get_testdata_file("examples_palette.dcm")))
     if sop_instance_uid:
         ds.SOPInstanceUID = sop_instance_uid
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     return ds
 
 

@@ -24,7 +24,7 @@ def _submit(client: TestClient, keys: Keys, seed: int, **fields: str) -> str:
     return str(r.json()["id"])
 
 
-def _ids(client: TestClient, keys: Keys, **params: object) -> list[str]:
+def _ids(client: TestClient, keys: Keys, **params: str) -> list[str]:
     r = client.get("/v1/jobs", params=params, headers=keys.qa.headers)
     assert r.status_code == 200, r.text
     return [j["id"] for j in r.json()["items"]]
@@ -43,7 +43,7 @@ def test_pagination_newest_first_without_duplicates(client: TestClient, keys: Ke
     pages: list[list[str]] = []
     cursor = None
     while True:
-        params: dict[str, object] = {"limit": 3} if cursor is None else {"limit": 3, "cursor": cursor}
+        params: dict[str, str | int] = {"limit": 3} if cursor is None else {"limit": 3, "cursor": cursor}
         r = client.get("/v1/jobs", params=params, headers=keys.submitter.headers)
         assert r.status_code == 200, r.text
         body = r.json()
@@ -122,7 +122,7 @@ def test_filtered_pagination_keeps_the_filter(client: TestClient, keys: Keys) ->
     assert second["next_cursor"] is None
 
 
-BAD_PARAMETERS: list[dict[str, object]] = [
+BAD_PARAMETERS: list[dict[str, str | int]] = [
     {"limit": 0}, {"limit": 501}, {"limit": -1}, {"limit": "ten"}, {"status": "done"}, {"mode": "manual"},
     {"review_state": "maybe"}, {"external_id": "x" * 129}, {"cursor": "c" * 513},
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
@@ -44,7 +45,8 @@ def _assert_job_resource(body: dict[str, object]) -> None:
     for field in ("created_at", "updated_at"):
         value = str(body[field])
         assert value.endswith("Z") or value.endswith("+00:00"), value  # RFC 3339, UTC
-        assert datetime.fromisoformat(value.replace("Z", "+00:00")).utcoffset().total_seconds() == 0
+        offset = datetime.fromisoformat(value.replace("Z", "+00:00")).utcoffset()
+        assert offset is not None and offset.total_seconds() == 0
 
 
 @pytest.mark.parametrize(
@@ -52,7 +54,8 @@ def _assert_job_resource(body: dict[str, object]) -> None:
     [(png, "png", (48, 32)), (jpeg, "jpeg", (64, 48)), (ultrasound_dicom, "dicom", None)],
     ids=["png", "jpeg", "dicom"],
 )
-def test_submit_each_format(client: TestClient, keys: Keys, sm: sessionmaker[Session], builder, fmt, size) -> None:
+def test_submit_each_format(client: TestClient, keys: Keys, sm: sessionmaker[Session],
+                            builder: Callable[[], bytes], fmt: str, size: tuple[int, int] | None) -> None:
     data = builder()
     # A misleading name and content type: the format is detected from the content.
     r = client.post("/v1/jobs", files=file_part(data, name="image.txt", content_type="text/plain"),
@@ -92,7 +95,7 @@ def test_dicom_ultrasound_size_and_spacing(client: TestClient, keys: Keys, sm: s
     from pydicom import dcmread
     from pydicom.data import get_testdata_file
 
-    ds = dcmread(get_testdata_file("examples_palette.dcm"))
+    ds = dcmread(str(get_testdata_file("examples_palette.dcm")))
     r = client.post("/v1/jobs", files=file_part(ultrasound_dicom()), headers=keys.submitter.headers)
     assert r.status_code == 202, r.text
     with sm() as session:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db.models import Job
 
 from .conftest import Keys
-from .helpers import NOTHING_STORED, assert_problem, enqueued_job_ids, file_part, png, stored
+from .helpers import NOTHING_STORED, FormPart, assert_problem, enqueued_job_ids, file_part, png, stored
 
 
 @pytest.mark.parametrize(("path", "params", "unknown", "takes"), [
@@ -52,7 +52,7 @@ def test_a_form_field_sent_in_the_query_submits_nothing(client: TestClient, keys
     ("/v1/batches", [("file", ("a.png", png(1), "image/png")), ("file", ("b.png", png(2), "image/png"))]),
 ])
 def test_an_unknown_form_field_submits_nothing(client: TestClient, keys: Keys, sm: sessionmaker[Session],
-                                               broker_url: str, path: str, files: list[tuple[str, object]]) -> None:
+                                               broker_url: str, path: str, files: list[FormPart]) -> None:
     before = enqueued_job_ids(broker_url)
     r = client.post(path, files=files, data={"mdoe": "hitl", "external_id": "ACC-1"}, headers=keys.submitter.headers)
     body = assert_problem(r, 422, "unknown_form_field")
@@ -76,7 +76,8 @@ def test_a_single_valued_field_sent_twice_submits_nothing(client: TestClient, ke
     body = assert_problem(client.post("/v1/jobs", files=two_files, headers=keys.submitter.headers), 422,
                           "repeated_form_field")
     assert body["repeated"] == ["file"]
-    modes = [("file", ("a.png", png(1), "image/png")), ("mode", (None, "hitl")), ("mode", (None, "autonomous"))]
+    modes: list[FormPart] = [("file", ("a.png", png(1), "image/png")), ("mode", (None, "hitl")),
+                             ("mode", (None, "autonomous"))]
     body = assert_problem(client.post("/v1/jobs", files=modes, headers=keys.submitter.headers), 422,
                           "repeated_form_field")
     assert body["repeated"] == ["mode"] and "more than once" in body["detail"]

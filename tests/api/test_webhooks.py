@@ -114,7 +114,8 @@ def test_a_finished_job_is_announced_once_signed_and_thin(make_client: ClientFac
     assert [(t["attempt"], t["status_code"], t["error"]) for t in log[0]["tries"]] == [(1, 200, None)]
     assert client.get(f"/v1/jobs/{job_id}/deliveries", headers=keys.other_submitter.headers).status_code == 404
     with sm() as session:
-        assert session.get(Job, job_id).notify is False  # type: ignore[union-attr]  (final: no longer scanned)
+        job = session.get(Job, job_id)
+        assert job is not None and job.notify is False  # final: no longer scanned
 
 
 def test_each_status_of_a_hitl_job_is_announced(make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session],

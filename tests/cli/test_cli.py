@@ -18,7 +18,7 @@ runner = CliRunner()
 def test_build_tiny_then_analyze_a_real_ultrasound_dicom(tmp_path: Path, small_profile_path: Path) -> None:
     built = runner.invoke(app, ["model", "build-tiny", "--out", str(tmp_path / "m"), "--seed", "7"])
     assert built.exit_code == 0, built.output
-    dicom = get_testdata_file("examples_palette.dcm")
+    dicom = str(get_testdata_file("examples_palette.dcm"))
     result = runner.invoke(app, ["analyze", dicom, "--model", str(tmp_path / "m"),
                                  "--profile", str(small_profile_path)])
     assert result.exit_code == 0, result.output
@@ -30,7 +30,7 @@ def test_build_tiny_then_analyze_a_real_ultrasound_dicom(tmp_path: Path, small_p
 
 
 def test_hitl_mode_stops_awaiting_review(tiny_model_dir: Path, small_profile_path: Path) -> None:
-    result = runner.invoke(app, ["analyze", get_testdata_file("examples_palette.dcm"), "--model",
+    result = runner.invoke(app, ["analyze", str(get_testdata_file("examples_palette.dcm")), "--model",
                                  str(tiny_model_dir), "--profile", str(small_profile_path), "--mode", "hitl"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)

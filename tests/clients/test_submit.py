@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -79,8 +80,8 @@ def _run(url: str, key: str, *args: str) -> Result:
     return CliRunner().invoke(_app(), [*args, "--url", url, "--key", key])
 
 
-def _manifest(out: Path) -> dict[str, dict[str, object]]:
-    files: dict[str, dict[str, object]] = json.loads((out / "manifest.json").read_text())["files"]
+def _manifest(out: Path) -> dict[str, dict[str, Any]]:
+    files: dict[str, dict[str, Any]] = json.loads((out / "manifest.json").read_text())["files"]
     return files
 
 
@@ -182,7 +183,7 @@ def test_wait_timeout_exits_1_and_a_rerun_collects_the_result(
     assert first.exit_code == 1, first.output
     assert "unfinished" in first.output
     (entry,) = _manifest(out).values()
-    assert entry["status"] == "queued" and entry["error"]["code"] == "timeout"  # type: ignore[index]
+    assert entry["status"] == "queued" and entry["error"]["code"] == "timeout"
     succeed_job(sm, str(entry["job_id"]))
     rerun = _run(url, keys.submitter.secret, str(folder), "--wait", "--timeout", "30", "--out", str(out))
     assert rerun.exit_code == 0, rerun.output
@@ -296,7 +297,7 @@ def test_the_frame_option_chooses_the_dicom_frame(url: str, keys: Keys, tmp_path
             job = session.get(Job, entry["job_id"])
             assert job is not None
             image = session.get(Image, job.image_id)
-            assert image is not None and image.frame == frame
+            assert image is not None and image.frame == frame and image.data is not None
             pixels = np.asarray(PILImage.open(io.BytesIO(image.data)))
         assert pixels.shape == (8, 8, 3) and set(np.unique(pixels)) == {FRAME_VALUES[frame]}
     # A frame the file does not have: the service refuses it (422), recorded in the manifest.
@@ -304,8 +305,8 @@ def test_the_frame_option_chooses_the_dicom_frame(url: str, keys: Keys, tmp_path
     result = _run(url, keys.submitter.secret, str(folder), "--frame", "9", "--out", str(out))
     assert result.exit_code == 1, result.output
     (entry,) = _manifest(out).values()
-    assert entry["status"] == "error" and entry["error"]["code"] == "frame_out_of_range"  # type: ignore[index]
-    assert entry["error"]["status"] == 422  # type: ignore[index]
+    assert entry["status"] == "error" and entry["error"]["code"] == "frame_out_of_range"
+    assert entry["error"]["status"] == 422
     assert count(sm, Job) == 2
 
 

@@ -67,6 +67,7 @@ def _decode_or_refuse(data: bytes, frame: int) -> None:
             return
     assert result.image.mode == "RGB"
     assert result.image.size == (result.width, result.height)
+    assert result.frame_count is not None  # a fresh decode always records it
     assert 0 <= result.frame < result.frame_count
 
 

@@ -47,6 +47,7 @@ def test_db_now_is_the_servers_clock(sm: sessionmaker[Session], monkeypatch: pyt
     with sm() as s, host_clock(monkeypatch, -SKEW):
         now = db_now(s)
         server = s.scalar(select(func.clock_timestamp()))
+    assert server is not None
     assert now.tzinfo is UTC
     assert abs(server - now) < timedelta(seconds=5)
     assert abs(utcnow() - now) < timedelta(seconds=5)  # the unpatched host and the server agree here

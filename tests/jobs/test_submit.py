@@ -42,7 +42,7 @@ def test_submit_stores_image_and_queued_job(sm: sessionmaker[Session], submit: C
         image = s.get(Image, job.image_id)
         assert image is not None
         assert (image.width, image.height, image.format, image.original_size_bytes) == (8, 6, "png", 123)
-        assert len(image.sha256) == 64
+        assert len(image.sha256) == 64 and image.data is not None
         png = PILImage.open(io.BytesIO(image.data))
         assert png.format == "PNG" and png.size == (8, 6)
     auto_id = submit()
@@ -161,8 +161,8 @@ def test_a_twin_that_committed_while_this_request_was_on_its_way_is_its_answer_n
     monkeypatch.setattr(intake, held_in, held)
 
     def run(name: str) -> None:
-        options = {"api_key_id": api_key_id, "enqueue": lambda _: True, "max_pixels": 10**8, "max_attempts": 3,
-                   "idempotency_key": "same", "max_pending": 1}
+        options: dict[str, Any] = {"api_key_id": api_key_id, "enqueue": lambda _: True, "max_pixels": 10**8,
+                                   "max_attempts": 3, "idempotency_key": "same", "max_pending": 1}
         if kind == "job":
             answers[name] = intake.accept_job(sm, intake.Upload(data), intake.JobOptions(), **options).id
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -240,7 +241,7 @@ def test_a_job_whose_message_the_broker_refused_at_submission_is_sent_at_the_nex
     """Not a grace period (300 s by default) later: a broker outage of a minute delays the jobs
     submitted during it by about a minute. A job a worker takes meanwhile loses its mark."""
     upload = intake.Upload(png_bytes())
-    options = {"api_key_id": api_key_id, "max_pixels": 10**8, "max_attempts": 3}
+    options: dict[str, Any] = {"api_key_id": api_key_id, "max_pixels": 10**8, "max_attempts": 3}
     refused = [intake.accept_job(sm, upload, intake.JobOptions(external_id=str(n)), enqueue=refusing_broker,
                                  **options).id for n in range(2)]
     sent = intake.accept_job(sm, upload, intake.JobOptions(external_id="sent"), enqueue=lambda _: True, **options).id

@@ -29,7 +29,7 @@ def _no_key_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _settings(tmp_path: Path, key: str | None = None) -> Settings:
-    return Settings(data_dir=tmp_path, secrets_key=key)  # type: ignore[arg-type]
+    return Settings(data_dir=tmp_path, secrets_key=key)
 
 
 def test_a_sealed_secret_opens_and_does_not_show() -> None:
@@ -65,8 +65,8 @@ def test_a_process_without_the_key_says_so(tmp_path: Path) -> None:
 def test_a_mistyped_key_stops_the_settings() -> None:
     for bad in ["not-a-key", new_key() + ",short", Fernet.generate_key().decode()[:-4]]:
         with pytest.raises(ValidationError, match="32 url-safe base64"):
-            Settings(secrets_key=bad)  # type: ignore[arg-type]
-    Settings(secrets_key=f" {new_key()} , {new_key()} ")  # type: ignore[arg-type]
+            Settings(secrets_key=bad)
+    Settings(secrets_key=f" {new_key()} , {new_key()} ")
 
 
 def test_a_damaged_key_file_is_named(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_rotation_and_secrets_from_before_sealing(database_url: str, tmp_path: P
 def test_the_cli_makes_a_key() -> None:
     result = runner.invoke(app, ["keys", "secrets-key"])
     assert result.exit_code == 0
-    Settings(secrets_key=result.stdout.strip())  # type: ignore[arg-type]
+    Settings(secrets_key=result.stdout.strip())
     assert result.stdout.strip() != runner.invoke(app, ["keys", "secrets-key"]).stdout.strip()
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 
 from services.models.loader import (
+    LoadedModel,
     ModelNotFound,
     ModelSource,
     load_model,
@@ -20,15 +22,15 @@ from services.models.manifest import MANIFEST_NAME
 from services.models.tiny import build_tiny_model
 
 
-def _inputs(loaded, image: Image.Image) -> dict:
+def _inputs(loaded: LoadedModel, image: Image.Image) -> dict[str, Any]:
     proc = loaded.processor
-    text = proc.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Classify this view."}]}],
-        add_generation_prompt=True, tokenize=False)
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Classify this view."}]}]
+    text = proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return dict(proc(text=[text], images=[image], return_tensors="pt"))
 
 
-def _logits(model, inputs: dict) -> torch.Tensor:
+def _logits(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
     with torch.inference_mode():
         return model(**inputs).logits[0, -1].float()
 
@@ -43,13 +45,12 @@ def test_tiny_model_has_both_attention_kinds_and_untrained_manifest(tiny_model_d
     assert source_from_dir(tiny_model_dir).untrained is True
 
 
-def test_tokenizer_covers_labels_and_chat_template_has_thinking_off(loaded_tiny) -> None:
+def test_tokenizer_covers_labels_and_chat_template_has_thinking_off(loaded_tiny: LoadedModel) -> None:
     tok = loaded_tiny.processor.tokenizer
     for text in ['{"label":"BPD_PLANE"}', '[{"bbox_2d":[0,12,999,1000],"label":"pubic_symphysis"}]']:
         assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
-    rendered = loaded_tiny.processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
-        add_generation_prompt=True, tokenize=False)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    rendered = loaded_tiny.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert rendered.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert "<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>" in rendered
 

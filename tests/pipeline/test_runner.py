@@ -18,7 +18,7 @@ from services.pipeline.normalize import ImageGeometry
 from services.pipeline.profile import Profile
 from services.pipeline.runner import Pipeline, ResumeError, record_phase
 from services.runtime import Runtime, analyze_bytes, load_runtime
-from shared.schemas.results import ResultDocument
+from shared.schemas.results import Detection, Keypoints, PhaseName, ResultDocument, Segmentation
 from shared.settings import Settings
 
 
@@ -45,7 +45,8 @@ def _decoded(image: Image.Image) -> DecodedImage:
 
 def _assert_geometry_inside(doc: ResultDocument) -> None:
     w, h = doc.image.width, doc.image.height
-    for ann in [*doc.detections, *doc.segmentations, *doc.keypoints]:
+    annotations: list[Detection | Segmentation | Keypoints] = [*doc.detections, *doc.segmentations, *doc.keypoints]
+    for ann in annotations:
         x, y, bw, bh = ann.bbox
         assert 0 <= x <= x + bw <= w and 0 <= y <= y + bh <= h
     for seg in doc.segmentations:
@@ -79,9 +80,10 @@ def test_phase_order_and_skips(pipeline: Pipeline) -> None:
     doc = pipeline.analyze(_decoded(Image.new("RGB", (120, 90), (30, 30, 30))))
     assert list(doc.phases)[:3] == ["interpret", "classify", "map"]
     assert doc.status == "succeeded" and doc.model.untrained is True
-    assert doc.mapping is not None and doc.phases["map"].detail.startswith(doc.mapping.tier)
+    map_detail = doc.phases["map"].detail
+    assert doc.mapping is not None and map_detail is not None and map_detail.startswith(doc.mapping.tier)
     uses_keypoints = any(c in pipeline.profile.keypoint_classes for c in doc.mapping.detect_classes)
-    skipped = "detect" if uses_keypoints else "keypoints"
+    skipped: PhaseName = "detect" if uses_keypoints else "keypoints"
     assert doc.phases[skipped].status == "skipped" and doc.phases[skipped].detail
     if not doc.mapping.segment_classes:
         assert doc.phases["segment"].status == "skipped"
@@ -153,7 +155,7 @@ def runtime(tiny_model_dir: Path, small_profile_path: Path) -> Runtime:
 
 
 def test_real_obstetric_dicom_end_to_end(runtime: Runtime) -> None:
-    data = Path(get_testdata_file("examples_palette.dcm")).read_bytes()
+    data = Path(str(get_testdata_file("examples_palette.dcm"))).read_bytes()
     doc = analyze_bytes(runtime, data)
     assert doc.status == "succeeded" and doc.model.untrained is True
     assert doc.image.format == "dicom" and (doc.image.width, doc.image.height) == (800, 350)
@@ -171,7 +173,7 @@ def test_settings_choose_the_decode_loop_and_rows(runtime: Runtime, tiny_model_d
                                    decode_rows=3))
     assert (static.pipeline.engine.decode_loop, static.pipeline.max_batch) == ("static", 3)
     assert (runtime.pipeline.engine.decode_loop, runtime.pipeline.max_batch) == ("dynamic", 8)
-    data = Path(get_testdata_file("examples_palette.dcm")).read_bytes()
+    data = Path(str(get_testdata_file("examples_palette.dcm"))).read_bytes()
     docs = [analyze_bytes(each, data).model_dump() for each in (runtime, static)]
     for doc in docs:
         for report in doc["phases"].values():

@@ -11,7 +11,15 @@ from services.ingest import decode_image
 from services.jobs import claim, complete, get_job, get_result, resume_hitl, submit_job
 from services.pipeline.profile import load_profile
 from shared.db.models import Job, JobMode
-from shared.schemas.results import Classification, Detection, ImageInfo, ModelInfo, PhaseReport, ResultDocument
+from shared.schemas.results import (
+    Classification,
+    Detection,
+    ImageInfo,
+    ModelInfo,
+    PhaseName,
+    PhaseReport,
+    ResultDocument,
+)
 from tests.api.helpers import png
 
 OWNER = "review-test-worker:1:gpu"
@@ -19,7 +27,7 @@ PROFILE = load_profile("fada-skd")
 WIDTH, HEIGHT = 48, 32
 INTERPRETATION = {field: f"{field} as the model saw it" for field in PROFILE.interpretation_fields}
 WAITING = "awaiting the reviewer's choice of phases (HITL)"
-LATER = ("map", "detect", "keypoints", "segment")
+LATER: tuple[PhaseName, ...] = ("map", "detect", "keypoints", "segment")
 
 
 def model_info(revision: str = "rev-hitl-1") -> ModelInfo:

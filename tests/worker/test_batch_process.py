@@ -161,8 +161,10 @@ def test_a_result_the_database_refuses_costs_its_job_one_attempt_and_no_other_jo
 
     def outputs(items: Sequence[BatchItem]) -> list[ResultDocument | Exception]:
         docs = original(items)
-        interpret = docs[0].phases["interpret"]
-        docs[0] = docs[0].model_copy(update={"phases": {**docs[0].phases, "interpret": interpret.model_copy(
+        first = docs[0]
+        assert isinstance(first, ResultDocument)
+        interpret = first.phases["interpret"]
+        docs[0] = first.model_copy(update={"phases": {**first.phases, "interpret": interpret.model_copy(
             update={"raw": "model said \x00 here"})}})
         return docs
 

@@ -18,7 +18,7 @@ from fastapi import HTTPException
 from python_multipart.multipart import parse_options_header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.keys import authenticate
+from services.keys import PREFIX_CHARS, authenticate
 from shared.audit import record_event
 from shared.db.outage import database_full, database_unavailable, short_reason
 from shared.logs import REQUEST_ID
@@ -83,10 +83,11 @@ class GatewayMiddleware:
             if audited:
                 basic = takes_basic(scope["method"], scope["path"])
                 caller, presented = await self._authenticate(scope, basic=basic)
+                if presented:  # which secret: an unknown one, or the old or new one of a rotated key
+                    state["presented_prefix"] = presented[:PREFIX_CHARS]
                 if caller is None:
                     detail = (missing_key_detail(_header(scope, b"authorization"), basic=basic) if presented is None
                               else "unknown, revoked or expired API key")
-                    state["audit_detail"] = {"presented_prefix": presented[:12]} if presented else None
                     response = problem_response(401, "unauthorized", detail)
                     for challenge in challenges(basic=basic):
                         response.headers.append("WWW-Authenticate", challenge)
@@ -146,6 +147,8 @@ class GatewayMiddleware:
         path_params = scope.get("path_params") or {}
         job_id = state.get("audit_job_id") or path_params.get("job_id")
         detail = {"method": scope["method"], "route": template, "status": status, **(state.get("audit_detail") or {})}
+        if state.get("presented_prefix"):
+            detail["presented_prefix"] = state["presented_prefix"]
         # Where the request came from, for "which workstation opened this result?": the peer's
         # address (behind a reverse proxy, the caller's once FORWARDED_ALLOW_IPS trusts the
         # proxy's X-Forwarded-For) and the program that sent it.

@@ -108,25 +108,32 @@ def keys_limit(
                "or running", err=True)
 
 
-KEYS_LIST_COLUMNS = ("id", "prefix", "role", "name", "created", "revoked", "expires", "max_pending")
+KEYS_LIST_COLUMNS = ("id", "prefix", "role", "name", "created", "revoked", "expires", "max_pending", "rotated",
+                     "previous_prefix", "previous_until")
 
 
 @keys_app.command("list")
 def keys_list() -> None:
     """List keys, tab-separated, after a header row naming the columns: id, prefix, role, name,
     created, revoked, expires, max_pending (the key's own pending-job limit; "-": none, or the
-    service-wide limit)."""
+    service-wide limit), rotated, and the previous secret's prefix and end while it still works
+    after a rotation ("-" otherwise)."""
     from services.keys import list_keys
+    from shared.db.clock import db_now
 
     with _session() as session:
         keys = list_keys(session)
+        now = db_now(session)
         typer.echo("\t".join(KEYS_LIST_COLUMNS))
         for key in keys:
             revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
             expires = key.expires_at.isoformat() if key.expires_at else "-"
             limit = "-" if key.max_pending is None else str(key.max_pending)
+            rotated = key.rotated_at.isoformat() if key.rotated_at else "-"
+            previous = (f"{key.previous_key_prefix}\t{key.previous_valid_until.isoformat()}"
+                        if key.previous_valid_until is not None and key.previous_valid_until > now else "-\t-")
             typer.echo(f"{key.id}\t{key.key_prefix}\t{key.role}\t{key.name}\t{key.created_at.isoformat()}\t{revoked}"
-                       f"\t{expires}\t{limit}")
+                       f"\t{expires}\t{limit}\t{rotated}\t{previous}")
 
 
 @keys_app.command("webhook")
@@ -254,6 +261,41 @@ def restore(folder: Annotated[Path, typer.Argument(help="a folder written by fad
         typer.echo(f"webhook secret key file: {done.key_file}", err=True)
     typer.echo(f"restored the {done.database} database of revision {done.backup_revision}, now at {done.revision}",
                err=True)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key: Annotated[str, typer.Argument(help="key id or prefix")],
+    overlap_hours: Annotated[float, typer.Option(
+        min=0, max=24 * 90, help="hours the current secret keeps working beside the new one (0: it stops now)")] = 24,
+    expires_in_days: Annotated[float | None, typer.Option(
+        min=0.001, max=36500, show_default=False,
+        help="the new secret's expiry, this many days from now (default: as long as the key lived before; "
+        "never if it had no expiry)")] = None,
+) -> None:
+    """Give a key a new secret and print it, alone, on stdout. The key stays the same key: its
+    jobs, idempotency keys, limit, webhook and audit trail carry on. The current secret keeps
+    working for --overlap-hours, for the caller to switch without a gap."""
+    from datetime import timedelta
+
+    from services.keys import KeyRevoked, UnknownKey, rotate_key
+
+    lifetime = timedelta(days=expires_in_days) if expires_in_days is not None else None
+    try:
+        with _session() as session, session.begin():
+            new = rotate_key(session, key, overlap=timedelta(hours=overlap_hours), lifetime=lifetime)
+            previous, until, expires = (new.key.previous_key_prefix, new.key.previous_valid_until,
+                                        new.key.expires_at)
+    except (UnknownKey, KeyRevoked) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if previous is not None and until is not None:
+        typer.echo(f"the previous secret ({previous}...) works until {until.isoformat(timespec='seconds')}", err=True)
+    else:
+        typer.echo("the previous secret no longer works", err=True)
+    if expires is not None:
+        typer.echo(f"the key expires at {expires.isoformat(timespec='seconds')}", err=True)
+    typer.echo(new.secret)
 
 
 @keys_app.command("revoke")

@@ -1,4 +1,4 @@
-"""API keys: create, list, revoke, authenticate. Only the SHA-256 of a secret is stored."""
+"""API keys: create, list, rotate, revoke, authenticate. Only the SHA-256 of a secret is stored."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from services.notify.sealing import SecretBox
@@ -25,6 +25,10 @@ NAME_MAX = 128  # the column's length
 
 class UnknownKey(LookupError):
     """No key with that id or prefix."""
+
+
+class KeyRevoked(ValueError):
+    """A revoked key cannot be rotated: it stays refused (create a new key instead)."""
 
 
 class InvalidKeyName(ValueError):
@@ -89,8 +93,10 @@ def _checked_limit(max_pending: int | None) -> int | None:
 
 
 def find_key(session: Session, id_or_prefix: str) -> ApiKey:
+    """The key with this id or prefix; a rotated key's previous prefix names it too."""
     matches = list(session.scalars(select(ApiKey).where(
-        (ApiKey.id == id_or_prefix) | (ApiKey.key_prefix == id_or_prefix))))
+        (ApiKey.id == id_or_prefix) | (ApiKey.key_prefix == id_or_prefix)
+        | (ApiKey.previous_key_prefix == id_or_prefix))))
     if len(matches) != 1:
         raise UnknownKey(f"no single key with id or prefix {id_or_prefix!r} ({len(matches)} found)")
     return matches[0]
@@ -101,6 +107,37 @@ def revoke_key(session: Session, id_or_prefix: str) -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = db_now(session)
     return key
+
+
+def rotate_key(session: Session, id_or_prefix: str, *, overlap: timedelta,
+               lifetime: timedelta | None = None) -> NewKey:
+    """A new secret for the key, which keeps its id and so its jobs, idempotency keys, limit,
+    webhook and audit trail: a PACS bridge's renewal, not a new caller. The current secret
+    becomes the previous one and keeps working for ``overlap`` (never past the key's old expiry:
+    an expired secret is not revived; one rotated earlier stops now). The key then expires
+    ``lifetime`` from now; None: after as long as it lived before (since its creation or last
+    rotation), or never if it had no expiry. :class:`KeyRevoked` for a revoked key."""
+    if overlap < timedelta(0):
+        raise ValueError(f"the overlap must not be negative, not {overlap}")
+    if lifetime is not None and lifetime <= timedelta(0):
+        raise ValueError(f"a key's lifetime must be positive, not {lifetime}")
+    key = find_key(session, id_or_prefix)
+    if key.revoked_at is not None:
+        raise KeyRevoked(f"key {key.key_prefix} was revoked at {key.revoked_at.isoformat()}: create a new key")
+    now = db_now(session)  # the clock the gateways judge expiry by
+    if lifetime is None and key.expires_at is not None:
+        lifetime = key.expires_at - (key.rotated_at or key.created_at)
+    previous_until = now + overlap if key.expires_at is None else min(now + overlap, key.expires_at)
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    alive = previous_until > now
+    key.previous_key_prefix = key.key_prefix if alive else None
+    key.previous_key_hash = key.key_hash if alive else None
+    key.previous_valid_until = previous_until if alive else None
+    key.key_prefix, key.key_hash = secret[:PREFIX_CHARS], hash_secret(secret)
+    key.expires_at = now + lifetime if lifetime is not None else None
+    key.rotated_at = now
+    session.flush()
+    return NewKey(key=key, secret=secret)
 
 
 def configure_webhook(session: Session, id_or_prefix: str, *, url: str | None, box: SecretBox, clear: bool = False,
@@ -130,12 +167,16 @@ def authenticate(session: Session, secret: str) -> ApiKey | None:
     ``last_used_at`` is written at most once a minute, so a busy key does not cost a write per
     request."""
     # Expiry by the database's clock, read in the same statement: every gateway agrees on it.
+    # A rotated key's previous secret counts until its own end (``rotate_key``).
+    hashed = hash_secret(secret)
     row = session.execute(select(ApiKey, db_clock(session).label("now"))
-                          .where(ApiKey.key_hash == hash_secret(secret))).one_or_none()
+                          .where(or_(ApiKey.key_hash == hashed, ApiKey.previous_key_hash == hashed))).first()
     if row is None:
         return None
     key, now = row[0], row[1].astimezone(UTC)
     if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+        return None
+    if key.key_hash != hashed and (key.previous_valid_until is None or key.previous_valid_until <= now):
         return None
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
@@ -145,7 +186,9 @@ def authenticate(session: Session, secret: str) -> ApiKey | None:
 def ensure_key(session: Session, *, secret: str, name: str, role: Role | str) -> bool:
     """Make sure a live key with this secret exists (deployment bootstrap); True if created."""
     check_name(name)
-    if session.scalars(select(ApiKey.id).where(ApiKey.key_hash == hash_secret(secret))).first() is not None:
+    hashed = hash_secret(secret)
+    if session.scalars(select(ApiKey.id).where(
+            or_(ApiKey.key_hash == hashed, ApiKey.previous_key_hash == hashed))).first() is not None:
         return False
     session.add(ApiKey(name=name, role=Role(role), key_prefix=secret[:PREFIX_CHARS], key_hash=hash_secret(secret)))
     session.flush()

@@ -130,6 +130,12 @@ class ApiKey(Base):
     # --expires-in-days``): a site's rotation policy, enforced. NULL: no expiry.
     expires_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+    # ``fada keys rotate``: a new secret for the same key (its jobs, idempotency keys, limits
+    # and webhook stay); the previous secret keeps working until ``previous_valid_until``.
+    rotated_at: Mapped[datetime | None]
+    previous_key_prefix: Mapped[str | None] = mapped_column(String(16))
+    previous_key_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    previous_valid_until: Mapped[datetime | None]
     # Webhooks (``fada keys webhook``): where this key's job events go by default, and the
     # Standard Webhooks signing secret. The service must sign with the secret, so it cannot be
     # hashed; it is stored sealed (services/notify/sealing.py).

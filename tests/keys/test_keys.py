@@ -49,10 +49,11 @@ def test_keys_lifecycle_through_the_cli(database_url: str) -> None:
         assert authenticate(session, secret + "x") is None
 
     header, *rows = _cli(database_url, "keys", "list").stdout.splitlines()
-    assert header.split("\t") == ["id", "prefix", "role", "name", "created", "revoked", "expires", "max_pending"]
+    assert header.split("\t") == ["id", "prefix", "role", "name", "created", "revoked", "expires", "max_pending",
+                                  "rotated", "previous_prefix", "previous_until"]
     [row] = [line.split("\t") for line in rows]
     assert len(row) == len(header.split("\t"))
-    assert row[:4] == [stored.id, stored.key_prefix, "submitter", "pacs-bridge"] and row[5:] == ["-", "-", "-"]
+    assert row[:4] == [stored.id, stored.key_prefix, "submitter", "pacs-bridge"] and row[5:] == ["-"] * 6
 
     _cli(database_url, "keys", "revoke", stored.key_prefix)
     with sessions() as session, session.begin():
@@ -94,7 +95,8 @@ def test_unknown_role_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-d
 def test_keys_list_with_no_keys_prints_the_header_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path / 'f.db'}"
     _cli(url, "migrate")
-    assert _cli(url, "keys", "list").stdout == "id\tprefix\trole\tname\tcreated\trevoked\texpires\tmax_pending\n"
+    assert _cli(url, "keys", "list").stdout == ("id\tprefix\trole\tname\tcreated\trevoked\texpires\tmax_pending"
+                                                "\trotated\tprevious_prefix\tprevious_until\n")
 
 
 BAD_NAMES = ["", "   ", "\t", "pacs\nbridge", "pacs\x00bridge", "pacs\x1b[31mbridge", "tab\there", "x\u2028y",
@@ -147,7 +149,7 @@ def test_a_key_s_own_pending_limit_through_the_cli(database_url: str) -> None:
 
     assert limits() == {"batch-script": 50, "pacs-bridge": None}
     rows = [line.split("\t") for line in _cli(database_url, "keys", "list").stdout.splitlines()[1:]]
-    assert {row[3]: row[-1] for row in rows} == {"batch-script": "50", "pacs-bridge": "-"}
+    assert {row[3]: row[7] for row in rows} == {"batch-script": "50", "pacs-bridge": "-"}
     with sessions() as session:
         pacs = session.scalars(select(ApiKey).where(ApiKey.name == "pacs-bridge")).one().key_prefix
         batch = session.scalars(select(ApiKey).where(ApiKey.name == "batch-script")).one().key_prefix

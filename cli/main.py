@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -108,16 +109,16 @@ def keys_limit(
                "or running", err=True)
 
 
-KEYS_LIST_COLUMNS = ("id", "prefix", "role", "name", "created", "revoked", "expires", "max_pending", "rotated",
-                     "previous_prefix", "previous_until")
+KEYS_LIST_COLUMNS = ("id", "prefix", "role", "name", "created", "revoked", "expires", "max_pending", "last_used",
+                     "rotated", "previous_prefix", "previous_until", "previous_last_used")
 
 
 @keys_app.command("list")
 def keys_list() -> None:
     """List keys, tab-separated, after a header row naming the columns: id, prefix, role, name,
     created, revoked, expires, max_pending (the key's own pending-job limit; "-": none, or the
-    service-wide limit), rotated, and the previous secret's prefix and end while it still works
-    after a rotation ("-" otherwise)."""
+    service-wide limit), last_used (to the minute), rotated, and while a rotated key's previous
+    secret still works its prefix, end and last use ("-" otherwise: has the caller switched?)."""
     from services.keys import list_keys
     from shared.db.clock import db_now
 
@@ -126,14 +127,18 @@ def keys_list() -> None:
         now = db_now(session)
         typer.echo("\t".join(KEYS_LIST_COLUMNS))
         for key in keys:
-            revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
-            expires = key.expires_at.isoformat() if key.expires_at else "-"
             limit = "-" if key.max_pending is None else str(key.max_pending)
-            rotated = key.rotated_at.isoformat() if key.rotated_at else "-"
-            previous = (f"{key.previous_key_prefix}\t{key.previous_valid_until.isoformat()}"
-                        if key.previous_valid_until is not None and key.previous_valid_until > now else "-\t-")
-            typer.echo(f"{key.id}\t{key.key_prefix}\t{key.role}\t{key.name}\t{key.created_at.isoformat()}\t{revoked}"
-                       f"\t{expires}\t{limit}\t{rotated}\t{previous}")
+            previous = ("-", "-", "-")
+            if key.previous_valid_until is not None and key.previous_valid_until > now:
+                previous = (key.previous_key_prefix or "-", key.previous_valid_until.isoformat(),
+                            _when(key.previous_last_used_at))
+            row = (key.id, key.key_prefix, key.role, key.name, key.created_at.isoformat(), _when(key.revoked_at),
+                   _when(key.expires_at), limit, _when(key.last_used_at), _when(key.rotated_at), *previous)
+            typer.echo("\t".join(row))
+
+
+def _when(at: datetime | None) -> str:
+    return at.isoformat() if at is not None else "-"
 
 
 @keys_app.command("webhook")

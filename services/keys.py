@@ -133,6 +133,7 @@ def rotate_key(session: Session, id_or_prefix: str, *, overlap: timedelta,
     key.previous_key_prefix = key.key_prefix if alive else None
     key.previous_key_hash = key.key_hash if alive else None
     key.previous_valid_until = previous_until if alive else None
+    key.previous_last_used_at = None
     key.key_prefix, key.key_hash = secret[:PREFIX_CHARS], hash_secret(secret)
     key.expires_at = now + lifetime if lifetime is not None else None
     key.rotated_at = now
@@ -164,8 +165,8 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 def authenticate(session: Session, secret: str) -> ApiKey | None:
     """The live key for a presented secret, or None (unknown, revoked or expired).
-    ``last_used_at`` is written at most once a minute, so a busy key does not cost a write per
-    request."""
+    ``last_used_at`` (and for a rotated key's previous secret ``previous_last_used_at``) is
+    written at most once a minute, so a busy key does not cost a write per request."""
     # Expiry by the database's clock, read in the same statement: every gateway agrees on it.
     # A rotated key's previous secret counts until its own end (``rotate_key``).
     hashed = hash_secret(secret)
@@ -176,11 +177,21 @@ def authenticate(session: Session, secret: str) -> ApiKey | None:
     key, now = row[0], row[1].astimezone(UTC)
     if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
         return None
-    if key.key_hash != hashed and (key.previous_valid_until is None or key.previous_valid_until <= now):
+    previous = key.key_hash != hashed
+    if previous and (key.previous_valid_until is None or key.previous_valid_until <= now):
         return None
-    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-        session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+    used: dict[str, datetime] = {}
+    if _stale(key.last_used_at, now):
+        used["last_used_at"] = now
+    if previous and _stale(key.previous_last_used_at, now):  # has the caller switched to the new one yet?
+        used["previous_last_used_at"] = now
+    if used:
+        session.execute(update(ApiKey).where(ApiKey.id == key.id).values(**used))
     return key
+
+
+def _stale(last_used: datetime | None, now: datetime) -> bool:
+    return last_used is None or now - last_used > LAST_USED_RESOLUTION
 
 
 def ensure_key(session: Session, *, secret: str, name: str, role: Role | str) -> bool:

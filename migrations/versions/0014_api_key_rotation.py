@@ -1,6 +1,7 @@
 """API key rotation (``fada keys rotate``): a key's secret is replaced while its identity (id,
 jobs, idempotency keys, limits, webhook) stays; the previous secret keeps working until
-``previous_valid_until``, so a caller can switch without a gap.
+``previous_valid_until``, so a caller can switch without a gap; ``previous_last_used_at`` says
+whether it still uses the old one.
 
 Revision ID: 0014
 Revises: 0013
@@ -24,12 +25,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column("previous_key_prefix", sa.String(16), nullable=True))
         batch.add_column(sa.Column("previous_key_hash", sa.String(64), nullable=True))
         batch.add_column(sa.Column("previous_valid_until", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("previous_last_used_at", sa.DateTime(timezone=True), nullable=True))
         batch.create_index("ix_api_keys_previous_key_hash", ["previous_key_hash"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_index("ix_api_keys_previous_key_hash")
+        batch.drop_column("previous_last_used_at")
         batch.drop_column("previous_valid_until")
         batch.drop_column("previous_key_hash")
         batch.drop_column("previous_key_prefix")

@@ -136,6 +136,7 @@ class ApiKey(Base):
     previous_key_prefix: Mapped[str | None] = mapped_column(String(16))
     previous_key_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     previous_valid_until: Mapped[datetime | None]
+    previous_last_used_at: Mapped[datetime | None]  # has the caller switched to the new secret yet?
     # Webhooks (``fada keys webhook``): where this key's job events go by default, and the
     # Standard Webhooks signing secret. The service must sign with the secret, so it cannot be
     # hashed; it is stored sealed (services/notify/sealing.py).

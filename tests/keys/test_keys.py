@@ -50,10 +50,14 @@ def test_keys_lifecycle_through_the_cli(database_url: str) -> None:
 
     header, *rows = _cli(database_url, "keys", "list").stdout.splitlines()
     assert header.split("\t") == ["id", "prefix", "role", "name", "created", "revoked", "expires", "max_pending",
-                                  "rotated", "previous_prefix", "previous_until"]
+                                  "last_used", "rotated", "previous_prefix", "previous_until", "previous_last_used"]
     [row] = [line.split("\t") for line in rows]
     assert len(row) == len(header.split("\t"))
-    assert row[:4] == [stored.id, stored.key_prefix, "submitter", "pacs-bridge"] and row[5:] == ["-"] * 6
+    with sessions() as session:
+        used = session.scalars(select(ApiKey.last_used_at)).one()  # by the authentication above
+    assert used is not None
+    assert row[:4] == [stored.id, stored.key_prefix, "submitter", "pacs-bridge"]
+    assert row[5:] == ["-", "-", "-", used.isoformat(), "-", "-", "-", "-"]
 
     _cli(database_url, "keys", "revoke", stored.key_prefix)
     with sessions() as session, session.begin():
@@ -96,7 +100,8 @@ def test_keys_list_with_no_keys_prints_the_header_alone(tmp_path) -> None:  # ty
     url = f"sqlite:///{tmp_path / 'f.db'}"
     _cli(url, "migrate")
     assert _cli(url, "keys", "list").stdout == ("id\tprefix\trole\tname\tcreated\trevoked\texpires\tmax_pending"
-                                                "\trotated\tprevious_prefix\tprevious_until\n")
+                                                "\tlast_used\trotated\tprevious_prefix\tprevious_until"
+                                                "\tprevious_last_used\n")
 
 
 BAD_NAMES = ["", "   ", "\t", "pacs\nbridge", "pacs\x00bridge", "pacs\x1b[31mbridge", "tab\there", "x\u2028y",

@@ -51,7 +51,7 @@ def test_rotating_through_the_cli_keeps_the_key_and_both_secrets_work_for_the_ov
     new = rotated.stdout.strip()
     assert rotated.stdout == new + "\n" and new.startswith("fada_") and new != old, "the new secret alone on stdout"
     assert f"previous secret ({old[:12]}...) works until" in rotated.stderr and "expires at" in rotated.stderr
-    assert _key_of(sessions, new) == key_id and _key_of(sessions, old) == key_id  # one key, two secrets
+    assert _key_of(sessions, new) == key_id  # the same key
     with sessions() as session:
         key = session.get(ApiKey, key_id)
         assert key is not None and key.rotated_at is not None
@@ -64,6 +64,12 @@ def test_rotating_through_the_cli_keeps_the_key_and_both_secrets_work_for_the_ov
     assert listed["prefix"] == new[:12] and listed["previous_prefix"] == old[:12]
     assert listed["rotated"] == key.rotated_at.isoformat()
     assert listed["previous_until"] == key.previous_valid_until.isoformat()
+    assert listed["previous_last_used"] == "-", "not used since the rotation"
+    assert _key_of(sessions, old) == key_id  # one key, two secrets: the bridge has not switched yet
+    header, row = (line.split("\t") for line in _cli(database_url, "keys", "list").stdout.splitlines())
+    with sessions() as session:
+        used = session.get(ApiKey, key_id).previous_last_used_at  # type: ignore[union-attr]
+    assert used is not None and dict(zip(header, row, strict=True))["previous_last_used"] == used.isoformat()
 
     with sessions.begin() as session:  # the overlap is over
         session.execute(update(ApiKey).values(previous_valid_until=utcnow() - timedelta(seconds=1)))

@@ -18,7 +18,7 @@ from fastapi import HTTPException
 from python_multipart.multipart import parse_options_header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.keys import PREFIX_CHARS, authenticate
+from services.keys import PREFIX_CHARS, AddressNotAllowed, authenticate
 from shared.audit import record_event
 from shared.db.outage import database_full, database_unavailable, short_reason
 from shared.logs import REQUEST_ID
@@ -82,9 +82,15 @@ class GatewayMiddleware:
         try:
             if audited:
                 basic = takes_basic(scope["method"], scope["path"])
-                caller, presented = await self._authenticate(scope, basic=basic)
+                presented = presented_key(_header(scope, b"authorization"), basic=basic)
                 if presented:  # which secret: an unknown one, or the old or new one of a rotated key
                     state["presented_prefix"] = presented[:PREFIX_CHARS]
+                try:
+                    caller = await self._authenticate(scope, presented) if presented else None
+                except AddressNotAllowed as exc:  # a live key, from outside its networks
+                    state["audit_key_id"] = exc.key_id
+                    await problem_response(403, "address_not_allowed", str(exc))(scope, receive, send_wrapper)
+                    return
                 if caller is None:
                     detail = (missing_key_detail(_header(scope, b"authorization"), basic=basic) if presented is None
                               else "unknown, revoked or expired API key")
@@ -126,18 +132,17 @@ class GatewayMiddleware:
             observe_request(scope, status_holder["status"], time.perf_counter() - started)
             REQUEST_ID.reset(request_token)
 
-    async def _authenticate(self, scope: Scope, *, basic: bool) -> tuple[Caller | None, str | None]:
-        secret = presented_key(_header(scope, b"authorization"), basic=basic)
-        if secret is None:
-            return None, None
+    async def _authenticate(self, scope: Scope, secret: str) -> Caller | None:
+        client = scope.get("client")
+        address = str(client[0]) if client else None
 
         def lookup() -> Caller | None:
             with self.ctx.sm.begin() as session:
-                key = authenticate(session, secret)
+                key = authenticate(session, secret, client=address)
                 return (Caller(key_id=key.id, role=key.role, name=key.name, max_pending=key.max_pending)
                         if key is not None else None)
 
-        return await anyio.to_thread.run_sync(lookup), secret
+        return await anyio.to_thread.run_sync(lookup)
 
     async def _audit(self, scope: Scope, status: int) -> None:
         state: dict[str, Any] = scope.get("state", {})
@@ -162,7 +167,8 @@ class GatewayMiddleware:
         def write() -> None:
             with self.ctx.sm.begin() as session:
                 record_event(session, action=f"{scope['method']} {template}"[:64], outcome=_outcome(status),
-                             api_key_id=caller.key_id if caller else None, job_id=job_id, detail=detail,
+                             api_key_id=caller.key_id if caller else state.get("audit_key_id"), job_id=job_id,
+                             detail=detail,
                              request_id=state.get("request_id"))
 
         try:

@@ -62,11 +62,15 @@ def keys_create(
     expires_in_days: Annotated[float | None, typer.Option(
         min=0.001, max=36500, show_default=False,
         help="refuse the key this many days from now, as if revoked (default: never)")] = None,
+    allow_from: Annotated[list[str] | None, typer.Option(
+        show_default=False, help="a network (CIDR) or address the key may be used from; repeat for more "
+        "(default: anywhere)")] = None,
 ) -> None:
     """Create a key and print its secret, alone, on stdout (only its hash is stored)."""
     from datetime import timedelta
 
     from services.keys import InvalidKeyName, create_key
+    from services.networks import InvalidNetwork
     from shared.db.clock import db_now
     from shared.db.models import Role
 
@@ -76,9 +80,12 @@ def keys_create(
         with _session() as session, session.begin():
             # From the database's clock, which the gateways judge expiry by (not this host's).
             expires_at = db_now(session) + timedelta(days=expires_in_days) if expires_in_days is not None else None
-            new = create_key(session, name=name, role=role, max_pending=max_pending, expires_at=expires_at)
+            new = create_key(session, name=name, role=role, max_pending=max_pending, expires_at=expires_at,
+                             networks=allow_from or None)
     except InvalidKeyName as exc:  # refused before anything was added; the transaction is rolled back
         raise typer.BadParameter(str(exc), param_hint="--name") from exc
+    except InvalidNetwork as exc:
+        raise typer.BadParameter(str(exc), param_hint="--allow-from") from exc
     if expires_at is not None:
         typer.echo(f"the key expires at {expires_at.isoformat(timespec='seconds')}", err=True)
     typer.echo(new.secret)
@@ -109,15 +116,16 @@ def keys_limit(
                "or running", err=True)
 
 
-KEYS_LIST_COLUMNS = ("id", "prefix", "role", "name", "created", "revoked", "expires", "max_pending", "last_used",
-                     "rotated", "previous_prefix", "previous_until", "previous_last_used")
+KEYS_LIST_COLUMNS = ("id", "prefix", "role", "name", "created", "revoked", "expires", "max_pending", "networks",
+                     "last_used", "rotated", "previous_prefix", "previous_until", "previous_last_used")
 
 
 @keys_app.command("list")
 def keys_list() -> None:
     """List keys, tab-separated, after a header row naming the columns: id, prefix, role, name,
     created, revoked, expires, max_pending (the key's own pending-job limit; "-": none, or the
-    service-wide limit), last_used (to the minute), rotated, and while a rotated key's previous
+    service-wide limit), networks (where it may be used from, comma-separated; "-": anywhere),
+    last_used (to the minute), rotated, and while a rotated key's previous
     secret still works its prefix, end and last use ("-" otherwise: has the caller switched?)."""
     from services.keys import list_keys
     from shared.db.clock import db_now
@@ -133,7 +141,8 @@ def keys_list() -> None:
                 previous = (key.previous_key_prefix or "-", key.previous_valid_until.isoformat(),
                             _when(key.previous_last_used_at))
             row = (key.id, key.key_prefix, key.role, key.name, key.created_at.isoformat(), _when(key.revoked_at),
-                   _when(key.expires_at), limit, _when(key.last_used_at), _when(key.rotated_at), *previous)
+                   _when(key.expires_at), limit, ",".join(key.allowed_networks or ["-"]), _when(key.last_used_at),
+                   _when(key.rotated_at), *previous)
             typer.echo("\t".join(row))
 
 
@@ -266,6 +275,33 @@ def restore(folder: Annotated[Path, typer.Argument(help="a folder written by fad
         typer.echo(f"webhook secret key file: {done.key_file}", err=True)
     typer.echo(f"restored the {done.database} database of revision {done.backup_revision}, now at {done.revision}",
                err=True)
+
+
+@keys_app.command("networks")
+def keys_networks(
+    key: Annotated[str, typer.Argument(help="key id or prefix")],
+    allow_from: Annotated[list[str] | None, typer.Option(
+        show_default=False, help="a network (CIDR) or address the key may be used from; repeat for more")] = None,
+    anywhere: Annotated[bool, typer.Option("--anywhere", help="lift the limit: any address")] = False,
+) -> None:
+    """Limit where a key may be used from: requests from elsewhere get 403 address_not_allowed
+    (audited). The address is the client's as the gateway sees it: behind a reverse proxy, set
+    FORWARDED_ALLOW_IPS to the proxy's address, or every request comes from the proxy."""
+    from services.keys import UnknownKey, set_networks
+    from services.networks import InvalidNetwork
+
+    if bool(allow_from) == anywhere:
+        raise typer.BadParameter("give --allow-from CIDR (repeatable) or --anywhere, not both or neither")
+    try:
+        with _session() as session, session.begin():
+            changed = set_networks(session, key, None if anywhere else allow_from)
+            prefix, networks = changed.key_prefix, changed.allowed_networks
+    except InvalidNetwork as exc:
+        raise typer.BadParameter(str(exc), param_hint="--allow-from") from exc
+    except UnknownKey as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"key {prefix}: usable from {', '.join(networks) if networks else 'anywhere'}", err=True)
 
 
 @keys_app.command("rotate")

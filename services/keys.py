@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from services.networks import address_allowed, parse_networks
 from services.notify.sealing import SecretBox
 from services.notify.signing import new_secret
 from services.notify.targets import check_webhook_url
@@ -25,6 +26,15 @@ NAME_MAX = 128  # the column's length
 
 class UnknownKey(LookupError):
     """No key with that id or prefix."""
+
+
+class AddressNotAllowed(PermissionError):
+    """A live key presented from outside its networks (``allowed_networks``)."""
+
+    def __init__(self, key: ApiKey, address: str | None) -> None:
+        super().__init__(f"this API key may not be used from {address or 'an unknown address'}: it is limited to "
+                         "its networks (ask the service's administrators)")
+        self.key_id = key.id
 
 
 class KeyRevoked(ValueError):
@@ -59,12 +69,14 @@ def hash_secret(secret: str) -> str:
 
 
 def create_key(session: Session, *, name: str, role: Role | str, max_pending: int | None = None,
-               expires_at: datetime | None = None) -> NewKey:
-    """A new key; :class:`InvalidKeyName` (nothing added) for a name :func:`check_name` refuses."""
+               expires_at: datetime | None = None, networks: Sequence[str] | None = None) -> NewKey:
+    """A new key; :class:`InvalidKeyName` (nothing added) for a name :func:`check_name` refuses,
+    :class:`InvalidNetwork` for a network that is not one. ``networks``: see :func:`set_networks`."""
     check_name(name)
+    allowed = parse_networks(networks) if networks is not None else None
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(name=name, role=Role(role), key_prefix=secret[:PREFIX_CHARS], key_hash=hash_secret(secret),
-                 max_pending=_checked_limit(max_pending), expires_at=expires_at)
+                 max_pending=_checked_limit(max_pending), expires_at=expires_at, allowed_networks=allowed)
     session.add(key)
     session.flush()
     return NewKey(key=key, secret=secret)
@@ -141,6 +153,15 @@ def rotate_key(session: Session, id_or_prefix: str, *, overlap: timedelta,
     return NewKey(key=key, secret=secret)
 
 
+def set_networks(session: Session, id_or_prefix: str, networks: Sequence[str] | None) -> ApiKey:
+    """Limit the key to these networks (CIDR or single addresses; :class:`InvalidNetwork` for
+    one that is not), or with None let it be used from anywhere again. From the next request."""
+    key = find_key(session, id_or_prefix)
+    key.allowed_networks = parse_networks(networks) if networks is not None else None
+    session.flush()
+    return key
+
+
 def configure_webhook(session: Session, id_or_prefix: str, *, url: str | None, box: SecretBox, clear: bool = False,
                       rotate: bool = False, allowed_hosts: Sequence[str] = ()) -> tuple[ApiKey, str | None]:
     """Set (or with ``clear`` remove) the key's default webhook URL; make sure it has a signing
@@ -163,8 +184,10 @@ def configure_webhook(session: Session, id_or_prefix: str, *, url: str | None, b
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
-def authenticate(session: Session, secret: str) -> ApiKey | None:
-    """The live key for a presented secret, or None (unknown, revoked or expired).
+def authenticate(session: Session, secret: str, *, client: str | None) -> ApiKey | None:
+    """The live key for a secret presented by a client at address ``client``, or None
+    (unknown, revoked or expired); :class:`AddressNotAllowed` from outside the key's networks
+    (which then does not count as a use).
     ``last_used_at`` (and for a rotated key's previous secret ``previous_last_used_at``) is
     written at most once a minute, so a busy key does not cost a write per request."""
     # Expiry by the database's clock, read in the same statement: every gateway agrees on it.
@@ -180,6 +203,8 @@ def authenticate(session: Session, secret: str) -> ApiKey | None:
     previous = key.key_hash != hashed
     if previous and (key.previous_valid_until is None or key.previous_valid_until <= now):
         return None
+    if not address_allowed(key.allowed_networks, client):
+        raise AddressNotAllowed(key, client)
     used: dict[str, datetime] = {}
     if _stale(key.last_used_at, now):
         used["last_used_at"] = now

@@ -137,6 +137,8 @@ class ApiKey(Base):
     previous_key_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     previous_valid_until: Mapped[datetime | None]
     previous_last_used_at: Mapped[datetime | None]  # has the caller switched to the new secret yet?
+    # The networks (CIDR strings, ``fada keys networks``) the key may be used from; NULL: anywhere.
+    allowed_networks: Mapped[list[str] | None] = mapped_column(JSONDocument)
     # Webhooks (``fada keys webhook``): where this key's job events go by default, and the
     # Standard Webhooks signing secret. The service must sign with the secret, so it cannot be
     # hashed; it is stored sealed (services/notify/sealing.py).

@@ -154,7 +154,7 @@ def _backup_and_restore_postgres(postgres_url: str, tmp_path: Path) -> None:
         engine = make_engine(target)
         try:
             with make_sessionmaker(engine).begin() as session:
-                assert authenticate(session, secret) is not None
+                assert authenticate(session, secret, client="127.0.0.1") is not None
                 assert session.scalar(select(func.count()).select_from(ApiKey)) == 1
         finally:
             engine.dispose()

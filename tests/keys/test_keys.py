@@ -45,23 +45,24 @@ def test_keys_lifecycle_through_the_cli(database_url: str) -> None:
         dump = " ".join(str(v) for v in session.execute(text("SELECT * FROM api_keys")).one())
         assert secret not in dump, "only the hash is stored"
     with sessions() as session, session.begin():
-        assert authenticate(session, secret) is not None
-        assert authenticate(session, secret + "x") is None
+        assert authenticate(session, secret, client="127.0.0.1") is not None
+        assert authenticate(session, secret + "x", client="127.0.0.1") is None
 
     header, *rows = _cli(database_url, "keys", "list").stdout.splitlines()
     assert header.split("\t") == ["id", "prefix", "role", "name", "created", "revoked", "expires", "max_pending",
-                                  "last_used", "rotated", "previous_prefix", "previous_until", "previous_last_used"]
+                                  "networks", "last_used", "rotated", "previous_prefix", "previous_until",
+                                  "previous_last_used"]
     [row] = [line.split("\t") for line in rows]
     assert len(row) == len(header.split("\t"))
     with sessions() as session:
         used = session.scalars(select(ApiKey.last_used_at)).one()  # by the authentication above
     assert used is not None
     assert row[:4] == [stored.id, stored.key_prefix, "submitter", "pacs-bridge"]
-    assert row[5:] == ["-", "-", "-", used.isoformat(), "-", "-", "-", "-"]
+    assert row[5:] == ["-", "-", "-", "-", used.isoformat(), "-", "-", "-", "-"]
 
     _cli(database_url, "keys", "revoke", stored.key_prefix)
     with sessions() as session, session.begin():
-        assert authenticate(session, secret) is None
+        assert authenticate(session, secret, client="127.0.0.1") is None
     bad = runner.invoke(app, ["keys", "revoke", "nope"], env={"FADA_DATABASE_URL": database_url})
     assert bad.exit_code == 2
 
@@ -100,7 +101,7 @@ def test_keys_list_with_no_keys_prints_the_header_alone(tmp_path) -> None:  # ty
     url = f"sqlite:///{tmp_path / 'f.db'}"
     _cli(url, "migrate")
     assert _cli(url, "keys", "list").stdout == ("id\tprefix\trole\tname\tcreated\trevoked\texpires\tmax_pending"
-                                                "\tlast_used\trotated\tprevious_prefix\tprevious_until"
+                                                "\tnetworks\tlast_used\trotated\tprevious_prefix\tprevious_until"
                                                 "\tprevious_last_used\n")
 
 
@@ -180,10 +181,10 @@ def test_a_key_created_to_expire_works_until_then(database_url: str) -> None:
     header, row = [line.split("\t") for line in _cli(database_url, "keys", "list").stdout.splitlines()]
     assert header[6] == "expires" and row[6] == key.expires_at.isoformat()
     with sessions() as session, session.begin():
-        assert authenticate(session, secret) is not None
+        assert authenticate(session, secret, client="127.0.0.1") is not None
         session.execute(update(ApiKey).values(expires_at=utcnow()))  # the day has come
     with sessions() as session, session.begin():
-        assert authenticate(session, secret) is None
+        assert authenticate(session, secret, client="127.0.0.1") is None
     for days in ("0", "1e7"):  # already expired; past the calendar
         refused = runner.invoke(app, ["keys", "create", "--role", "qa", "--name", "x", "--expires-in-days", days],
                                 env={"FADA_DATABASE_URL": database_url})

@@ -140,7 +140,9 @@ class AuditEventOut(BaseModel):
     id: str
     at: datetime
     api_key: AuditKeyOut | None  # null: no known key (a request refused as unauthorized)
-    action: str  # the method and the route's template, e.g. "GET /v1/jobs/{job_id}/result"
+    # The method and the route's template, e.g. "GET /v1/jobs/{job_id}/result"; or a command of
+    # fada keys ("fada keys rotate"), whose api_key is the key it changed (no key acts there).
+    action: str
     outcome: Literal["ok", "denied", "rejected", "error"]
     job_id: str | None
     request_id: str | None  # the X-Request-ID the caller was answered with

@@ -4,14 +4,41 @@ management needs database access, not a key, and must still be accountable."""
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.database import open_session
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; a secret is shown once).")
+
+
+def _audit(session: Session, command: str, key_id: str, **detail: object) -> None:
+    """The change in the audit trail, in the change's own transaction. ``api_key`` is the key
+    acted on (no key acts here); ``client`` is who ran the command, as user@host."""
+    from shared.audit import record_event
+
+    record_event(session, action=f"fada keys {command}", outcome="ok", api_key_id=key_id,
+                 detail={"client": _operator()[:64], **detail})
+
+
+def _operator() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no name in /etc/passwd
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
 
 
 @keys_app.command("create")
@@ -44,6 +71,8 @@ def keys_create(
             expires_at = db_now(session) + timedelta(days=expires_in_days) if expires_in_days is not None else None
             new = create_key(session, name=name, role=role, max_pending=max_pending, expires_at=expires_at,
                              networks=allow_from or None)
+            _audit(session, "create", new.key.id, role=role, expires_at=_iso(expires_at), max_pending=max_pending,
+                   networks=new.key.allowed_networks)
     except InvalidKeyName as exc:  # refused before anything was added; the transaction is rolled back
         raise typer.BadParameter(str(exc), param_hint="--name") from exc
     except InvalidNetwork as exc:
@@ -105,6 +134,7 @@ def keys_limit(
         with open_session() as session, session.begin():
             changed = set_max_pending(session, key, None if default else max_pending)
             prefix, limit = changed.key_prefix, changed.max_pending
+            _audit(session, "limit", changed.id, max_pending=limit)
     except UnknownKey as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -131,6 +161,7 @@ def keys_networks(
         with open_session() as session, session.begin():
             changed = set_networks(session, key, None if anywhere else allow_from)
             prefix, networks = changed.key_prefix, changed.allowed_networks
+            _audit(session, "networks", changed.id, networks=networks)
     except InvalidNetwork as exc:
         raise typer.BadParameter(str(exc), param_hint="--allow-from") from exc
     except UnknownKey as exc:
@@ -162,6 +193,8 @@ def keys_rotate(
             new = rotate_key(session, key, overlap=timedelta(hours=overlap_hours), lifetime=lifetime)
             previous, until, expires = (new.key.previous_key_prefix, new.key.previous_valid_until,
                                         new.key.expires_at)
+            _audit(session, "rotate", new.key.id, previous_prefix=previous, previous_until=_iso(until),
+                   expires_at=_iso(expires))
     except (UnknownKey, KeyRevoked) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -182,6 +215,7 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="key id or prefix")]) ->
     try:
         with open_session() as session, session.begin():
             revoked = revoke_key(session, key)
+            _audit(session, "revoke", revoked.id)
     except UnknownKey as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -210,6 +244,7 @@ def keys_webhook(
                                                 allowed_hosts=settings.webhook_allowed_hosts)
             target = changed.webhook_url or "(none: only jobs with their own callback_url)"
             prefix = changed.key_prefix
+            _audit(session, "webhook", changed.id, url=changed.webhook_url, new_secret=secret is not None)
     except (UnknownKey, InvalidTarget, SecretUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -1,0 +1,66 @@
+"""Every change ``fada keys`` makes is in the audit trail, under the key it changed, with who ran
+it (user@host) and what changed, and never a secret; a command that fails records nothing.
+On PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner, Result
+
+from cli.main import app
+from services.audit_trail import AuditFilters, list_events
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.db.models import AuditEvent
+
+runner = CliRunner()
+
+
+def _cli(url: str, *args: str, exit_code: int = 0) -> Result:
+    result = runner.invoke(app, list(args), env={"FADA_DATABASE_URL": url})
+    assert result.exit_code == exit_code, result.output
+    return result
+
+
+def test_each_key_change_is_audited_with_who_ran_it(database_url: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FADA_DATA_DIR", str(tmp_path))  # the webhook secret's key file
+    monkeypatch.delenv("FADA_SECRETS_KEY", raising=False)
+    _cli(database_url, "migrate")
+    first = _cli(database_url, "keys", "create", "--role", "submitter", "--name", "pacs-bridge",
+                 "--expires-in-days", "90", "--allow-from", "10.20.0.0/24").stdout.strip()
+    prefix = first[:12]
+    _cli(database_url, "keys", "limit", prefix, "--max-pending", "200")
+    _cli(database_url, "keys", "networks", prefix, "--allow-from", "10.20.0.0/24", "--allow-from", "10.21.0.9")
+    webhook_secret = _cli(database_url, "keys", "webhook", prefix, "--url", "https://ris.example.org/fada"
+                          ).stdout.strip()
+    second = _cli(database_url, "keys", "rotate", prefix, "--overlap-hours", "2").stdout.strip()
+    _cli(database_url, "keys", "revoke", second[:12])
+    # Failed commands change nothing and record nothing.
+    _cli(database_url, "keys", "rotate", second[:12], exit_code=2)  # revoked
+    _cli(database_url, "keys", "networks", second[:12], "--allow-from", "bogus", exit_code=2)
+    _cli(database_url, "keys", "limit", "fada_nothing", "--default", exit_code=2)
+
+    sessions = make_sessionmaker(make_engine(database_url))
+    with sessions() as session:
+        events = [entry.event for entry in list_events(session, AuditFilters(), limit=50).items][::-1]
+        assert session.scalar(select(func.count()).select_from(AuditEvent)) == 6
+    assert [e.action for e in events] == ["fada keys create", "fada keys limit", "fada keys networks",
+                                          "fada keys webhook", "fada keys rotate", "fada keys revoke"]
+    assert len({e.api_key_id for e in events}) == 1 and events[0].api_key_id is not None
+    assert {e.outcome for e in events} == {"ok"}
+    assert {e.detail["client"] for e in events if e.detail} == {f"{getpass.getuser()}@{socket.gethostname()}"}
+    create, limit, networks, webhook, rotate, _ = (e.detail or {} for e in events)
+    assert (create["role"], create["max_pending"], create["networks"]) == ("submitter", None, ["10.20.0.0/24"])
+    assert create["expires_at"] is not None
+    assert limit["max_pending"] == 200 and networks["networks"] == ["10.20.0.0/24", "10.21.0.9/32"]
+    assert (webhook["url"], webhook["new_secret"]) == ("https://ris.example.org/fada", True)
+    assert rotate["previous_prefix"] == prefix and rotate["previous_until"] is not None
+    trail = json.dumps([e.detail for e in events])
+    for secret in (first, second, webhook_secret):
+        assert secret not in trail

@@ -4,15 +4,13 @@ management needs database access, not a key, and must still be accountable."""
 
 from __future__ import annotations
 
-import getpass
-import os
-import socket
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.database import open_session
+from cli.operator import operator
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -26,15 +24,7 @@ def _audit(session: Session, command: str, key_id: str, **detail: object) -> Non
     from shared.audit import record_event
 
     record_event(session, action=f"fada keys {command}", outcome="ok", api_key_id=key_id,
-                 detail={"client": _operator()[:64], **detail})
-
-
-def _operator() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # a container's uid with no name in /etc/passwd
-        user = f"uid {os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
+                 detail={"client": operator()[:64], **detail})
 
 
 def _iso(at: datetime | None) -> str | None:

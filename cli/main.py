@@ -11,6 +11,7 @@ import typer
 from cli.audit import audit as audit_command
 from cli.database import open_session
 from cli.keys import keys_app
+from cli.operator import operator
 from cli.report import report as report_command
 from cli.submit import submit as submit_command
 
@@ -68,7 +69,7 @@ def images_purge(
             count = count_purgeable(session, older_than=older_than)
         typer.echo(f"{count} image(s) of jobs finished over {days:g} day(s) ago would be purged")
         return
-    total = purge_all(sm, older_than=older_than)
+    total = purge_all(sm, older_than=older_than, by=operator())
     typer.echo(f"purged the pixels of {total} image(s) of jobs finished over {days:g} day(s) ago")
 
 

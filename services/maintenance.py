@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.jobs import Enqueue, SweepReport, purge_all, sweep, untouch
 from services.queue import purge_delivered
+from services.workers import worker_name
 from shared.db.outage import short_reason
 from shared.settings import Settings
 
@@ -105,7 +106,7 @@ def purge_old_images(sm: sessionmaker[Session], settings: Settings) -> int:
     batches. Returns how many images lost their pixels."""
     if settings.image_retention_days is None:
         return 0
-    purged = purge_all(sm, older_than=timedelta(days=settings.image_retention_days))
+    purged = purge_all(sm, older_than=timedelta(days=settings.image_retention_days), by=worker_name())
     if purged:
         log.info("retention: deleted the pixels of %d image(s) of jobs finished over %g day(s) ago", purged,
                  settings.image_retention_days)

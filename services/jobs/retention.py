@@ -20,10 +20,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.audit import record_event
 from shared.db.clock import db_now
 from shared.db.models import FINAL_STATUSES, Image, Job
 
 BATCH = 500
+ONE_DAY = timedelta(days=1)
 
 
 def purgeable(older_than: timedelta, now: datetime) -> ColumnElement[bool]:
@@ -54,15 +56,22 @@ def purge_images(session: Session, *, older_than: timedelta, now: datetime | Non
     return list(purged.scalars())
 
 
-def purge_all(sm: sessionmaker[Session], *, older_than: timedelta, now: datetime | None = None,
+def purge_all(sm: sessionmaker[Session], *, older_than: timedelta, by: str, now: datetime | None = None,
               batch: int = BATCH) -> int:
     """Purge until nothing is left, ``batch`` images per transaction (a first run over a long
-    backlog holds no huge transaction); returns how many images lost their pixels."""
+    backlog holds no huge transaction); returns how many images lost their pixels. Each batch
+    that deletes any is an audit event ("images purge") in its own transaction, ``by`` naming
+    who ran it (the worker's name, or user@host for the command): deleting patients' images
+    must be accountable."""
     total = 0
     while True:
         with sm.begin() as session:
             now = now or db_now(session)  # one cutoff for the whole pass
             purged = len(purge_images(session, older_than=older_than, now=now, limit=batch))
+            if purged:
+                record_event(session, action="images purge", outcome="ok",
+                             detail={"client": by[:64], "images": purged, "older_than_days": older_than / ONE_DAY,
+                                     "finished_before": (now - older_than).isoformat()})
         total += purged
         if purged < batch:
             return total

@@ -3,9 +3,12 @@ service function, the workers' retention pass and ``fada images purge`` (Postgre
 
 from __future__ import annotations
 
+import getpass
+import socket
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -25,7 +28,7 @@ from services.jobs import (
 )
 from services.jobs.images import StoredImageError, load_decoded
 from services.maintenance import purge_old_images
-from shared.db.models import Image, Job
+from shared.db.models import AuditEvent, Image, Job
 from shared.db.types import utcnow
 from shared.settings import Settings
 
@@ -111,9 +114,18 @@ def test_the_workers_pass_applies_the_setting(sm: sessionmaker[Session], submit:
 
 def test_a_pass_takes_every_batch(sm: sessionmaker[Session], submit: Callable[..., str]) -> None:
     jobs = _jobs(sm, submit)
-    assert purge_all(sm, older_than=MONTH, batch=2) == 3  # 2, then 1: one transaction each
-    assert purge_all(sm, older_than=MONTH, batch=2) == 0
+    assert purge_all(sm, older_than=MONTH, by="host:7:gpu", batch=2) == 3  # 2, then 1: one transaction each
+    assert purge_all(sm, older_than=MONTH, by="host:7:gpu", batch=2) == 0
     assert not any(_kept(sm, jobs)[name] for name in ("succeeded", "failed", "canceled"))
+    # One audit event per batch that deleted any, naming who ran it; none for a pass with nothing to do.
+    assert [(d["client"], d["images"], d["older_than_days"]) for d in _purge_events(sm)] == [
+        ("host:7:gpu", 2, 30.0), ("host:7:gpu", 1, 30.0)]
+
+
+def _purge_events(sm: sessionmaker[Session]) -> list[dict[str, Any]]:
+    with sm() as s:
+        return [e.detail or {} for e in s.scalars(select(AuditEvent).where(AuditEvent.action == "images purge")
+                                                  .order_by(AuditEvent.at, AuditEvent.id))]
 
 
 def test_the_command(sm: sessionmaker[Session], submit: Callable[..., str], db_url: str, tmp_path: Path) -> None:
@@ -128,3 +140,5 @@ def test_the_command(sm: sessionmaker[Session], submit: Callable[..., str], db_u
     assert done.exit_code == 0 and "purged the pixels of 4 image(s)" in done.output, done.output
     assert _kept(sm, jobs) == {"succeeded": False, "failed": False, "canceled": False,
                                "recent": False, "awaiting": True, "queued": True}
+    [event] = _purge_events(sm)
+    assert event["client"] == f"{getpass.getuser()}@{socket.gethostname()}" and event["images"] == 4

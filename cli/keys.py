@@ -183,12 +183,13 @@ def keys_rotate(
             new = rotate_key(session, key, overlap=timedelta(hours=overlap_hours), lifetime=lifetime)
             previous, until, expires = (new.key.previous_key_prefix, new.key.previous_valid_until,
                                         new.key.expires_at)
+            overlapping = until is not None and new.key.rotated_at is not None and until > new.key.rotated_at
             _audit(session, "rotate", new.key.id, previous_prefix=previous, previous_until=_iso(until),
                    expires_at=_iso(expires))
     except (UnknownKey, KeyRevoked) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    if previous is not None and until is not None:
+    if overlapping and until is not None:
         typer.echo(f"the previous secret ({previous}...) works until {until.isoformat(timespec='seconds')}", err=True)
     else:
         typer.echo("the previous secret no longer works", err=True)

@@ -36,10 +36,14 @@ def migrate(revision: Annotated[str, typer.Option(help="target revision")] = "he
     upgrade(settings.database_url, revision)
     if settings.bootstrap_admin_key is not None:
         from services.keys import ensure_key
+        from shared.audit import record_event
 
         with open_session() as session, session.begin():
-            if ensure_key(session, secret=settings.bootstrap_admin_key.get_secret_value(), name="bootstrap-admin",
-                          role="admin"):
+            made = ensure_key(session, secret=settings.bootstrap_admin_key.get_secret_value(), name="bootstrap-admin",
+                              role="admin")
+            if made is not None:
+                record_event(session, action="fada migrate", outcome="ok", api_key_id=made.id,
+                             detail={"client": operator()[:64], "created": "bootstrap admin key"})
                 typer.echo("created the bootstrap admin key (FADA_BOOTSTRAP_ADMIN_KEY)", err=True)
 
 

@@ -141,10 +141,10 @@ def rotate_key(session: Session, id_or_prefix: str, *, overlap: timedelta,
         lifetime = key.expires_at - (key.rotated_at or key.created_at)
     previous_until = now + overlap if key.expires_at is None else min(now + overlap, key.expires_at)
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-    alive = previous_until > now
-    key.previous_key_prefix = key.key_prefix if alive else None
-    key.previous_key_hash = key.key_hash if alive else None
-    key.previous_valid_until = previous_until if alive else None
+    # Kept even with no overlap (previous_valid_until <= now refuses it): the key is still
+    # found by its previous prefix, and the bootstrap's secret is still known as used.
+    key.previous_key_prefix, key.previous_key_hash = key.key_prefix, key.key_hash
+    key.previous_valid_until = max(previous_until, now)
     key.previous_last_used_at = None
     key.key_prefix, key.key_hash = secret[:PREFIX_CHARS], hash_secret(secret)
     key.expires_at = now + lifetime if lifetime is not None else None
@@ -219,16 +219,20 @@ def _stale(last_used: datetime | None, now: datetime) -> bool:
     return last_used is None or now - last_used > LAST_USED_RESOLUTION
 
 
-def ensure_key(session: Session, *, secret: str, name: str, role: Role | str) -> bool:
-    """Make sure a live key with this secret exists (deployment bootstrap); True if created."""
+def ensure_key(session: Session, *, secret: str, name: str, role: Role | str) -> ApiKey | None:
+    """The deployment's bootstrap key: made once, the key if it was made now. None when a key
+    of this name or with this secret exists in any state (live, revoked, rotated): a bootstrap
+    secret that leaked and was rotated away or revoked must not come back at the next deploy,
+    which still has it in its environment."""
     check_name(name)
     hashed = hash_secret(secret)
     if session.scalars(select(ApiKey.id).where(
-            or_(ApiKey.key_hash == hashed, ApiKey.previous_key_hash == hashed))).first() is not None:
-        return False
-    session.add(ApiKey(name=name, role=Role(role), key_prefix=secret[:PREFIX_CHARS], key_hash=hash_secret(secret)))
+            or_(ApiKey.key_hash == hashed, ApiKey.previous_key_hash == hashed, ApiKey.name == name))).first():
+        return None
+    key = ApiKey(name=name, role=Role(role), key_prefix=secret[:PREFIX_CHARS], key_hash=hashed)
+    session.add(key)
     session.flush()
-    return True
+    return key
 
 
 def allows(role: Role | str, *required: Role | str) -> bool:

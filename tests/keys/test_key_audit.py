@@ -15,8 +15,9 @@ from typer.testing import CliRunner, Result
 
 from cli.main import app
 from services.audit_trail import AuditFilters, list_events
+from services.keys import authenticate
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import AuditEvent
+from shared.db.models import ApiKey, AuditEvent
 
 runner = CliRunner()
 
@@ -64,3 +65,23 @@ def test_each_key_change_is_audited_with_who_ran_it(database_url: str, tmp_path:
     trail = json.dumps([e.detail for e in events])
     for secret in (first, second, webhook_secret):
         assert secret not in trail
+
+
+def test_fada_migrate_makes_the_bootstrap_admin_key_once_and_audits_it(database_url: str) -> None:
+    bootstrap = "fada_bootstrap-" + "b" * 32
+    env = {"FADA_DATABASE_URL": database_url, "FADA_BOOTSTRAP_ADMIN_KEY": bootstrap}
+    first = runner.invoke(app, ["migrate"], env=env)
+    assert first.exit_code == 0 and "created the bootstrap admin key" in first.output, first.output
+    sessions = make_sessionmaker(make_engine(database_url))
+    with sessions.begin() as session:
+        key = authenticate(session, bootstrap, client="127.0.0.1")
+        assert key is not None and key.role == "admin"
+    _cli(database_url, "keys", "rotate", bootstrap[:12], "--overlap-hours", "0")
+    again = runner.invoke(app, ["migrate"], env=env)  # the variable still set, to a secret rotated away
+    assert again.exit_code == 0 and "created" not in again.output, again.output
+    with sessions() as session:
+        events = [entry.event for entry in list_events(session, AuditFilters(), limit=50).items][::-1]
+        assert session.scalars(select(ApiKey.id)).all() == [key.id], "no second admin key"
+    assert [(e.action, e.api_key_id) for e in events] == [("fada migrate", key.id), ("fada keys rotate", key.id)]
+    assert events[0].detail == {"client": f"{getpass.getuser()}@{socket.gethostname()}",
+                                "created": "bootstrap admin key"}

@@ -67,9 +67,9 @@ def _events(client: FadaClient, filters: dict[str, Any]) -> Iterator[dict[str, A
 def _row(event: dict[str, Any]) -> list[Any]:
     key = event.get("api_key") or {}
     detail = event.get("detail") or {}
-    # The prefix of the secret presented: after a rotation, the old or the new one (an unknown
-    # key's too); the key's own prefix for events recorded before the gateway noted it.
-    prefix = detail.get("presented_prefix") or key.get("prefix", "")
+    # The prefix of the secret presented (after a rotation, the old or the new one; an unknown
+    # key's too), or the key's prefix when fada keys changed it; else the key's prefix now.
+    prefix = detail.get("presented_prefix") or detail.get("key_prefix") or key.get("prefix", "")
     return [event["at"], key.get("name", ""), prefix, key.get("role", ""), event["action"],
             event["outcome"], detail.get("status", ""), event.get("job_id") or "", detail.get("client", ""),
             detail.get("user_agent", ""), event.get("request_id") or "", event["id"]]

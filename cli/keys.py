@@ -15,16 +15,19 @@ from cli.operator import operator
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from shared.db.models import ApiKey
+
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; a secret is shown once).")
 
 
-def _audit(session: Session, command: str, key_id: str, **detail: object) -> None:
+def _audit(session: Session, command: str, key: ApiKey, **detail: object) -> None:
     """The change in the audit trail, in the change's own transaction. ``api_key`` is the key
-    acted on (no key acts here); ``client`` is who ran the command, as user@host."""
+    acted on (no key acts here); ``client`` is who ran the command, as user@host, and
+    ``key_prefix`` the key's prefix then (a later rotation changes it)."""
     from shared.audit import record_event
 
-    record_event(session, action=f"fada keys {command}", outcome="ok", api_key_id=key_id,
-                 detail={"client": operator()[:64], **detail})
+    record_event(session, action=f"fada keys {command}", outcome="ok", api_key_id=key.id,
+                 detail={"client": operator()[:64], "key_prefix": key.key_prefix, **detail})
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -61,7 +64,7 @@ def keys_create(
             expires_at = db_now(session) + timedelta(days=expires_in_days) if expires_in_days is not None else None
             new = create_key(session, name=name, role=role, max_pending=max_pending, expires_at=expires_at,
                              networks=allow_from or None)
-            _audit(session, "create", new.key.id, role=role, expires_at=_iso(expires_at), max_pending=max_pending,
+            _audit(session, "create", new.key, role=role, expires_at=_iso(expires_at), max_pending=max_pending,
                    networks=new.key.allowed_networks)
     except InvalidKeyName as exc:  # refused before anything was added; the transaction is rolled back
         raise typer.BadParameter(str(exc), param_hint="--name") from exc
@@ -124,7 +127,7 @@ def keys_limit(
         with open_session() as session, session.begin():
             changed = set_max_pending(session, key, None if default else max_pending)
             prefix, limit = changed.key_prefix, changed.max_pending
-            _audit(session, "limit", changed.id, max_pending=limit)
+            _audit(session, "limit", changed, max_pending=limit)
     except UnknownKey as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -151,7 +154,7 @@ def keys_networks(
         with open_session() as session, session.begin():
             changed = set_networks(session, key, None if anywhere else allow_from)
             prefix, networks = changed.key_prefix, changed.allowed_networks
-            _audit(session, "networks", changed.id, networks=networks)
+            _audit(session, "networks", changed, networks=networks)
     except InvalidNetwork as exc:
         raise typer.BadParameter(str(exc), param_hint="--allow-from") from exc
     except UnknownKey as exc:
@@ -184,7 +187,7 @@ def keys_rotate(
             previous, until, expires = (new.key.previous_key_prefix, new.key.previous_valid_until,
                                         new.key.expires_at)
             overlapping = until is not None and new.key.rotated_at is not None and until > new.key.rotated_at
-            _audit(session, "rotate", new.key.id, previous_prefix=previous, previous_until=_iso(until),
+            _audit(session, "rotate", new.key, previous_prefix=previous, previous_until=_iso(until),
                    expires_at=_iso(expires))
     except (UnknownKey, KeyRevoked) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -206,7 +209,7 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="key id or prefix")]) ->
     try:
         with open_session() as session, session.begin():
             revoked = revoke_key(session, key)
-            _audit(session, "revoke", revoked.id)
+            _audit(session, "revoke", revoked)
     except UnknownKey as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -235,7 +238,7 @@ def keys_webhook(
                                                 allowed_hosts=settings.webhook_allowed_hosts)
             target = changed.webhook_url or "(none: only jobs with their own callback_url)"
             prefix = changed.key_prefix
-            _audit(session, "webhook", changed.id, url=changed.webhook_url, new_secret=secret is not None)
+            _audit(session, "webhook", changed, url=changed.webhook_url, new_secret=secret is not None)
     except (UnknownKey, InvalidTarget, SecretUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -43,7 +43,8 @@ def migrate(revision: Annotated[str, typer.Option(help="target revision")] = "he
                               role="admin")
             if made is not None:
                 record_event(session, action="fada migrate", outcome="ok", api_key_id=made.id,
-                             detail={"client": operator()[:64], "created": "bootstrap admin key"})
+                             detail={"client": operator()[:64], "key_prefix": made.key_prefix,
+                                     "created": "bootstrap admin key"})
                 typer.echo("created the bootstrap admin key (FADA_BOOTSTRAP_ADMIN_KEY)", err=True)
 
 

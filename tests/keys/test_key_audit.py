@@ -62,6 +62,8 @@ def test_each_key_change_is_audited_with_who_ran_it(database_url: str, tmp_path:
     assert limit["max_pending"] == 200 and networks["networks"] == ["10.20.0.0/24", "10.21.0.9/32"]
     assert (webhook["url"], webhook["new_secret"]) == ("https://ris.example.org/fada", True)
     assert rotate["previous_prefix"] == prefix and rotate["previous_until"] is not None
+    # the key's prefix at each change: the first secret's until the rotation
+    assert [e.detail["key_prefix"] for e in events if e.detail] == [prefix] * 4 + [second[:12]] * 2
     trail = json.dumps([e.detail for e in events])
     for secret in (first, second, webhook_secret):
         assert secret not in trail
@@ -84,4 +86,4 @@ def test_fada_migrate_makes_the_bootstrap_admin_key_once_and_audits_it(database_
         assert session.scalars(select(ApiKey.id)).all() == [key.id], "no second admin key"
     assert [(e.action, e.api_key_id) for e in events] == [("fada migrate", key.id), ("fada keys rotate", key.id)]
     assert events[0].detail == {"client": f"{getpass.getuser()}@{socket.gethostname()}",
-                                "created": "bootstrap admin key"}
+                                "key_prefix": bootstrap[:12], "created": "bootstrap admin key"}

@@ -222,9 +222,16 @@ def keys_webhook(
     url: Annotated[str | None, typer.Option(help="default URL for this key's job events")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="remove the default URL")] = False,
     rotate_secret: Annotated[bool, typer.Option("--rotate-secret", help="replace the signing secret")] = False,
+    overlap_hours: Annotated[float, typer.Option(
+        min=0, max=24 * 90, help="with --rotate-secret: hours the old secret also signs each webhook "
+        "(0: it stops now)")] = 24,
 ) -> None:
     """Send this key's job events to a URL, signed (Standard Webhooks). Prints the signing
-    secret when it is new: give it to the receiver, it is not shown again."""
+    secret when it is new: give it to the receiver, it is not shown again. A rotated secret
+    keeps signing beside the new one for --overlap-hours, so the receiver can switch to the
+    new secret without refusing an event."""
+    from datetime import timedelta
+
     from services.keys import UnknownKey, configure_webhook
     from services.notify import InvalidTarget
     from services.notify.sealing import SecretUnavailable, secret_box
@@ -234,15 +241,21 @@ def keys_webhook(
     try:
         with open_session() as session, session.begin():
             changed, secret = configure_webhook(session, key, url=url, clear=clear, rotate=rotate_secret,
+                                                overlap=timedelta(hours=overlap_hours),
                                                 box=secret_box(settings, create=True),
                                                 allowed_hosts=settings.webhook_allowed_hosts)
             target = changed.webhook_url or "(none: only jobs with their own callback_url)"
             prefix = changed.key_prefix
-            _audit(session, "webhook", changed, url=changed.webhook_url, new_secret=secret is not None)
+            old_until = changed.previous_webhook_secret_until if rotate_secret else None
+            _audit(session, "webhook", changed, url=changed.webhook_url, new_secret=secret is not None,
+                   previous_secret_until=_iso(old_until))
     except (UnknownKey, InvalidTarget, SecretUnavailable) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"webhook URL of key {prefix}: {target}", err=True)
+    if old_until is not None:
+        typer.echo(f"the previous signing secret also signs until {old_until.isoformat(timespec='seconds')}",
+                   err=True)
     if secret:
         typer.echo(secret)
 

@@ -163,12 +163,14 @@ def set_networks(session: Session, id_or_prefix: str, networks: Sequence[str] | 
 
 
 def configure_webhook(session: Session, id_or_prefix: str, *, url: str | None, box: SecretBox, clear: bool = False,
-                      rotate: bool = False, allowed_hosts: Sequence[str] = ()) -> tuple[ApiKey, str | None]:
+                      rotate: bool = False, overlap: timedelta = timedelta(0),
+                      allowed_hosts: Sequence[str] = ()) -> tuple[ApiKey, str | None]:
     """Set (or with ``clear`` remove) the key's default webhook URL; make sure it has a signing
     secret (a new one with ``rotate``), stored sealed by ``box``. Returns the key and the secret
     when it is new (shown once to the administrator, who hands it to the receiver). Jobs keep
     the URL they were submitted with; deliveries are signed with the key's secret as it is when
-    sent."""
+    sent. A rotated secret also signs for ``overlap`` (each webhook then has both signatures),
+    so the receiver can switch to the new one without refusing an event."""
     key = find_key(session, id_or_prefix)
     if clear:
         key.webhook_url = None
@@ -176,6 +178,11 @@ def configure_webhook(session: Session, id_or_prefix: str, *, url: str | None, b
         key.webhook_url = check_webhook_url(url, allowed_hosts)
     fresh = None
     if rotate or (not key.webhook_secret and not clear):
+        if key.webhook_secret and overlap > timedelta(0):
+            key.previous_webhook_secret = key.webhook_secret
+            key.previous_webhook_secret_until = db_now(session) + overlap
+        elif rotate:
+            key.previous_webhook_secret = key.previous_webhook_secret_until = None
         fresh = new_secret()
         key.webhook_secret = box.seal(fresh)
     return key, fresh

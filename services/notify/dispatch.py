@@ -117,11 +117,13 @@ def claim_due(session: Session, *, owner: str, lease: timedelta, now: datetime |
     ).all()
     if not rows:
         return []
-    secrets = dict(session.execute(
-        select(Job.id, ApiKey.webhook_secret).join(ApiKey, Job.api_key_id == ApiKey.id)
-        .where(Job.id.in_({row.job_id for row in rows}))).all())
+    secrets = {job_id: (current, previous if until is not None and until > now else None)
+               for job_id, current, previous, until in session.execute(
+                   select(Job.id, ApiKey.webhook_secret, ApiKey.previous_webhook_secret,
+                          ApiKey.previous_webhook_secret_until).join(ApiKey, Job.api_key_id == ApiKey.id)
+                   .where(Job.id.in_({row.job_id for row in rows})))}
     taken = {row.id: DueDelivery(row.id, row.job_id, DeliveryKind(row.kind), row.url, row.payload, row.attempts,
-                                 secrets.get(row.job_id)) for row in rows}
+                                 *secrets.get(row.job_id, (None, None))) for row in rows}
     return [taken[delivery_id] for delivery_id in candidates if delivery_id in taken]  # RETURNING has no order
 
 

@@ -81,11 +81,14 @@ def new_key() -> str:
 
 def seal_all(session: Session, box: SecretBox) -> int:
     """Seal every stored webhook secret with the box's first key (plaintext ones from before
-    sealing, and ones sealed with an older key). Returns how many were sealed."""
+    sealing, and ones sealed with an older key), a rotated key's previous one too. Returns how
+    many keys' secrets were sealed."""
     keys = list(session.scalars(select(ApiKey).where(ApiKey.webhook_secret.is_not(None))))
     for key in keys:
         assert key.webhook_secret is not None
         key.webhook_secret = box.seal(box.open(key.webhook_secret))
+        if key.previous_webhook_secret is not None:
+            key.previous_webhook_secret = box.seal(box.open(key.previous_webhook_secret))
     return len(keys)
 
 

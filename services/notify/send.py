@@ -43,6 +43,7 @@ class DueDelivery:
     payload: dict[str, Any]
     attempts: int  # tries before this one
     secret: str | None  # the job's key's webhook secret as stored (sealed)
+    previous_secret: str | None = None  # a rotated secret still in its overlap (sealed), also signing
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,11 @@ def _post_webhook(delivery: DueDelivery, client: httpx.Client, secrets: SecretBo
     if not delivery.secret:
         raise _Unsendable("the job's API key has no webhook secret (fada keys webhook)")
     try:
-        secret = secrets.open(delivery.secret)
+        signing = [secrets.open(sealed) for sealed in (delivery.secret, delivery.previous_secret) if sealed]
     except SecretUnavailable as exc:
         raise _Unsendable(str(exc)) from None
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
-    headers = webhook_headers(secret, delivery.id, sent_at, body)
+    headers = webhook_headers(signing, delivery.id, sent_at, body)
     return _post_pinned(client, target, body, headers)
 
 

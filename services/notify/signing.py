@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 
 SECRET_PREFIX = "whsec_"
 
@@ -22,6 +23,9 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-def webhook_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secret, msg_id, timestamp, body), "content-type": "application/json"}
+def webhook_headers(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """One signature per secret, space-separated (a rotated secret's overlap: a receiver still
+    on the old one and one already on the new one both find theirs)."""
+    signatures = " ".join(sign(secret, msg_id, timestamp, body) for secret in secrets)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp), "webhook-signature": signatures,
+            "content-type": "application/json"}

@@ -144,6 +144,9 @@ class ApiKey(Base):
     # hashed; it is stored sealed (services/notify/sealing.py).
     webhook_url: Mapped[str | None] = mapped_column(String(URL_MAX_LENGTH))
     webhook_secret: Mapped[str | None] = mapped_column(String(512))
+    # After ``fada keys webhook --rotate-secret``: the old secret (sealed) also signs until then.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(512))
+    previous_webhook_secret_until: Mapped[datetime | None]
     # Most jobs this key may have queued or running (``fada keys limit``); NULL: the
     # service-wide FADA_MAX_PENDING_PER_KEY.
     max_pending: Mapped[int | None]

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.client import ApiError, FadaClient
@@ -30,6 +31,7 @@ from services.notify.dispatch import DispatchReport
 from services.notify.sealing import secret_box
 from services.notify.targets import InvalidTarget, pin_target
 from shared.db.models import ApiKey, Delivery, DeliveryStatus, Job
+from shared.db.types import utcnow
 from shared.settings import Settings
 from tests.webhook_receiver import Receiver, running_receiver, tls_pair
 
@@ -116,6 +118,38 @@ def test_a_finished_job_is_announced_once_signed_and_thin(make_client: ClientFac
     with sm() as session:
         job = session.get(Job, job_id)
         assert job is not None and job.notify is False  # final: no longer scanned
+
+
+def test_a_rotated_signing_secret_signs_beside_the_new_one_for_its_overlap(
+        make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session], receiver: Receiver, db_url: str,
+        tmp_path: Path, broker_url: str) -> None:
+    """A receiver still on the old secret and one already on the new one both accept every
+    event of the overlap; after it, only the new secret's signature comes."""
+    old = _hook_key(sm, keys, receiver.url, tmp_path)
+    with sm.begin() as session:
+        _, new = configure_webhook(session, keys.submitter.id, url=None, rotate=True, overlap=timedelta(hours=1),
+                                   box=secret_box(Settings(data_dir=tmp_path)), allowed_hosts=LOCAL)
+    assert new is not None and new != old
+    client, settings = make_client(), _settings(db_url, tmp_path, broker_url)
+    during = _submit(client, keys)
+    succeed_job(sm, during)
+    dispatch_once(sm, settings, owner="d")
+    [got] = receiver.wait_for(1)
+    assert len(got.headers["webhook-signature"].split()) == 2
+    assert verify_webhook(old, got.headers, got.body)["data"]["job_id"] == during
+    assert verify_webhook(new, got.headers, got.body)["data"]["job_id"] == during
+
+    with sm.begin() as session:  # the hour is over
+        session.execute(update(ApiKey).where(ApiKey.id == keys.submitter.id)
+                        .values(previous_webhook_secret_until=utcnow() - timedelta(seconds=1)))
+    after = _submit(client, keys)
+    succeed_job(sm, after)
+    dispatch_once(sm, settings, owner="d")
+    got = receiver.wait_for(2)[1]
+    assert len(got.headers["webhook-signature"].split()) == 1
+    assert verify_webhook(new, got.headers, got.body)["data"]["job_id"] == after
+    with pytest.raises(WebhookVerificationError, match="no signature matches"):
+        verify_webhook(old, got.headers, got.body)
 
 
 def test_each_status_of_a_hitl_job_is_announced(make_client: ClientFactory, keys: Keys, sm: sessionmaker[Session],

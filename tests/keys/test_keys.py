@@ -78,14 +78,25 @@ def test_a_key_s_webhook_through_the_cli(database_url: str) -> None:
     assert secret.startswith("whsec_") and first.stdout == secret + "\n"  # the secret alone on stdout
     again = _cli(database_url, "keys", "webhook", prefix, "--url", "https://ris.hospital.example/v2")
     assert again.stdout == ""  # the secret is kept, and not shown again
-    rotated = _cli(database_url, "keys", "webhook", prefix, "--rotate-secret").stdout.strip()
+    rotation = _cli(database_url, "keys", "webhook", prefix, "--rotate-secret")
+    rotated = rotation.stdout.strip()
     assert rotated.startswith("whsec_") and rotated != secret
+    assert "previous signing secret also signs until" in rotation.stderr  # 24 hours by default
     _cli(database_url, "keys", "webhook", prefix, "--clear")
     with sessions() as session:
         key = session.scalars(select(ApiKey)).one()
         assert key.webhook_url is None and key.webhook_secret is not None
         assert rotated not in key.webhook_secret, "stored sealed"
         assert secret_box(Settings()).open(key.webhook_secret) == rotated
+        assert key.previous_webhook_secret is not None and secret not in key.previous_webhook_secret
+        assert secret_box(Settings()).open(key.previous_webhook_secret) == secret
+        assert key.previous_webhook_secret_until is not None
+        assert timedelta(hours=23.9) < key.previous_webhook_secret_until - utcnow() <= timedelta(hours=24)
+    third = _cli(database_url, "keys", "webhook", prefix, "--rotate-secret", "--overlap-hours", "0")
+    assert "also signs" not in third.stderr
+    with sessions() as session:
+        key = session.scalars(select(ApiKey)).one()
+        assert key.previous_webhook_secret is None and key.previous_webhook_secret_until is None
     refused = runner.invoke(app, ["keys", "webhook", prefix, "--url", "gopher://x"],
                             env={"FADA_DATABASE_URL": database_url})
     assert refused.exit_code == 2 and "http(s)" in refused.output

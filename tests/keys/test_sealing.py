@@ -4,6 +4,7 @@ secrets stored before sealing, and `fada keys seal-secrets` on real PostgreSQL a
 from __future__ import annotations
 
 import stat
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,10 @@ def test_rotation_and_secrets_from_before_sealing(database_url: str, tmp_path: P
         legacy = create_key(session, name="ris", role="submitter").key
         legacy.webhook_secret = "whsec_stored_before_sealing"
         sealed_key = create_key(session, name="pacs", role="submitter").key
-        _, sealed = configure_webhook(session, sealed_key.id, url=None, box=secret_box(_settings(tmp_path, old)))
-    assert sealed is not None
+        _, first = configure_webhook(session, sealed_key.id, url=None, box=secret_box(_settings(tmp_path, old)))
+        _, sealed = configure_webhook(session, sealed_key.id, url=None, rotate=True, overlap=timedelta(hours=1),
+                                      box=secret_box(_settings(tmp_path, old)))  # first: the overlap's
+    assert first is not None and sealed is not None
 
     # the new key first, the old one still there: everything opens, `seal-secrets` moves it all over
     result = runner.invoke(app, ["keys", "seal-secrets"], env={
@@ -93,11 +96,13 @@ def test_rotation_and_secrets_from_before_sealing(database_url: str, tmp_path: P
     assert "sealed 2 webhook secret(s)" in result.output
     with sessions() as session:
         stored = {name: value for name, value in session.execute(select(ApiKey.name, ApiKey.webhook_secret))}
+        previous = session.scalar(select(ApiKey.previous_webhook_secret).where(ApiKey.name == "pacs"))
         dump = " ".join(str(v) for row in session.execute(text("SELECT * FROM api_keys")) for v in row)
-    assert "whsec_stored_before_sealing" not in dump and sealed not in dump
+    assert "whsec_stored_before_sealing" not in dump and sealed not in dump and first not in dump
     only_new = secret_box(_settings(tmp_path, new))
     assert only_new.open(stored["ris"] or "") == "whsec_stored_before_sealing"
     assert only_new.open(stored["pacs"] or "") == sealed
+    assert only_new.open(previous or "") == first  # the overlap's secret moved over too
     with pytest.raises(SecretUnavailable):  # the old key may now be dropped: it opens nothing
         secret_box(_settings(tmp_path, old)).open(stored["pacs"] or "")
 

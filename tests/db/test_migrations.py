@@ -250,3 +250,27 @@ def test_jobs_waiting_at_0013_get_their_best_known_waiting_time(backend: str, re
     engine.dispose()
     assert since == {queued: datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
                      waiting: datetime(2026, 1, 3, 0, 0, 0, tzinfo=UTC), done: None}
+
+
+@pytest.mark.parametrize("backend", ["postgres_url", "sqlite_url"])
+def test_a_key_made_before_0014_works_after_them_and_keeps_its_webhook(backend: str,
+                                                                       request: pytest.FixtureRequest) -> None:
+    """0014-0016 (rotation, networks, webhook overlap) only add columns: a key and its webhook
+    secret stored before them authenticate and sign as before, from anywhere, with no overlap."""
+    from services.keys import authenticate, hash_secret
+
+    url = request.getfixturevalue(backend)
+    upgrade(url, "0013")
+    engine = make_engine(url)
+    secret = "fada_made-before-rotation-" + "x" * 20
+    with engine.begin() as conn:  # as the code at 0013 stored a key
+        conn.execute(text("INSERT INTO api_keys (id, name, role, key_prefix, key_hash, created_at, webhook_secret) "
+                          "VALUES (:id, 'ris', 'submitter', :prefix, :hash, :at, 'whsec_sealed-elsewhere')"),
+                     {"id": new_id(), "prefix": secret[:12], "hash": hash_secret(secret),
+                      "at": datetime(2026, 1, 2, tzinfo=UTC)})
+    upgrade(url)
+    with make_sessionmaker(engine).begin() as session:
+        key = authenticate(session, secret, client="192.0.2.9")
+        assert key is not None and key.name == "ris" and key.webhook_secret == "whsec_sealed-elsewhere"
+        assert (key.allowed_networks, key.previous_key_hash, key.previous_webhook_secret) == (None, None, None)
+    engine.dispose()

@@ -202,6 +202,35 @@ def test_keys_about_to_expire_or_expired_alert_until_revoked(client: TestClient,
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_refused_credentials_alert_on_a_caller_left_on_an_old_secret(client: TestClient, keys: Keys,
+                                                                     tmp_path: Path) -> None:
+    """FadaCredentialsRefused on the counters a gateway exposes: a bridge refused 10 times a
+    minute (its secret's overlap over) fires after 15 minutes; a few refusals an hour do not."""
+    promtool = _promtool()
+    refused = client.post("/v1/jobs", files=file_part(png(1)), headers={"Authorization": "Bearer fada_old-secret"})
+    assert refused.status_code == 401
+    # Refused before routing, so its route is "unmatched"; the rule does not read the route.
+    [labels] = [labels for (_, labels) in _request_counters(client.get("/metrics").text)
+                if dict(labels)["status"] == "401"]
+    name = "fada_http_requests_total"
+    rule = _alerts()["FadaCredentialsRefused"]
+    firing = [{"exp_labels": rule["labels"], "exp_annotations": rule["annotations"]}]
+    unit = tmp_path / "refused_test.yml"
+    unit.write_text(yaml.safe_dump({
+        "rule_files": [str(RULES)], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": [
+            {"series": _series(name, labels, GATEWAYS[0]), "values": "0x29 0+10x59"},  # from 30m: 10 a minute
+            {"series": _series(name, labels, GATEWAYS[1]), "values": "0+0.05x89"},  # 3 an hour, all along
+        ], "alert_rule_test": [
+            {"eval_time": "29m", "alertname": "FadaCredentialsRefused", "exp_alerts": []},
+            {"eval_time": "40m", "alertname": "FadaCredentialsRefused", "exp_alerts": []},  # not yet 15 minutes
+            {"eval_time": "60m", "alertname": "FadaCredentialsRefused", "exp_alerts": firing},
+        ]}],
+    }))
+    result = subprocess.run([promtool, "test", "rules", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _request_counters(text: str) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
     return {(s.name, tuple(sorted(s.labels.items()))) for family in text_string_to_metric_families(text)
             for s in family.samples if s.name == "fada_http_requests_total"}

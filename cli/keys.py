@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.database import open_session
-from cli.operator import operator
+from cli.operator import record_change
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -21,13 +21,7 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed; a se
 
 
 def _audit(session: Session, command: str, key: ApiKey, **detail: object) -> None:
-    """The change in the audit trail, in the change's own transaction. ``api_key`` is the key
-    acted on (no key acts here); ``client`` is who ran the command, as user@host, and
-    ``key_prefix`` the key's prefix then (a later rotation changes it)."""
-    from shared.audit import record_event
-
-    record_event(session, action=f"fada keys {command}", outcome="ok", api_key_id=key.id,
-                 detail={"client": operator()[:64], "key_prefix": key.key_prefix, **detail})
+    record_change(session, f"fada keys {command}", key, **detail)
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -106,7 +100,7 @@ def keys_list() -> None:
 
 
 def _when(at: datetime | None) -> str:
-    return at.isoformat() if at is not None else "-"
+    return _iso(at) or "-"
 
 
 @keys_app.command("limit")

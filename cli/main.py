@@ -11,7 +11,7 @@ import typer
 from cli.audit import audit as audit_command
 from cli.database import open_session
 from cli.keys import keys_app
-from cli.operator import operator
+from cli.operator import operator, record_change
 from cli.report import report as report_command
 from cli.submit import submit as submit_command
 
@@ -36,15 +36,11 @@ def migrate(revision: Annotated[str, typer.Option(help="target revision")] = "he
     upgrade(settings.database_url, revision)
     if settings.bootstrap_admin_key is not None:
         from services.keys import ensure_key
-        from shared.audit import record_event
-
         with open_session() as session, session.begin():
             made = ensure_key(session, secret=settings.bootstrap_admin_key.get_secret_value(), name="bootstrap-admin",
                               role="admin")
             if made is not None:
-                record_event(session, action="fada migrate", outcome="ok", api_key_id=made.id,
-                             detail={"client": operator()[:64], "key_prefix": made.key_prefix,
-                                     "created": "bootstrap admin key"})
+                record_change(session, "fada migrate", made, created="bootstrap admin key")
                 typer.echo("created the bootstrap admin key (FADA_BOOTSTRAP_ADMIN_KEY)", err=True)
 
 

@@ -74,12 +74,18 @@ def create_key(session: Session, *, name: str, role: Role | str, max_pending: in
     :class:`InvalidNetwork` for a network that is not one. ``networks``: see :func:`set_networks`."""
     check_name(name)
     allowed = parse_networks(networks) if networks is not None else None
-    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, role=Role(role), key_prefix=secret[:PREFIX_CHARS], key_hash=hash_secret(secret),
+    secret, prefix, hashed = _mint()
+    key = ApiKey(name=name, role=Role(role), key_prefix=prefix, key_hash=hashed,
                  max_pending=_checked_limit(max_pending), expires_at=expires_at, allowed_networks=allowed)
     session.add(key)
     session.flush()
     return NewKey(key=key, secret=secret)
+
+
+def _mint() -> tuple[str, str, str]:
+    """A new secret, its prefix (for listings) and the hash stored in its place."""
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    return secret, secret[:PREFIX_CHARS], hash_secret(secret)
 
 
 def list_keys(session: Session, *, include_revoked: bool = True) -> list[ApiKey]:
@@ -140,13 +146,12 @@ def rotate_key(session: Session, id_or_prefix: str, *, overlap: timedelta,
     if lifetime is None and key.expires_at is not None:
         lifetime = key.expires_at - (key.rotated_at or key.created_at)
     previous_until = now + overlap if key.expires_at is None else min(now + overlap, key.expires_at)
-    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     # Kept even with no overlap (previous_valid_until <= now refuses it): the key is still
     # found by its previous prefix, and the bootstrap's secret is still known as used.
     key.previous_key_prefix, key.previous_key_hash = key.key_prefix, key.key_hash
     key.previous_valid_until = max(previous_until, now)
     key.previous_last_used_at = None
-    key.key_prefix, key.key_hash = secret[:PREFIX_CHARS], hash_secret(secret)
+    secret, key.key_prefix, key.key_hash = _mint()
     key.expires_at = now + lifetime if lifetime is not None else None
     key.rotated_at = now
     session.flush()

@@ -75,10 +75,11 @@ def read_figures(session: Session, *, heartbeat_within_seconds: float) -> Figure
 
 
 def _key_expiry(session: Session, now: datetime) -> list[KeyExpiry]:
-    keys = session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None), ApiKey.expires_at.is_not(None))
+    rows = session.execute(select(ApiKey.key_prefix, ApiKey.name, ApiKey.role, ApiKey.expires_at)
+                           .where(ApiKey.revoked_at.is_(None), ApiKey.expires_at.is_not(None))
                            .order_by(ApiKey.expires_at))
-    return [KeyExpiry(key.key_prefix, key.name, Role(key.role).value, (key.expires_at - now).total_seconds())
-            for key in keys if key.expires_at is not None]
+    return [KeyExpiry(prefix, name, Role(role).value, (expires - now).total_seconds())
+            for prefix, name, role, expires in rows if expires is not None]
 
 
 def _age(now: datetime, since: datetime | None) -> float:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 
 class InvalidNetwork(ValueError):
     """Not an IP network or address in CIDR notation."""

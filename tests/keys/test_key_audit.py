@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from typer.testing import CliRunner, Result
 
 from cli.main import app
 from services.audit_trail import AuditFilters, list_events
@@ -19,13 +18,8 @@ from services.keys import authenticate
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import ApiKey, AuditEvent
 
-runner = CliRunner()
-
-
-def _cli(url: str, *args: str, exit_code: int = 0) -> Result:
-    result = runner.invoke(app, list(args), env={"FADA_DATABASE_URL": url})
-    assert result.exit_code == exit_code, result.output
-    return result
+from .helpers import cli as _cli
+from .helpers import runner
 
 
 def test_each_key_change_is_audited_with_who_ran_it(database_url: str, tmp_path: Path,

@@ -16,6 +16,8 @@ from shared.db.models import ApiKey, Role
 from shared.db.types import utcnow
 from shared.settings import Settings
 
+from .helpers import cli as _cli
+
 runner = CliRunner()
 
 
@@ -24,11 +26,6 @@ def _data_dir(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignor
     monkeypatch.setenv("FADA_DATA_DIR", str(tmp_path))  # the webhook secrets' key file goes here
     monkeypatch.delenv("FADA_SECRETS_KEY", raising=False)
 
-
-def _cli(url: str, *args: str):  # type: ignore[no-untyped-def]
-    result = runner.invoke(app, list(args), env={"FADA_DATABASE_URL": url})
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def test_keys_lifecycle_through_the_cli(database_url: str) -> None:

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select, update
-from typer.testing import CliRunner, Result
 
-from cli.main import app
 from services.keys import AddressNotAllowed, authenticate, create_key, set_networks
 from services.networks import InvalidNetwork, address_allowed, parse_networks
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import ApiKey
 
-runner = CliRunner()
+from .helpers import cli as _cli
 
 
 def test_networks_are_stored_in_their_normal_form() -> None:
@@ -34,11 +32,6 @@ def test_an_address_is_inside_a_network_or_not(address: str | None, allowed: boo
     assert address_allowed(networks, address) is allowed
     assert address_allowed(None, address), "no networks: anywhere"
 
-
-def _cli(url: str, *args: str, exit_code: int = 0) -> Result:
-    result = runner.invoke(app, list(args), env={"FADA_DATABASE_URL": url})
-    assert result.exit_code == exit_code, result.output
-    return result
 
 
 def _listed(url: str) -> dict[str, str]:

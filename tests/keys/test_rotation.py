@@ -9,21 +9,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
-from typer.testing import CliRunner, Result
 
-from cli.main import app
 from services.keys import KeyRevoked, authenticate, create_key, ensure_key, revoke_key, rotate_key
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import ApiKey
 from shared.db.types import utcnow
 
-runner = CliRunner()
-
-
-def _cli(url: str, *args: str, exit_code: int = 0) -> Result:
-    result = runner.invoke(app, list(args), env={"FADA_DATABASE_URL": url})
-    assert result.exit_code == exit_code, result.output
-    return result
+from .helpers import cli as _cli
 
 
 def _sessions(url: str) -> sessionmaker[Session]:

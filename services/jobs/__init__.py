@@ -4,6 +4,7 @@ retry, cancel, resume, sweep, and reading jobs back. Plain functions over a SQLA
 
 from .errors import IdempotencyConflict, InvalidCursor, InvalidTransition, JobNotFound, JobsError, TooManyPending
 from .idempotency import find_idempotent, fingerprint, forget_if_ended_without_result, remember_idempotent
+from .images import ImagePurged, stored_png
 from .lifecycle import (
     MAX_ATTEMPTS_CODE,
     REJECTED_DETAIL,
@@ -35,6 +36,7 @@ __all__ = [
     "ClaimedJob",
     "Enqueue",
     "IdempotencyConflict",
+    "ImagePurged",
     "InvalidCursor",
     "InvalidTransition",
     "JobNotFound",
@@ -72,6 +74,7 @@ __all__ = [
     "renew_leases",
     "resume_hitl",
     "status_counts",
+    "stored_png",
     "submit_job",
     "sweep",
     "untouch",

@@ -4,10 +4,10 @@ review), the review state of jobs and the reviewers' queue. Plain functions over
 SQLAlchemy ``Session``; none of them commits."""
 
 from .corrections import AnnotationCorrection, Corrections, Text, check_corrections
-from .errors import InvalidReview, ReviewConflict, ReviewExists, ReviewNotFound, ReviewsError
+from .errors import InvalidReview, ReviewConflict, ReviewExists, ReviewNotFound, ReviewsError, UnknownReview
 from .hitl import LATER_PHASES, NO_PHASES_DETAIL, Gate
 from .queue import QueueEntry, QueuePage, review_queue
-from .reading import ReviewRecord, get_own_review, list_reviews
+from .reading import ReviewRecord, corrected_annotations, get_own_review, list_reviews
 from .state import refresh_review_state, required_dimensions
 from .submit import ReviewInput, Submitted, amend_review, submit_review
 
@@ -28,8 +28,10 @@ __all__ = [
     "ReviewsError",
     "Submitted",
     "Text",
+    "UnknownReview",
     "amend_review",
     "check_corrections",
+    "corrected_annotations",
     "get_own_review",
     "list_reviews",
     "refresh_review_state",

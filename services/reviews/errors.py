@@ -55,3 +55,13 @@ class ReviewNotFound(ReviewsError):
 
     def __init__(self, job_id: str, dimension: str) -> None:
         super().__init__(f"you have no {dimension} review of job {job_id}")
+
+
+class UnknownReview(ReviewsError):
+    """No review of this job has this id (404): review ids come from ``GET /v1/jobs/{id}/reviews``."""
+
+    status = 404
+    code = "review_not_found"
+
+    def __init__(self, job_id: str, review_id: str) -> None:
+        super().__init__(f"job {job_id} has no review {review_id}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session, selectinload
 from services.jobs import JobNotFound
 from shared.db.models import ApiKey, Job, Review, ReviewDimension
 
-from .errors import ReviewNotFound
+from .errors import ReviewConflict, ReviewNotFound, UnknownReview
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,24 @@ def get_own_review(session: Session, job_id: str, reviewer_key_id: str, dimensio
     if row is None:
         raise ReviewNotFound(job_id, dimension.value)
     return ReviewRecord(review=row[0], reviewer_name=row[1])
+
+
+def corrected_annotations(session: Session, job_id: str, review_id: str) -> tuple[ReviewRecord, list[dict[str, Any]]]:
+    """The annotations a reviewer drew in place of the model's: the review's current
+    ``corrections.annotations``. A review that corrects no annotations (an acceptance, an
+    interpretation review) is a 409, not an empty list: its annotations are the model's."""
+    if session.get(Job, job_id) is None:
+        raise JobNotFound(job_id)
+    row = session.execute(
+        select(Review, ApiKey.name).join(ApiKey, ApiKey.id == Review.reviewer_key_id)
+        .where(Review.job_id == job_id, Review.id == review_id)
+    ).first()
+    if row is None:
+        raise UnknownReview(job_id, review_id)
+    review, name = row
+    annotations = (review.corrections or {}).get("annotations")
+    if review.dimension is not ReviewDimension.annotation or annotations is None:
+        raise ReviewConflict(
+            f"review {review_id} ({review.dimension.value}, {review.decision.value}) corrects no annotations: "
+            "the annotations it judged are the model's", code="no_corrections")
+    return ReviewRecord(review=review, reviewer_name=name), list(annotations)

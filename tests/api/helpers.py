@@ -74,6 +74,9 @@ class HTTPResponse(Protocol):
     @property
     def text(self) -> str: ...
 
+    @property
+    def content(self) -> bytes: ...
+
     def json(self, **kwargs: Any) -> Any: ...
 
 

@@ -137,16 +137,32 @@ def _draw_label(pen: ImageDraw.ImageDraw, shape: Shape, colour: tuple[int, int, 
 
 def _with_footer(picture: Image.Image, footer: Footer,
                  font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> Image.Image:
-    lines = [*footer.lines, *([footer.warning] if footer.warning else [])]
     measure = ImageDraw.Draw(picture)
+    fits = picture.width - 8
+    lines = [(part, FOOTER_TEXT) for text in footer.lines for part in _wrap(measure, text, font, fits)]
+    if footer.warning:
+        lines += [(part, FOOTER_WARNING) for part in _wrap(measure, footer.warning, font, fits)]
     line_h = int(max(measure.textbbox((0, 0), "Ag", font=font)[3], 1)) + 4
     framed = Image.new("RGB", (picture.width, picture.height + line_h * len(lines) + 4), FOOTER_BACKGROUND)
     framed.paste(picture, (0, 0))
     pen = ImageDraw.Draw(framed)
-    for n, text in enumerate(lines):
-        colour = FOOTER_WARNING if footer.warning and n == len(lines) - 1 else FOOTER_TEXT
+    for n, (text, colour) in enumerate(lines):
         pen.text((4, picture.height + 2 + n * line_h), text, fill=colour, font=font)
     return framed
+
+
+def _wrap(pen: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+          width: int) -> list[str]:
+    """``text`` in lines no wider than ``width`` (a word longer than that stands alone): a
+    small image still shows its whole footer."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        joined = f"{lines[-1]} {word}" if lines else word
+        if lines and pen.textlength(joined, font=font) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(word)
+    return lines
 
 
 @dataclass(frozen=True)

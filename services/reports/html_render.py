@@ -104,7 +104,7 @@ def _f(value: Decimal | None) -> float | None:
     return float(value) if value is not None else None
 
 
-def _when(value: datetime | None, zone: tzinfo) -> str:
+def local_time(value: datetime | None, zone: tzinfo) -> str:
     """A time as people in the report's zone read it, with the zone's name and offset (an
     hour of a clock change reads twice without it)."""
     if value is None:
@@ -129,7 +129,7 @@ def _title(report: ScoreReport) -> str:
 
 def _window(report: ScoreReport) -> str:
     f = report.filters
-    start, end = _when(f.start, f.zone), _when(f.end, f.zone)
+    start, end = local_time(f.start, f.zone), local_time(f.end, f.zone)
     parts = []
     if f.start and f.end:
         parts.append(f"reviews created from {start} up to (not including) {end}")
@@ -289,7 +289,7 @@ def render_html(report: ScoreReport) -> str:
         "<title>FADA Serve · sonographer scores</title>"
         f"<style>{CSS}</style></head><body>"
         '<header><div class="kicker">FADA Serve · quality assurance</div><h1>Sonographer scores</h1>'
-        f"<p>{esc(_window(report))}. Generated {esc(_when(report.generated_at, zone))}.</p></header><main>"
+        f"<p>{esc(_window(report))}. Generated {esc(local_time(report.generated_at, zone))}.</p></header><main>"
         f"{warnings}{_form(report)}{_cards(report)}"
         f'<section><h2>{esc(title)}</h2>{_scores_table(report)}{legend}'
         '<p class="note">Scores: 1 clinically acceptable, 2 minor issues, 3 major errors; 0 not assessable '

@@ -1,0 +1,155 @@
+"""One job as a self-contained page for the people who judge it: the picture (the image with
+the annotations drawn), the interpretation, the view label, the map, every phase with what it
+dropped, the annotations as numbers, and the reviews.
+
+Like the score report: inline CSS, the picture as a ``data:`` URI, no script, no external
+asset, every piece of text from the data escaped. Links stay relative (``?review=ID`` on the
+same page) so the page works behind a proxy that serves the API under a prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from datetime import tzinfo
+from urllib.parse import quote
+
+from shared.schemas.results import ResultDocument
+
+from .html_render import CSS, local_time
+from .job_view import JobView, ReviewLine
+from .svg import esc
+
+PAGE_CSS = CSS + """
+figure{margin:0}figure img{max-width:100%;height:auto;border-radius:6px;display:block;image-rendering:auto}
+figcaption{font-size:12px;color:#4a5568;margin:6px 0 0}
+.untrained{background:#fff5f5;border:1px solid #fc8181;color:#9b2c2c;border-radius:8px;padding:10px 14px;
+margin:0 0 18px;font-weight:600}
+.facts{display:grid;grid-template-columns:repeat(4,1fr);gap:12px;margin:0 0 18px}
+.facts div{background:#fff;border:1px solid #e2e8f0;border-radius:10px;padding:10px 14px}
+.facts b{display:block;font-size:11px;color:#4a5568;text-transform:uppercase;letter-spacing:.05em;font-weight:600}
+dl.fields{display:grid;grid-template-columns:max-content 1fr;gap:6px 16px;margin:0}
+dl.fields dt{font-weight:600;color:#2d3748}dl.fields dd{margin:0;white-space:pre-wrap}
+td.text,th.text{text-align:left;white-space:normal}
+.status-ok{color:#276749}.status-skipped{color:#718096}.status-error,.status-invalid_output{color:#9b2c2c}
+@media (max-width:900px){.facts{grid-template-columns:repeat(2,1fr)}}
+"""
+
+
+def render_job_page(view: JobView, *, zone: tzinfo) -> str:
+    job, document = view.job, view.document
+    title = f"Job {job.id}"
+    untrained = (
+        '<div class="untrained">Untrained model (random weights): this is not a clinical reading.</div>'
+        if document is not None and document.model.untrained else "")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>FADA Serve · {esc(title)}</title><style>{PAGE_CSS}</style></head><body>"
+        '<header><div class="kicker">FADA Serve · job</div>'
+        f"<h1>{esc(job.external_id or job.id)}</h1><p>{esc(title)}</p></header><main>"
+        f"{untrained}{_facts(view, zone)}{_picture(view)}"
+        f"{_reading(document) if document is not None else ''}"
+        f"{_annotations(document) if document is not None else ''}"
+        f"{_phases(document) if document is not None else ''}"
+        f"{_reviews(view.reviews, view.shown_review, zone)}"
+        f"</main><footer>All times in {esc(str(zone))}. Geometry in pixels of the original image "
+        "(COCO: bbox = x, y, width, height).</footer></body></html>")
+
+
+def _facts(view: JobView, zone: tzinfo) -> str:
+    job, document = view.job, view.document
+    model = document.model if document is not None else None
+    image = document.image if document is not None else None
+    facts = [
+        ("status", job.status.value + (f" ({job.error_code})" if job.error_code else "")),
+        ("mode", job.mode.value), ("review", job.review_state.value),
+        ("submitted", local_time(job.created_at, zone)),
+        ("view label", document.classification.label if document and document.classification else "–"),
+        ("model", f"{model.revision} ({model.profile})" if model else job.model_revision or "–"),
+        ("image", f"{image.width} × {image.height} px, {image.format}, frame {image.frame}" if image else "–"),
+        ("pixel spacing", f"{image.pixel_spacing_mm[0]:.4g} × {image.pixel_spacing_mm[1]:.4g} mm"
+         if image and image.pixel_spacing_mm else "–"),
+    ]
+    if job.burned_in_annotation == "YES":
+        facts.append(("burned-in text", "YES: the pixels may carry identifying text"))
+    return '<div class="facts">' + "".join(f"<div><b>{esc(k)}</b>{esc(v)}</div>" for k, v in facts) + "</div>"
+
+
+def _picture(view: JobView) -> str:
+    if view.picture is None:
+        note = view.picture_note[:1].upper() + view.picture_note[1:]
+        return f'<section><h2>Image</h2><p class="note">{esc(note)}</p></section>'
+    data = base64.b64encode(view.picture).decode("ascii")
+    back = ' <a href="?">Show the model\'s annotations.</a>' if view.shown_review else ""
+    return (f'<section><h2>Image</h2><figure><img alt="{esc(view.picture_note)}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{esc(view.picture_note)}.{back}</figcaption>'
+            "</figure></section>")
+
+
+def _reading(document: ResultDocument) -> str:
+    fields = "".join(f"<dt>{esc(k.replace('_', ' '))}</dt><dd>{esc(v)}</dd>"
+                     for k, v in (document.interpretation or {}).items())
+    mapping = document.mapping
+    mapped = (f"<p>Map: tier {esc(mapping.tier)}{f', group {esc(mapping.group)}' if mapping.group else ''}; "
+              f"detect {esc(', '.join(mapping.detect_classes) or '–')}; "
+              f"segment {esc(', '.join(mapping.segment_classes or []) or '–')}.</p>" if mapping else "")
+    body = f'<dl class="fields">{fields}</dl>' if fields else '<p class="note">No interpretation.</p>'
+    return f"<section><h2>Interpretation</h2>{body}{mapped}</section>"
+
+
+def _annotations(document: ResultDocument) -> str:
+    rows: list[tuple[str, str, Sequence[float], str, str]] = []
+    rows += [("box", d.label, d.bbox, _score(d.score), "") for d in document.detections]
+    rows += [("mask", s.label, s.bbox, _score(s.score), f"area {s.area:.0f} px²") for s in document.segmentations]
+    rows += [("keypoints", k.label, k.bbox, "", f"{k.num_keypoints} labelled") for k in document.keypoints]
+    if not rows:
+        return '<section><h2>Annotations</h2><p class="note">The model gave none.</p></section>'
+    body = "".join(
+        f'<tr><td class="key">{esc(kind)}</td><td class="key">{esc(label)}</td>'
+        f"<td>{', '.join(f'{v:.1f}' for v in bbox)}</td><td>{esc(score)}</td><td class=\"text\">{esc(extra)}</td></tr>"
+        for kind, label, bbox, score, extra in rows)
+    return ('<section><h2>Annotations (the model\'s)</h2><table><thead><tr><th class="key">kind</th>'
+            '<th class="key">class</th><th>bbox</th><th>score</th><th class="text"></th></tr></thead>'
+            f"<tbody>{body}</tbody></table></section>")
+
+
+def _phases(document: ResultDocument) -> str:
+    body = "".join(
+        f'<tr><td class="key">{esc(name)}</td><td class="key status-{esc(p.status)}">{esc(p.status)}</td>'
+        f"<td>{'' if p.latency_ms is None else f'{p.latency_ms:.0f} ms'}</td>"
+        f'<td class="text">{esc("; ".join(filter(None, [p.detail, *p.dropped])))}</td></tr>'
+        for name, p in document.phases.items())
+    return ('<section><h2>Phases</h2><table><thead><tr><th class="key">phase</th><th class="key">status</th>'
+            f'<th>time</th><th class="text">detail, items dropped</th></tr></thead><tbody>{body}</tbody></table>'
+            "</section>")
+
+
+def _reviews(reviews: list[ReviewLine], shown: ReviewLine | None, zone: tzinfo) -> str:
+    if not reviews:
+        return '<section><h2>Reviews</h2><p class="note">Not reviewed yet.</p></section>'
+
+    def row(r: ReviewLine) -> str:
+        if r.corrects_annotations:
+            link = ("shown above" if shown and shown.id == r.id
+                    else f'<a href="?review={quote(r.id)}">show its annotations</a>')
+        else:
+            link = ""
+        when = local_time(r.amended_at or r.created_at, zone) + (f" (version {r.revision})" if r.revision > 1 else "")
+        chosen = ", ".join(r.next_phases) if r.next_phases is not None else ""
+        return (f'<tr><td class="key">{esc(r.reviewer)}</td><td class="key">{esc(r.dimension)}</td>'
+                f"<td>{r.score}</td><td class=\"key\">{esc(r.decision)}</td>"
+                f'<td class="text">{esc(r.comment or "")}</td>'
+                f'<td class="text">{esc(chosen)}{esc(f" ({r.group})" if r.group else "")}</td>'
+                f"<td>{esc(when)}</td><td class=\"key\">{link}</td></tr>")
+
+    return ('<section><h2>Reviews</h2><table><thead><tr><th class="key">reviewer</th><th class="key">dimension</th>'
+            '<th>score</th><th class="key">decision</th><th class="text">comment</th>'
+            '<th class="text">next phases</th><th>when</th><th class="key"></th></tr></thead>'
+            f"<tbody>{''.join(row(r) for r in reviews)}</tbody></table>"
+            '<p class="note">Scores: 1 clinically acceptable, 2 minor issues, 3 major errors, 0 not assessable.</p>'
+            "</section>")
+
+
+def _score(score: float | None) -> str:
+    return "" if score is None else f"{score:.2f}"

@@ -3,6 +3,7 @@
 - ``GET /v1/reports/scores``: the score table as JSON (default) or CSV (``format=csv``).
 - ``GET /v1/reports/scores.html``: the same report as a self-contained page with charts.
 - ``GET /v1/reports/jobs/{id}.html``: one job as a page (picture, reading, phases, reviews).
+- ``GET /v1/reports/queue.html``: the reviewer's queue as a page, linking each job's page.
 
 All take the key as a Basic password too, for browsers (``api.credentials``).
 
@@ -34,9 +35,10 @@ from services.reports import (
     render_html,
     score_report,
 )
-from services.reports.job_html import render_job_page
+from services.reports.job_html import render_job_page, render_queue_page
 from services.reports.job_view import job_view
-from services.reviews import ReviewsError
+from services.reviews import ReviewsError, review_queue
+from shared.db.clock import db_now
 from shared.db.models import Role
 
 from ..context import AppContext, Caller
@@ -204,3 +206,23 @@ def job_html(ctx: Ctx, caller: ReviewOrQA, job_id: JobId, tz: Tz = None, review:
     return HTMLResponse(render_job_page(view, zone=zone), headers={
         "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
         "Cache-Control": "no-store"})
+
+
+ReviewerOnly = Annotated[Caller, Depends(require(Role.reviewer))]
+
+
+@router.get("/v1/reports/queue.html", response_class=HTMLResponse, responses={
+    200: {"content": {"text/html": {"schema": {"type": "string"}}}}})
+def queue_html(ctx: Ctx, caller: ReviewerOnly, tz: Tz = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+               cursor: Annotated[str | None, Query(max_length=512)] = None) -> HTMLResponse:
+    """The reviewer's queue (``GET /v1/reviews/queue``) as a page: the HITL jobs waiting for
+    them, oldest first, ``limit`` a page, each a link to its job page. Basic credentials as above."""
+    try:
+        zone = parse_zone(tz, ctx.settings.report_timezone)
+    except ReportParameterError as exc:
+        raise Problem(422, "invalid_report_parameter", str(exc)) from exc
+    with ctx.sm() as session:
+        page = review_queue(session, reviewer_key_id=caller.key_id, limit=limit, cursor=cursor)
+        now = db_now(session)
+    return HTMLResponse(render_queue_page(page, reviewer=caller.name, zone=zone, now=now, limit=limit), headers={
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'", "Cache-Control": "no-store"})

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from datetime import tzinfo
+from datetime import datetime, timedelta, tzinfo
 from urllib.parse import quote
 
+from services.reviews import QueueEntry, QueuePage
 from shared.schemas.results import ResultDocument
 
 from .html_render import CSS, local_time
@@ -21,6 +22,7 @@ from .job_view import JobView, ReviewLine
 from .svg import esc
 
 PAGE_CSS = CSS + """
+header .kicker a{color:inherit}
 figure{margin:0}figure img{max-width:100%;height:auto;border-radius:6px;display:block;image-rendering:auto}
 figcaption{font-size:12px;color:#4a5568;margin:6px 0 0}
 .untrained{background:#fff5f5;border:1px solid #fc8181;color:#9b2c2c;border-radius:8px;padding:10px 14px;
@@ -46,7 +48,7 @@ def render_job_page(view: JobView, *, zone: tzinfo) -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>FADA Serve · {esc(title)}</title><style>{PAGE_CSS}</style></head><body>"
-        '<header><div class="kicker">FADA Serve · job</div>'
+        '<header><div class="kicker"><a href="../queue.html">FADA Serve · review queue</a> · job</div>'
         f"<h1>{esc(job.external_id or job.id)}</h1><p>{esc(title)}</p></header><main>"
         f"{untrained}{_facts(view, zone)}{_picture(view)}"
         f"{_reading(document) if document is not None else ''}"
@@ -153,3 +155,43 @@ def _reviews(reviews: list[ReviewLine], shown: ReviewLine | None, zone: tzinfo) 
 
 def _score(score: float | None) -> str:
     return "" if score is None else f"{score:.2f}"
+
+
+def render_queue_page(page: QueuePage, *, reviewer: str, zone: tzinfo, now: datetime, limit: int) -> str:
+    """A reviewer's queue: the HITL jobs waiting for them, oldest first, each a link to its page."""
+
+    def row(entry: QueueEntry) -> str:
+        job = entry.job
+        since = job.waiting_since or job.created_at
+        waited = _duration(now - since)
+        name = esc(job.external_id or job.id)
+        return (f'<tr><td class="key"><a href="jobs/{quote(job.id)}.html">{name}</a></td>'
+                f'<td class="key">{esc(", ".join(d.value for d in entry.pending))}</td>'
+                f'<td class="key">{esc(job.status.value)}</td><td>{esc(local_time(since, zone))}</td>'
+                f"<td>{esc(waited)}</td></tr>")
+
+    if page.items:
+        body = ('<table><thead><tr><th class="key">job</th><th class="key">to review</th><th class="key">status</th>'
+                f"<th>waiting since</th><th>waited</th></tr></thead><tbody>{''.join(map(row, page.items))}"
+                "</tbody></table>")
+    else:
+        body = '<p class="note">Nothing is waiting for you.</p>'
+    following = f"?limit={limit}&amp;cursor={quote(page.next_cursor)}" if page.next_cursor else ""
+    more = f'<p><a class="button secondary" href="{following}">Next page</a></p>' if following else ""
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>FADA Serve · review queue</title><style>{PAGE_CSS}</style></head><body>"
+        '<header><div class="kicker">FADA Serve · review</div><h1>Waiting for your review</h1>'
+        f"<p>{esc(reviewer)}: human-in-the-loop jobs, oldest first.</p></header><main>"
+        f"<section>{body}{more}"
+        '<p class="note">interpretation: the first stage, whose review chooses the later phases; '
+        "annotation: the finished job's boxes, masks and keypoints.</p></section>"
+        f"</main><footer>All times in {esc(str(zone))}.</footer></body></html>")
+
+
+def _duration(elapsed: timedelta) -> str:
+    minutes = max(0, int(elapsed.total_seconds() // 60))
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    return f"{days} d {hours} h" if days else f"{hours} h {minutes} min" if hours else f"{minutes} min"

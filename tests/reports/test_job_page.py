@@ -11,6 +11,7 @@ import io
 import re
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urljoin
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -146,3 +147,43 @@ def test_a_browser_renders_the_page_with_its_picture(client: TestClient, keys: K
     # the upload's grey fills a W x H picture at least (the image is shown, not a broken icon)
     assert near(shot, "#282828", tolerance=2).sum() >= 0.6 * W * H
     assert near(shot, "#9b2c2c", tolerance=30).any()  # the untrained model's warning
+
+
+def test_a_reviewer_goes_from_the_queue_to_each_job_and_back(client: TestClient, keys: Keys,
+                                                               sm: sessionmaker[Session]) -> None:
+    waiting = []
+    for n in range(2):
+        job_id = client.post("/v1/jobs", files=file_part(_upload()), data={"mode": "hitl", "external_id": f"H-{n}"},
+                             headers=keys.submitter.headers).json()["id"]
+        run_job(sm, job_id)
+        with sm.begin() as session:
+            assert complete(session, job_id, OWNER, _document(), awaiting_review=True)
+        waiting.append(job_id)
+    autonomous = _job(client, keys, sm)
+
+    first = client.get("/v1/reports/queue.html", params={"limit": 1}, headers=basic(keys.reviewer.secret))
+    assert first.status_code == 200 and "script-src" not in first.headers["content-security-policy"]
+    links = re.findall(r'href="(jobs/[^"]+)"', first.text)
+    assert links == [f"jobs/{waiting[0]}.html"] and "H-0" in first.text and "interpretation" in first.text
+    next_page = re.search(r'href="(\?limit=1&amp;cursor=[^"]+)"', first.text)
+    assert next_page
+    second = client.get(urljoin("/v1/reports/queue.html", next_page.group(1).replace("&amp;", "&")),
+                        headers=keys.reviewer.headers)
+    assert re.findall(r'href="(jobs/[^"]+)"', second.text) == [f"jobs/{waiting[1]}.html"]
+    assert "Next page" not in second.text and autonomous not in first.text + second.text
+
+    job_page = urljoin("/v1/reports/queue.html", links[0])
+    assert job_page == f"/v1/reports/jobs/{waiting[0]}.html"
+    opened = client.get(job_page, headers=keys.reviewer.headers)
+    assert opened.status_code == 200 and "awaiting_review" in opened.text
+    back = re.search(r'href="(\.\./queue\.html)"', opened.text)
+    assert back and urljoin(job_page, back.group(1)) == "/v1/reports/queue.html"
+
+    assert_problem(client.get("/v1/reports/queue.html", headers=keys.qa.headers), 403, "forbidden")
+    assert_problem(client.get("/v1/reports/queue.html", params={"cursor": "garbage"}, headers=keys.reviewer.headers),
+                   422, "invalid_cursor")
+    # a reviewed interpretation leaves the queue
+    client.post(f"/v1/jobs/{waiting[0]}/reviews", headers=keys.reviewer.headers, json={
+        "dimension": "interpretation", "score": 1, "decision": "accept", "next_phases": []})
+    page = client.get("/v1/reports/queue.html", headers=keys.reviewer.headers).text
+    assert re.findall(r'href="(jobs/[^"]+)"', page) == [f"jobs/{waiting[1]}.html"]

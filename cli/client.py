@@ -51,7 +51,7 @@ from cli.webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "DEFAULT_URL", "FINAL_STATUSES", "ApiError", "AsyncFadaClient", "Conflict", "FadaClient", "FadaError", "Forbidden",
-    "InvalidRequest", "NotFound", "RetryPolicy", "TransportError", "Unauthorized", "Unavailable", "WaitTimeout",
+    "Gone", "InvalidRequest", "NotFound", "RetryPolicy", "TransportError", "Unauthorized", "Unavailable", "WaitTimeout",
     "WebhookVerificationError", "verify_webhook",
 ]
 
@@ -115,6 +115,10 @@ class Conflict(ApiError):
     """409: e.g. no result yet, a second review of the same dimension, cancel of a running job."""
 
 
+class Gone(ApiError):
+    """410: the retention policy deleted the job's image (its results remain)."""
+
+
 class InvalidRequest(ApiError):
     """413 (too large), 415 (not an image), 422 (undecodable, bad fields, idempotency key reused)."""
 
@@ -123,7 +127,7 @@ class Unavailable(ApiError):
     """429 or 503, still so after the retries."""
 
 
-_ERRORS: dict[int, type[ApiError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+_ERRORS: dict[int, type[ApiError]] = {401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 410: Gone,
                                       413: InvalidRequest, 415: InvalidRequest, 422: InvalidRequest,
                                       429: Unavailable, 503: Unavailable}
 
@@ -275,6 +279,12 @@ def _get(policy: RetryPolicy, path: str, params: Mapping[str, Any] | None = None
     return _json(response)
 
 
+def _get_bytes(policy: RetryPolicy, path: str, params: Mapping[str, Any] | None = None) -> _Op[bytes]:
+    """A binary answer (a PNG, a DICOM object); errors are still problem documents."""
+    response = yield from _exchange(_Request("GET", path, params=params), policy)
+    return response.content
+
+
 def _wait(policy: RetryPolicy, job_id: str, timeout: float, interval: float, max_interval: float,
           ) -> _Op[dict[str, Any]]:
     deadline = time.monotonic() + timeout
@@ -341,6 +351,9 @@ class _Base:
     def _op_get(self, path: str, params: Mapping[str, Any] | None = None) -> _Op[Any]:
         return _get(self.policy, path, params)
 
+    def _op_get_bytes(self, path: str, params: Mapping[str, Any] | None = None) -> _Op[bytes]:
+        return _get_bytes(self.policy, path, params)
+
     def _op_wait(self, job_id: str, timeout: float, interval: float, max_interval: float) -> _Op[dict[str, Any]]:
         return _wait(self.policy, job_id, timeout, interval, max_interval)
 
@@ -354,6 +367,10 @@ def _list_params(status: str | None, mode: str | None, external_id: str | None, 
     values = {"status": status, "mode": mode, "external_id": external_id, "review_state": review_state,
               "batch_id": batch_id, "limit": limit, "cursor": cursor}
     return {name: value for name, value in values.items() if value is not None}
+
+
+def _review_param(review: str | None) -> dict[str, Any] | None:
+    return {"review": review} if review is not None else None
 
 
 def _audit_params(job_id: str | None, key: str | None, action: str | None, outcome: str | None, from_: str | None,
@@ -436,6 +453,19 @@ class FadaClient(_Base):
 
     def coco(self, job_id: str) -> dict[str, Any]:
         return self._run(self._op_get(f"/v1/jobs/{job_id}/coco"))
+
+    def image(self, job_id: str) -> bytes:
+        """The PNG the model read (:class:`Gone` once the retention policy deleted it)."""
+        return self._run(self._op_get_bytes(f"/v1/jobs/{job_id}/image"))
+
+    def overlay(self, job_id: str, *, review: str | None = None) -> bytes:
+        """The image with the result drawn on it, as PNG; ``review``: a review id whose corrected
+        annotations are drawn instead of the model's."""
+        return self._run(self._op_get_bytes(f"/v1/jobs/{job_id}/overlay.png", _review_param(review)))
+
+    def structured_report(self, job_id: str) -> bytes:
+        """The result as a DICOM Comprehensive 3D SR (Part-10 bytes); jobs made from DICOM only."""
+        return self._run(self._op_get_bytes(f"/v1/jobs/{job_id}/sr.dcm"))
 
     # reviews
     def review(self, job_id: str, *, dimension: str, score: int, decision: str, comment: str | None = None,
@@ -547,6 +577,15 @@ class AsyncFadaClient(_Base):
 
     async def coco(self, job_id: str) -> dict[str, Any]:
         return await self._run(self._op_get(f"/v1/jobs/{job_id}/coco"))
+
+    async def image(self, job_id: str) -> bytes:
+        return await self._run(self._op_get_bytes(f"/v1/jobs/{job_id}/image"))
+
+    async def overlay(self, job_id: str, *, review: str | None = None) -> bytes:
+        return await self._run(self._op_get_bytes(f"/v1/jobs/{job_id}/overlay.png", _review_param(review)))
+
+    async def structured_report(self, job_id: str) -> bytes:
+        return await self._run(self._op_get_bytes(f"/v1/jobs/{job_id}/sr.dcm"))
 
     # reviews
     async def review(self, job_id: str, *, dimension: str, score: int, decision: str, comment: str | None = None,

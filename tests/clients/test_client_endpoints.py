@@ -7,9 +7,13 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from datetime import timedelta
 from typing import Any
 
+import numpy as np
+import pydicom
 import pytest
+from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from cli.client import (
@@ -18,11 +22,13 @@ from cli.client import (
     Conflict,
     FadaClient,
     Forbidden,
+    Gone,
     InvalidRequest,
     NotFound,
 )
+from services.jobs import purge_images
 from tests.api.conftest import Keys
-from tests.api.helpers import png, succeed_job
+from tests.api.helpers import png, succeed_job, ultrasound_dicom
 
 
 def _problem(error: ApiError, status: int, code: str) -> dict[str, Any]:
@@ -244,3 +250,42 @@ def test_async_cancel_list_reviews_and_report(url: str, keys: Keys, sm: sessionm
             assert csv_text.splitlines()[1].startswith("autonomous,")
 
     asyncio.run(scenario())
+
+
+# --- pictures and the SR ------------------------------------------------------------------------
+
+
+def test_image_overlay_and_structured_report_as_bytes(url: str, keys: Keys, sm: sessionmaker[Session]) -> None:
+    upload = png(seed=70, width=64, height=48)
+    with FadaClient(url, keys.submitter.secret) as fada:
+        job = fada.submit(upload)
+        dicom_job = fada.submit(ultrasound_dicom())
+        with pytest.raises(Conflict) as early:
+            fada.overlay(job["id"])
+        _problem(early.value, 409, "result_not_ready")
+        succeed_job(sm, job["id"])
+        succeed_job(sm, dicom_job["id"])
+        served, sent = (Image.open(io.BytesIO(data)).convert("RGB") for data in (fada.image(job["id"]), upload))
+        assert np.array_equal(np.asarray(served), np.asarray(sent))
+        drawn = Image.open(io.BytesIO(fada.overlay(job["id"])))
+        assert drawn.width == 64 and drawn.height > 48  # the footer below the image
+        assert pydicom.dcmread(io.BytesIO(fada.structured_report(dicom_job["id"]))).Modality == "SR"
+        with pytest.raises(Conflict) as not_dicom:
+            fada.structured_report(job["id"])
+        _problem(not_dicom.value, 409, "not_dicom")
+        with pytest.raises(NotFound) as no_review:
+            fada.overlay(job["id"], review="no-such-review")
+        _problem(no_review.value, 404, "review_not_found")
+    with sm.begin() as session:
+        assert purge_images(session, older_than=timedelta(0))
+
+    async def after_retention() -> None:
+        async with AsyncFadaClient(url, keys.qa.secret) as qa:
+            with pytest.raises(Gone) as gone:
+                await qa.image(job["id"])
+            assert _problem(gone.value, 410, "image_purged")["purged_at"]
+            with pytest.raises(Gone):
+                await qa.overlay(job["id"])
+            assert (await qa.structured_report(dicom_job["id"]))[128:132] == b"DICM"  # results stay
+
+    asyncio.run(after_retention())

@@ -16,7 +16,7 @@ from .deps import V1_DEPENDENCIES
 from .docs import install_docs
 from .middleware import BodyLimitMiddleware, GatewayMiddleware, HeadMiddleware
 from .problems import V1_PROBLEMS
-from .routes import audit, batches, dicomweb, evaluations, jobs, ops, reports, reviews
+from .routes import audit, batches, dicomweb, evaluations, jobs, ops, reports, review_pages, reviews
 from .strict_inputs import document_strict_forms
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     problems.install(app)
     # Every /v1 router: the bearer scheme and the problems any /v1 route can answer, documented.
-    for router in (jobs.router, batches.router, reviews.router, reports.router, evaluations.router, dicomweb.router,
-                   audit.router):
+    for router in (jobs.router, batches.router, reviews.router, reports.router, review_pages.router,
+                   evaluations.router, dicomweb.router, audit.router):
         app.include_router(router, dependencies=V1_DEPENDENCIES, responses=V1_PROBLEMS)
     app.include_router(ops.router)
     install_docs(app)

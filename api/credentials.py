@@ -5,13 +5,16 @@ take HTTP Basic (any user name, the key as the password): the browser asks for i
 the 401's Basic challenge, and sends it again for the page's filter form and its CSV link.
 Only safe reads under ``/v1/reports/`` take it: a browser attaches cached Basic credentials to
 any request to the origin, a cross-site form POST included, so a route that changes
-something must never accept them.
+something must never accept them. The one exception is the job page's review form
+(``POST /v1/reports/jobs/{id}/reviews``), which proves with a token where it came from
+(``api.form_tokens``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 BROWSER_PREFIX = "/v1/reports/"
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
@@ -19,8 +22,15 @@ BEARER_CHALLENGE = 'Bearer realm="fada"'
 BASIC_CHALLENGE = 'Basic realm="fada reports", charset="UTF-8"'
 
 
+# The review form the job page posts; its route checks the form's token before anything else.
+REVIEW_FORM_PATH = re.compile(r"/v1/reports/jobs/[^/]+/reviews")
+
+
 def takes_basic(method: str, path: str) -> bool:
-    """Whether this request may present its key as HTTP Basic (a browser reading a report)."""
+    """Whether this request may present its key as HTTP Basic (a browser reading a report or
+    posting the job page's review form)."""
+    if method == "POST":
+        return REVIEW_FORM_PATH.fullmatch(path) is not None
     return method in _SAFE_METHODS and path.startswith(BROWSER_PREFIX)
 
 

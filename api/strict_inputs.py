@@ -1,5 +1,6 @@
 """Refusing request parts a /v1 route does not take: unknown query parameters and form fields,
-a single-valued one sent more than once, and a form field sent empty.
+a single-valued one sent more than once, and a form field sent empty (except by the browser
+pages' forms under ``/v1/reports/``, where an empty field is one left blank).
 
 FastAPI ignores the unknown and keeps the last of a repeated one. A misspelt filter
 (``?stauts=failed``, ``?group-by=label``) would answer with everything, or with the default
@@ -19,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 
+from .credentials import BROWSER_PREFIX
 from .problems import Problem
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -48,7 +50,8 @@ async def known_inputs_only(request: Request) -> None:
         fields = [name for name, _ in form.multi_items()]
         _refuse("form field", fields, takes.form, "unknown_form_field")
         _refuse_repeats("form field", fields, takes.lists, "repeated_form_field")
-        _refuse_empty([name for name, value in form.multi_items() if value == ""])
+        if not request.url.path.startswith(BROWSER_PREFIX):  # a browser's form sends every field, empty or not
+            _refuse_empty([name for name, value in form.multi_items() if value == ""])
 
 
 def document_strict_forms(app: FastAPI) -> None:

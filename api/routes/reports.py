@@ -2,10 +2,8 @@
 
 - ``GET /v1/reports/scores``: the score table as JSON (default) or CSV (``format=csv``).
 - ``GET /v1/reports/scores.html``: the same report as a self-contained page with charts.
-- ``GET /v1/reports/jobs/{id}.html``: one job as a page (picture, reading, phases, reviews).
-- ``GET /v1/reports/queue.html``: the reviewer's queue as a page, linking each job's page.
 
-All take the key as a Basic password too, for browsers (``api.credentials``).
+Both take the key as a Basic password too, for browsers (``api.credentials``).
 
 Filters (both routes): ``from`` (inclusive) and ``to`` (exclusive) over the review's
 ``created_at``, each an RFC 3339 date or datetime with an offset; a date is a whole day in
@@ -30,20 +28,15 @@ from services.reports import (
     ScoreReport,
     parse_filters,
     parse_group_by,
-    parse_zone,
     render_csv,
     render_html,
     score_report,
 )
-from services.reports.job_html import render_job_page, render_queue_page
-from services.reports.job_view import job_view
-from services.reviews import ReviewsError, review_queue
-from shared.db.clock import db_now
 from shared.db.models import Role
 
 from ..context import AppContext, Caller
-from ..deps import BOUND_SCHEMA, ID_MAX, TZ_SCHEMA, Ctx, JobId, require
-from ..problems import PROBLEM, Problem
+from ..deps import BOUND_SCHEMA, TZ_SCHEMA, Ctx, require
+from ..problems import Problem
 
 router = APIRouter(tags=["reports"])
 
@@ -180,49 +173,3 @@ def scores_html(request: Request, ctx: Ctx, caller: QA, from_: From = None, to: 
                                                       "style-src 'unsafe-inline'; img-src data:; form-action 'self'",
                                                       **_warning_header(report)})
 
-
-ReviewOrQA = Annotated[Caller, Depends(require(Role.reviewer, Role.qa))]
-
-
-@router.get("/v1/reports/jobs/{job_id}.html", response_class=HTMLResponse, responses={
-    200: {"content": {"text/html": {"schema": {"type": "string"}}}}, 404: PROBLEM, 409: PROBLEM})
-def job_html(ctx: Ctx, caller: ReviewOrQA, job_id: JobId, tz: Tz = None, review: Annotated[str | None, Query(
-        max_length=ID_MAX, description="a review id: the picture shows that annotation review's corrected "
-                                       "annotations instead of the model's")] = None) -> HTMLResponse:
-    """One job as a page for the sonographer or QA: the image with the annotations drawn (the
-    model's, or a reviewer's with ``review``), the interpretation, view label and map, every
-    phase with the items it dropped, the annotations as numbers, and the reviews. Self-contained
-    (inline CSS, the picture inline, no scripts). Takes the key as a Basic password, as the
-    score report does; times in ``tz`` (default FADA_REPORT_TIMEZONE)."""
-    try:
-        zone = parse_zone(tz, ctx.settings.report_timezone)
-    except ReportParameterError as exc:
-        raise Problem(422, "invalid_report_parameter", str(exc)) from exc
-    with ctx.sm() as session:
-        try:
-            view = job_view(session, job_id, classes=ctx.profile.classes, review_id=review)
-        except ReviewsError as exc:
-            raise Problem(exc.status, exc.code, exc.detail, **exc.extra) from exc
-    return HTMLResponse(render_job_page(view, zone=zone), headers={
-        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
-        "Cache-Control": "no-store"})
-
-
-ReviewerOnly = Annotated[Caller, Depends(require(Role.reviewer))]
-
-
-@router.get("/v1/reports/queue.html", response_class=HTMLResponse, responses={
-    200: {"content": {"text/html": {"schema": {"type": "string"}}}}})
-def queue_html(ctx: Ctx, caller: ReviewerOnly, tz: Tz = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-               cursor: Annotated[str | None, Query(max_length=512)] = None) -> HTMLResponse:
-    """The reviewer's queue (``GET /v1/reviews/queue``) as a page: the HITL jobs waiting for
-    them, oldest first, ``limit`` a page, each a link to its job page. Basic credentials as above."""
-    try:
-        zone = parse_zone(tz, ctx.settings.report_timezone)
-    except ReportParameterError as exc:
-        raise Problem(422, "invalid_report_parameter", str(exc)) from exc
-    with ctx.sm() as session:
-        page = review_queue(session, reviewer_key_id=caller.key_id, limit=limit, cursor=cursor)
-        now = db_now(session)
-    return HTMLResponse(render_queue_page(page, reviewer=caller.name, zone=zone, now=now, limit=limit), headers={
-        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'", "Cache-Control": "no-store"})

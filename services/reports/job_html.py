@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from urllib.parse import quote
 
@@ -22,6 +23,15 @@ from .job_view import JobView, ReviewLine
 from .svg import esc
 
 PAGE_CSS = CSS + """
+form.review{display:grid;gap:10px;margin:0 0 6px}
+form.review fieldset{border:1px solid #e2e8f0;border-radius:8px;padding:8px 12px;display:flex;flex-wrap:wrap;
+gap:6px 18px}
+form.review legend{font-size:12px;color:#4a5568;padding:0 4px}
+form.review textarea{font:inherit;width:100%;min-height:64px;padding:6px 8px;border:1px solid #cbd5e0;
+border-radius:6px}
+form.review select{font:inherit;padding:5px 8px;border:1px solid #cbd5e0;border-radius:6px}
+form.review button{justify-self:start}
+.error{background:#fff5f5;border:1px solid #fc8181;color:#742a2a;border-radius:8px;padding:10px 14px;margin:0 0 18px}
 header .kicker a{color:inherit}
 figure{margin:0}figure img{max-width:100%;height:auto;border-radius:6px;display:block;image-rendering:auto}
 figcaption{font-size:12px;color:#4a5568;margin:6px 0 0}
@@ -38,7 +48,19 @@ td.text,th.text{text-align:left;white-space:normal}
 """
 
 
-def render_job_page(view: JobView, *, zone: tzinfo) -> str:
+@dataclass(frozen=True)
+class ReviewForms:
+    """What the page needs to offer its reader the review forms (reviewers only)."""
+
+    token: str  # ``api.form_tokens``: ties a posted form to this page and this key
+    reviewer_key_id: str
+    view_labels: Sequence[str]
+    routing_groups: Sequence[str]
+
+
+def render_job_page(view: JobView, *, zone: tzinfo, forms: ReviewForms | None = None, error: str | None = None) -> str:
+    """The page; with ``forms``, the reader's review forms for what is open to review now;
+    ``error`` is shown at the top (a refused form post)."""
     job, document = view.job, view.document
     title = f"Job {job.id}"
     untrained = (
@@ -50,11 +72,12 @@ def render_job_page(view: JobView, *, zone: tzinfo) -> str:
         f"<title>FADA Serve · {esc(title)}</title><style>{PAGE_CSS}</style></head><body>"
         '<header><div class="kicker"><a href="../queue.html">FADA Serve · review queue</a> · job</div>'
         f"<h1>{esc(job.external_id or job.id)}</h1><p>{esc(title)}</p></header><main>"
-        f"{untrained}{_facts(view, zone)}{_picture(view)}"
+        f"{_error(error)}{untrained}{_facts(view, zone)}{_picture(view)}"
         f"{_reading(document) if document is not None else ''}"
         f"{_annotations(document) if document is not None else ''}"
         f"{_phases(document) if document is not None else ''}"
         f"{_reviews(view.reviews, view.shown_review, zone)}"
+        f"{_forms(view, forms) if forms is not None else ''}"
         f"</main><footer>All times in {esc(str(zone))}. Geometry in pixels of the original image "
         "(COCO: bbox = x, y, width, height).</footer></body></html>")
 
@@ -151,6 +174,77 @@ def _reviews(reviews: list[ReviewLine], shown: ReviewLine | None, zone: tzinfo) 
             f"<tbody>{''.join(row(r) for r in reviews)}</tbody></table>"
             '<p class="note">Scores: 1 clinically acceptable, 2 minor issues, 3 major errors, 0 not assessable.</p>'
             "</section>")
+
+
+LATER_PHASES = ("detect", "segment", "keypoints")
+SCORE_CHOICES = ((1, "1 acceptable"), (2, "2 minor issues"), (3, "3 major errors"), (0, "0 not assessable"))
+DECISIONS = ("accept", "correct", "reject")
+
+
+def _error(error: str | None) -> str:
+    return f'<div class="error" role="alert">{esc(error)}</div>' if error else ""
+
+
+def _open_dimensions(view: JobView) -> list[str]:
+    """What can be reviewed now: the interpretation once there is a result; the annotations
+    once the job has run a later phase (a HITL job finished without one has none)."""
+    job, document = view.job, view.document
+    if document is None or job.status.value not in ("awaiting_review", "succeeded"):
+        return []
+    open_ = ["interpretation"]
+    ran_later = any(p in document.phases and document.phases[p].status != "skipped" for p in LATER_PHASES)
+    if job.status.value == "succeeded" and (job.mode.value == "autonomous" or ran_later):
+        open_.append("annotation")
+    return open_
+
+
+def _forms(view: JobView, forms: ReviewForms) -> str:
+    dimensions = _open_dimensions(view)
+    if not dimensions:
+        return ('<section><h2>Your review</h2><p class="note">Nothing to review now: the job is '
+                f"{esc(view.job.status.value)}.</p></section>")
+    own = {r.dimension: r for r in view.reviews if r.reviewer_key_id == forms.reviewer_key_id}
+    return ("<section><h2>Your review</h2>"
+            + "".join(_form(view, forms, d, own.get(d)) for d in dimensions)
+            + '<p class="note">Corrected boxes, masks and keypoints are sent through the API '
+            "(<code>corrections.annotations</code>); this form scores and comments.</p></section>")
+
+
+def _form(view: JobView, forms: ReviewForms, dimension: str, mine: ReviewLine | None) -> str:
+    job = view.job
+    chooses = dimension == "interpretation" and job.status.value == "awaiting_review" and job.mode.value == "hitl"
+
+    def radios(name: str, choices: Sequence[tuple[object, str]], current: object) -> str:
+        return "".join(
+            f'<label><input type="radio" name="{name}" value="{esc(str(value))}" required'
+            f'{" checked" if value == current else ""}> {esc(text)}</label>' for value, text in choices)
+
+    fields = [
+        f'<input type="hidden" name="token" value="{esc(forms.token)}">',
+        f'<input type="hidden" name="dimension" value="{esc(dimension)}">',
+        f"<fieldset><legend>score</legend>{radios('score', SCORE_CHOICES, mine.score if mine else None)}</fieldset>",
+        "<fieldset><legend>decision</legend>"
+        f"{radios('decision', [(d, d) for d in DECISIONS], mine.decision if mine else None)}</fieldset>",
+    ]
+    if dimension == "interpretation":
+        current = mine.corrected_label if mine else None
+        options = "".join(f'<option value="{esc(label)}"{" selected" if label == current else ""}>{esc(label)}</option>'
+                          for label in forms.view_labels)
+        fields.append('<label>corrected view label (decision correct) <select name="label">'
+                      f'<option value="">keep the model&#39;s</option>{options}</select></label>')
+    if chooses:
+        boxes = "".join(f'<label><input type="checkbox" name="next_phases" value="{p}"> {p}</label>'
+                        for p in LATER_PHASES)
+        groups = "".join(f'<option value="{esc(g)}">{esc(g)}</option>' for g in forms.routing_groups)
+        fields += ['<input type="hidden" name="choose_phases" value="1">',
+                   f"<fieldset><legend>then run (none: finish the job now)</legend>{boxes}</fieldset>",
+                   '<label>structure group <select name="group"><option value="">as the map gives</option>'
+                   f"{groups}</select></label>"]
+    comment = esc(mine.comment or "") if mine else ""
+    fields.append(f'<label>comment<textarea name="comment" maxlength="4000">{comment}</textarea></label>')
+    verb = f"Amend your {dimension} review (version {mine.revision + 1})" if mine else f"Save the {dimension} review"
+    return (f'<h3>{esc(dimension.capitalize())}</h3><form class="review" method="post" '
+            f'action="{quote(job.id)}/reviews">{"".join(fields)}<button type="submit">{esc(verb)}</button></form>')
 
 
 def _score(score: float | None) -> str:

@@ -21,6 +21,7 @@ class ReviewLine:
 
     id: str
     reviewer: str
+    reviewer_key_id: str
     dimension: str
     score: int
     decision: str
@@ -29,6 +30,7 @@ class ReviewLine:
     created_at: datetime
     amended_at: datetime | None
     corrects_annotations: bool
+    corrected_label: str | None
     next_phases: list[str] | None
     group: str | None
 
@@ -74,8 +76,8 @@ def job_view(session: Session, job_id: str, *, classes: list[str], review_id: st
 def _line(review: Review, reviewer: str) -> ReviewLine:
     corrections = review.corrections or {}
     return ReviewLine(
-        id=review.id, reviewer=reviewer, dimension=review.dimension.value, score=review.score,
-        decision=review.decision.value, comment=review.comment, revision=review.revision,
+        id=review.id, reviewer=reviewer, reviewer_key_id=review.reviewer_key_id, dimension=review.dimension.value,
+        score=review.score, decision=review.decision.value, comment=review.comment, revision=review.revision,
         created_at=review.created_at, amended_at=review.amended_at,
-        corrects_annotations=corrections.get("annotations") is not None,
+        corrects_annotations=corrections.get("annotations") is not None, corrected_label=corrections.get("label"),
         next_phases=review.next_phases, group=review.group_name)

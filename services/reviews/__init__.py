@@ -9,7 +9,7 @@ from .hitl import LATER_PHASES, NO_PHASES_DETAIL, Gate
 from .queue import QueueEntry, QueuePage, review_queue
 from .reading import ReviewRecord, corrected_annotations, get_own_review, list_reviews
 from .state import refresh_review_state, required_dimensions
-from .submit import ReviewInput, Submitted, amend_review, submit_review
+from .submit import ReviewInput, Submitted, amend_review, save_review, submit_review
 
 __all__ = [
     "LATER_PHASES",
@@ -37,5 +37,6 @@ __all__ = [
     "refresh_review_state",
     "required_dimensions",
     "review_queue",
+    "save_review",
     "submit_review",
 ]

@@ -100,6 +100,19 @@ def submit_review(session: Session, *, job_id: str, reviewer_key_id: str, dimens
     return Submitted(review=review, gate=gate)
 
 
+def save_review(session: Session, *, job_id: str, reviewer_key_id: str, dimension: ReviewDimension,
+                data: ReviewInput, profile: Profile) -> Submitted:
+    """The caller's review of ``dimension``: made, or amended when they have one (a form that
+    offers both, as the job page does). Only a new review can be the HITL gate."""
+    mine = session.scalar(select(Review.id).where(Review.job_id == job_id, Review.reviewer_key_id == reviewer_key_id,
+                                                  Review.dimension == dimension))
+    if mine is None:
+        return submit_review(session, job_id=job_id, reviewer_key_id=reviewer_key_id, dimension=dimension,
+                             data=data, profile=profile)
+    return Submitted(review=amend_review(session, job_id=job_id, reviewer_key_id=reviewer_key_id,
+                                         dimension=dimension, data=data, profile=profile), gate=None)
+
+
 def amend_review(session: Session, *, job_id: str, reviewer_key_id: str, dimension: ReviewDimension,
                  data: ReviewInput, profile: Profile, now: datetime | None = None) -> Review:
     """Replace the caller's review of ``dimension`` with ``data``; the previous version goes to

@@ -131,7 +131,8 @@ TOLERATED: dict[str, Tolerance] = {
         and _problem_code(r) == "invalid_callback_url"),
     # The cursor is opaque ("any string" in the schema); one the service did not hand out is a 422.
     "opaque cursor": lambda code, r, op: (
-        code == "ST202" and op in ("GET /v1/jobs", "GET /v1/evaluations", "GET /v1/reviews/queue", "GET /v1/audit")
+        code == "ST202" and op in ("GET /v1/jobs", "GET /v1/evaluations", "GET /v1/reviews/queue", "GET /v1/audit",
+                                   "GET /v1/reports/queue.html")
         and _problem_code(r) == "invalid_cursor"),
     # Nor "labels from the profile, geometry inside this job's image, a job in a reviewable state".
     "review content": lambda code, r, op: (

@@ -40,9 +40,10 @@ margin:0 0 18px;font-weight:600}
 .facts{display:grid;grid-template-columns:repeat(4,1fr);gap:12px;margin:0 0 18px}
 .facts div{background:#fff;border:1px solid #e2e8f0;border-radius:10px;padding:10px 14px}
 .facts b{display:block;font-size:11px;color:#4a5568;text-transform:uppercase;letter-spacing:.05em;font-weight:600}
-dl.fields{display:grid;grid-template-columns:max-content 1fr;gap:6px 16px;margin:0}
-dl.fields dt{font-weight:600;color:#2d3748}dl.fields dd{margin:0;white-space:pre-wrap}
-td.text,th.text{text-align:left;white-space:normal}
+dl.fields{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:6px 16px;margin:0}
+dl.fields dt{font-weight:600;color:#2d3748}
+dl.fields dd{margin:0;white-space:pre-wrap;overflow-wrap:anywhere;min-width:0}
+td.text,th.text{text-align:left;white-space:normal;overflow-wrap:anywhere}
 .status-ok{color:#276749}.status-skipped{color:#718096}.status-error,.status-invalid_output{color:#9b2c2c}
 @media (max-width:900px){.facts{grid-template-columns:repeat(2,1fr)}}
 """
@@ -90,7 +91,7 @@ def _facts(view: JobView, zone: tzinfo) -> str:
         ("status", job.status.value + (f" ({job.error_code})" if job.error_code else "")),
         ("mode", job.mode.value), ("review", job.review_state.value),
         ("submitted", local_time(job.created_at, zone)),
-        ("view label", document.classification.label if document and document.classification else "–"),
+        ("view label", _view_label(view)),
         ("model", f"{model.revision} ({model.profile})" if model else job.model_revision or "–"),
         ("image", f"{image.width} × {image.height} px, {image.format}, frame {image.frame}" if image else "–"),
         ("pixel spacing", f"{image.pixel_spacing_mm[0]:.4g} × {image.pixel_spacing_mm[1]:.4g} mm"
@@ -99,6 +100,17 @@ def _facts(view: JobView, zone: tzinfo) -> str:
     if job.burned_in_annotation == "YES":
         facts.append(("burned-in text", "YES: the pixels may carry identifying text"))
     return '<div class="facts">' + "".join(f"<div><b>{esc(k)}</b>{esc(v)}</div>" for k, v in facts) + "</div>"
+
+
+def _view_label(view: JobView) -> str:
+    """The model's view label, and the one the latest correcting interpretation review gave."""
+    document = view.document
+    label = document.classification.label if document and document.classification else "–"
+    corrected = [r for r in view.reviews if r.dimension == "interpretation" and r.corrected_label]
+    if corrected:
+        latest = max(corrected, key=lambda r: r.amended_at or r.created_at)
+        return f"{label} → {latest.corrected_label} ({latest.reviewer})"
+    return label
 
 
 def _picture(view: JobView) -> str:

@@ -84,6 +84,7 @@ def test_a_reviewer_scores_and_amends_from_the_page(client: TestClient, keys: Ke
     assert review["reviewer"]["key_id"] == keys.reviewer.id
 
     page = client.get(f"/v1/reports/jobs/{job_id}.html", headers=signed_in).text
+    assert "BPD_PLANE → FL_PLANE (reviewer)" in page  # the view label as the model gave it, and as reviewed
     again = _forms(page)["interpretation"]
     assert again["checked"] == {"score": "2", "decision": "correct"} and "version 2" in again["body"]
     assert '<option value="FL_PLANE" selected>' in again["body"]

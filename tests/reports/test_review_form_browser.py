@@ -34,9 +34,12 @@ def test_a_sonographer_reviews_a_job_in_the_browser(sqlite_app: FastAPI, sqlite_
     posted = httpx.post(f"{base}/v1/jobs", files=file_part(_upload()), data={"mode": "hitl", "external_id": "H-9"},
                         headers=sqlite_keys.submitter.headers)
     job_id = posted.json()["id"]
+    # an untrained model's text: long runs without a space, which must wrap, not widen the page
+    document = _document()
+    document.interpretation = {**(document.interpretation or {}), "anatomical_structures": "Babdomen" * 300}
     run_job(sqlite_sm, job_id)
     with sqlite_sm.begin() as session:
-        assert complete(session, job_id, OWNER, _document(), awaiting_review=True)
+        assert complete(session, job_id, OWNER, document, awaiting_review=True)
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
@@ -48,6 +51,7 @@ def test_a_sonographer_reviews_a_job_in_the_browser(sqlite_app: FastAPI, sqlite_
             page.goto(f"{base}/v1/reports/queue.html")
             page.click("text=H-9")  # the queue's link to the job page
             assert page.url == f"{base}/v1/reports/jobs/{job_id}.html"
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
             page.check('input[name="score"][value="1"]')
             page.check('input[name="decision"][value="accept"]')
             page.check('input[name="next_phases"][value="detect"]')

@@ -17,8 +17,9 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import StringConstraints
 
-from services.jobs import publish_jobs
+from services.jobs import current_document, publish_jobs
 from services.queue import publisher
 from services.reports import ReportParameterError, parse_zone
 from services.reports.job_html import ReviewForms, render_job_page, render_queue_page
@@ -67,6 +68,13 @@ def _secret(request: Request) -> str:
     return secret
 
 
+def changed_fields(sent: dict[str, str], model: dict[str, str]) -> dict[str, str]:
+    """The interpretation fields the reviewer changed. A browser sends a text box's line breaks
+    as CRLF: compared, and kept, as the model writes them."""
+    texts = {name: value.replace("\r\n", "\n") for name, value in sent.items()}
+    return {name: value for name, value in texts.items() if value.strip() != model.get(name, "").strip()}
+
+
 def _page(request: Request, ctx: AppContext, caller: Caller, job_id: str, *, zone: ZoneInfo,
           review: str | None = None, error: str | None = None, status: int = 200) -> HTMLResponse:
     with ctx.sm() as session:
@@ -77,8 +85,8 @@ def _page(request: Request, ctx: AppContext, caller: Caller, job_id: str, *, zon
     forms = None
     if caller.role in (Role.reviewer, Role.admin):
         forms = ReviewForms(token=make_token(_secret(request), job_id), reviewer_key_id=caller.key_id,
-                            view_labels=ctx.profile.view_labels,
-                            routing_groups=sorted(ctx.profile.map.routing_groups))
+                            view_labels=ctx.profile.view_labels, routing_groups=sorted(ctx.profile.map.routing_groups),
+                            interpretation_fields=ctx.profile.interpretation_fields)
     return HTMLResponse(render_job_page(view, zone=zone, forms=forms, error=error), status_code=status,
                         headers=PAGE_HEADERS)
 
@@ -112,13 +120,18 @@ def review_form(
     score: Annotated[int, Form(ge=0, le=3)],
     decision: Annotated[ReviewDecision, Form()],
     next_phases: Annotated[list[Literal["detect", "segment", "keypoints"]], Form(default_factory=list)],
+    field: Annotated[list[str], Form(default_factory=list, max_length=50)],
+    text: Annotated[list[Annotated[str, StringConstraints(max_length=4000)]], Form(default_factory=list,
+                                                                                 max_length=50)],
     comment: Annotated[str | None, Form(max_length=4000)] = None,
     label: Annotated[str | None, Form(max_length=128)] = None,
     choose_phases: Annotated[bool, Form()] = False,
     group: Annotated[str | None, Form(max_length=128)] = None,
 ) -> Response:
     """The job page's review form: saves the caller's review of ``dimension`` (amends it when
-    they have one), then 303 back to the page. A field left blank is a field left out;
+    they have one), then 303 back to the page. ``field``/``text`` pairs hold the interpretation
+    as the form showed it; those the reviewer changed become ``corrections.interpretation``. A
+    field left blank is a field left out;
     ``choose_phases`` says the form offered the HITL choice, so no phase ticked is ``[]``
     (finish the job now). Refused with 403 when the browser says the form came from another
     site or its token was not made by this service for this key and job; a review the
@@ -128,9 +141,16 @@ def review_form(
     why = token_problem(_secret(request), job_id, token)
     if why is not None:
         raise Problem(403, "invalid_form_token", why)
+    if len(field) != len(text):
+        raise Problem(422, "invalid_request", "each interpretation text needs the field it belongs to")
+    with ctx.sm() as session:
+        document = current_document(session, job_id)
+    changed = changed_fields(dict(zip(field, text, strict=True)),
+                             (document.interpretation if document else None) or {})
+    corrections = Corrections(label=label or None, interpretation=changed or None) if label or changed else None
     phases = [str(p) for p in next_phases] if choose_phases else None
-    data = ReviewInput(score=score, decision=decision, comment=comment,
-                       corrections=Corrections(label=label) if label else None, next_phases=phases, group=group)
+    data = ReviewInput(score=score, decision=decision, comment=comment, corrections=corrections,
+                       next_phases=phases, group=group)
     try:
         with ctx.sm.begin() as session:
             saved = save_review(session, job_id=job_id, reviewer_key_id=caller.key_id, dimension=dimension,

@@ -31,6 +31,7 @@ form.review textarea{font:inherit;width:100%;min-height:64px;padding:6px 8px;bor
 border-radius:6px}
 form.review select{font:inherit;padding:5px 8px;border:1px solid #cbd5e0;border-radius:6px}
 form.review button{justify-self:start}
+form.review .fields-edit{display:grid;gap:8px;margin:8px 0 0}form.review summary{cursor:pointer;color:#2b6cb0}
 .error{background:#fff5f5;border:1px solid #fc8181;color:#742a2a;border-radius:8px;padding:10px 14px;margin:0 0 18px}
 header .kicker a{color:inherit}
 figure{margin:0}figure img{max-width:100%;height:auto;border-radius:6px;display:block;image-rendering:auto}
@@ -57,6 +58,7 @@ class ReviewForms:
     reviewer_key_id: str
     view_labels: Sequence[str]
     routing_groups: Sequence[str]
+    interpretation_fields: Sequence[str] = ()
 
 
 def render_job_page(view: JobView, *, zone: tzinfo, forms: ReviewForms | None = None, error: str | None = None) -> str:
@@ -244,6 +246,7 @@ def _form(view: JobView, forms: ReviewForms, dimension: str, mine: ReviewLine | 
                           for label in forms.view_labels)
         fields.append('<label>corrected view label (decision correct) <select name="label">'
                       f'<option value="">keep the model&#39;s</option>{options}</select></label>')
+        fields.append(_interpretation_fields(view, forms, mine))
     if chooses:
         boxes = "".join(f'<label><input type="checkbox" name="next_phases" value="{p}"> {p}</label>'
                         for p in LATER_PHASES)
@@ -257,6 +260,21 @@ def _form(view: JobView, forms: ReviewForms, dimension: str, mine: ReviewLine | 
     verb = f"Amend your {dimension} review (version {mine.revision + 1})" if mine else f"Save the {dimension} review"
     return (f'<h3>{esc(dimension.capitalize())}</h3><form class="review" method="post" '
             f'action="{quote(job.id)}/reviews">{"".join(fields)}<button type="submit">{esc(verb)}</button></form>')
+
+
+def _interpretation_fields(view: JobView, forms: ReviewForms, mine: ReviewLine | None) -> str:
+    """A text box per interpretation field, holding the model's text (or the reader's earlier
+    correction): what the reader changes is sent as ``corrections.interpretation``. Each box
+    follows a hidden ``field`` naming it: a form's repeated fields arrive in document order."""
+    model = (view.document.interpretation if view.document else None) or {}
+    corrected = (mine.corrected_interpretation if mine else None) or {}
+    boxes = "".join(
+        f'<input type="hidden" name="field" value="{esc(name)}"><label>{esc(name.replace("_", " "))}'
+        f'<textarea name="text" maxlength="4000">{esc(corrected.get(name, model.get(name, "")))}</textarea></label>'
+        for name in forms.interpretation_fields)
+    opened = " open" if corrected else ""
+    return (f"<details{opened}><summary>Correct the interpretation text (decision correct)</summary>"
+            f'<div class="fields-edit">{boxes}</div></details>')
 
 
 def _score(score: float | None) -> str:

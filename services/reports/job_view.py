@@ -31,6 +31,7 @@ class ReviewLine:
     amended_at: datetime | None
     corrects_annotations: bool
     corrected_label: str | None
+    corrected_interpretation: dict[str, str] | None
     next_phases: list[str] | None
     group: str | None
 
@@ -80,4 +81,5 @@ def _line(review: Review, reviewer: str) -> ReviewLine:
         score=review.score, decision=review.decision.value, comment=review.comment, revision=review.revision,
         created_at=review.created_at, amended_at=review.amended_at,
         corrects_annotations=corrections.get("annotations") is not None, corrected_label=corrections.get("label"),
+        corrected_interpretation=corrections.get("interpretation"),
         next_phases=review.next_phases, group=review.group_name)

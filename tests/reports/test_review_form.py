@@ -20,7 +20,16 @@ from services.jobs import complete
 from shared.db.models import AuditEvent, Review
 from shared.schemas.results import PhaseReport
 from tests.api.conftest import Keys
-from tests.api.helpers import OWNER, assert_problem, audit_events, count, enqueued_job_ids, file_part, run_job
+from tests.api.helpers import (
+    OWNER,
+    PROFILE,
+    assert_problem,
+    audit_events,
+    count,
+    enqueued_job_ids,
+    file_part,
+    run_job,
+)
 
 from .test_browser_sign_in import basic
 from .test_job_page import _document, _upload
@@ -52,10 +61,21 @@ def _forms(page: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _shown_texts(form: dict[str, Any]) -> dict[str, str]:
+    """The interpretation boxes of a form: field name -> the text shown."""
+    names = re.findall(r'name="field" value="([^"]+)"', form["body"])
+    texts = [html.unescape(t) for t in re.findall(r'<textarea name="text"[^>]*>(.*?)</textarea>', form["body"], re.S)]
+    return dict(zip(names, texts, strict=True))
+
+
 def _fill(form: dict[str, Any], **values: str | list[str]) -> dict[str, str | list[str]]:
-    """What a browser posts: every field of the form, the blank ones empty."""
-    sent: dict[str, str | list[str]] = {name: "" for name in form["names"] - {"next_phases", "score", "decision"}}
+    """What a browser posts: every field of the form, the blank ones empty, the text boxes as shown."""
+    sent: dict[str, str | list[str]] = {name: "" for name in form["names"] - {"next_phases", "score", "decision",
+                                                                             "field", "text"}}
     sent.update(form["hidden"])
+    shown = _shown_texts(form)
+    if shown:
+        sent.update(field=list(shown), text=list(shown.values()))
     sent.update(values)
     return sent
 
@@ -81,6 +101,7 @@ def test_a_reviewer_scores_and_amends_from_the_page(client: TestClient, keys: Ke
     assert (review["dimension"], review["score"], review["decision"], review["revision"]) == (
         "interpretation", 2, "correct", 1)
     assert review["corrections"]["label"] == "FL_PLANE" and review["comment"] is None  # blank = left out
+    assert review["corrections"]["interpretation"] is None  # the text boxes came back as shown
     assert review["reviewer"]["key_id"] == keys.reviewer.id
 
     page = client.get(f"/v1/reports/jobs/{job_id}.html", headers=signed_in).text
@@ -174,3 +195,33 @@ def test_only_reviewers_get_and_post_the_forms(client: TestClient, keys: Keys, s
     assert_problem(client.post(f"/v1/jobs/{job_id}/reviews", headers=basic(keys.reviewer.secret), json={
         "dimension": "interpretation", "score": 1, "decision": "accept"}), 401, "unauthorized")
     assert count(sm, Review) == 0 and all(isinstance(e, AuditEvent) for e in audit_events(sm))
+
+
+def test_the_interpretation_text_is_corrected_in_place(client: TestClient, keys: Keys,
+                                                         sm: sessionmaker[Session]) -> None:
+    job_id = _job(client, keys, sm)
+    signed_in = basic(keys.reviewer.secret)
+    form = _forms(client.get(f"/v1/reports/jobs/{job_id}.html", headers=signed_in).text)["interpretation"]
+    shown = _shown_texts(form)
+    assert list(shown) == list(PROFILE.interpretation_fields)  # every field, in the profile's order
+    assert shown["imaging_plane"] == "transthalamic plane" and shown["gestational_age"] == ""
+    # as a browser sends it: every box, the unchanged ones as shown, line breaks as CRLF
+    edited = {**shown, "imaging_plane": "transventricular plane\r\nfalx visible", "image_quality": "  "}
+    answer = _post(client, job_id, form, signed_in, score="2", decision="correct",
+                   field=list(edited), text=list(edited.values()))
+    assert answer.status_code == 303, answer.text
+    [review] = client.get(f"/v1/jobs/{job_id}/reviews", headers=keys.qa.headers).json()["items"]
+    assert review["corrections"]["interpretation"] == {"imaging_plane": "transventricular plane\nfalx visible"}
+    assert review["corrections"]["label"] is None
+
+    again = _forms(client.get(f"/v1/reports/jobs/{job_id}.html", headers=signed_in).text)["interpretation"]
+    assert "<details open>" in again["body"] and "transventricular plane\nfalx visible" in again["body"]
+    # sent back unchanged (the correction as shown), then reverted to the model's text: nothing corrected
+    reverted = {**edited, "imaging_plane": "transthalamic plane"}
+    _post(client, job_id, again, signed_in, score="1", decision="accept", field=list(reverted),
+          text=list(reverted.values()))
+    [review] = client.get(f"/v1/jobs/{job_id}/reviews", headers=keys.qa.headers).json()["items"]
+    assert review["corrections"] is None and review["revision"] == 2
+    lopsided = _post(client, job_id, again, signed_in, score="1", decision="accept", field=["imaging_plane"],
+                     text=["a", "b"])
+    assert_problem(lopsided, 422, "invalid_request")

@@ -36,7 +36,8 @@ def test_a_sonographer_reviews_a_job_in_the_browser(sqlite_app: FastAPI, sqlite_
     job_id = posted.json()["id"]
     # an untrained model's text: long runs without a space, which must wrap, not widen the page
     document = _document()
-    document.interpretation = {**(document.interpretation or {}), "anatomical_structures": "Babdomen" * 300}
+    document.interpretation = {**(document.interpretation or {}), "anatomical_structures": "Babdomen" * 300,
+                               "fetal_orientation": "cephalic\nspine posterior"}  # a browser sends it as CRLF
     run_job(sqlite_sm, job_id)
     with sqlite_sm.begin() as session:
         assert complete(session, job_id, OWNER, document, awaiting_review=True)
@@ -63,6 +64,7 @@ def test_a_sonographer_reviews_a_job_in_the_browser(sqlite_app: FastAPI, sqlite_
             review = httpx.get(f"{base}/v1/jobs/{job_id}/reviews", headers=sqlite_keys.qa.headers).json()["items"]
             assert [(r["score"], r["decision"], r["next_phases"], r["reviewer"]["key_id"]) for r in review] == [
                 (1, "accept", ["detect"], sqlite_keys.reviewer.id)]
+            assert review[0]["corrections"] is None  # the text boxes went back as shown: nothing corrected
             assert httpx.get(f"{base}/v1/jobs/{job_id}", headers=sqlite_keys.qa.headers).json()["status"] == "queued"
 
             # another site, open in the same signed-in browser, posts a form of its own

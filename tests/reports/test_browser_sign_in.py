@@ -41,7 +41,11 @@ def test_reports_take_the_key_as_a_basic_password(client: TestClient, keys: Keys
     for route in REPORT_ROUTES:
         by_basic = client.get(route, headers=basic(keys.qa.secret))
         assert by_basic.status_code == 200, (route, by_basic.text)
-        assert by_basic.content == client.get(route, headers=keys.qa.headers).content or "html" in route, route
+        by_bearer = client.get(route, headers=keys.qa.headers)
+        if route == "/v1/reports/scores":  # the same report; generated_at may have ticked a second on
+            assert {**by_basic.json(), "generated_at": None} == {**by_bearer.json(), "generated_at": None}
+        elif "html" not in route:
+            assert by_basic.content == by_bearer.content, route
     assert client.get("/v1/reports/scores", headers=basic(keys.qa.secret, user="")).status_code == 200
     assert client.head("/v1/reports/scores.html", headers=basic(keys.admin.secret)).status_code == 200
     # The role still decides, and a wrong or empty password is no key.

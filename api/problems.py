@@ -14,7 +14,15 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.ingest import IngestError
-from services.jobs import IdempotencyConflict, InvalidCursor, InvalidTransition, JobNotFound, TooManyPending
+from services.jobs import (
+    IdempotencyConflict,
+    ImagePurged,
+    InvalidCursor,
+    InvalidTransition,
+    JobNotFound,
+    TooManyPending,
+)
+from services.reviews import ReviewsError
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +122,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(InvalidTransition)
     async def _conflict(_: Request, exc: InvalidTransition) -> JSONResponse:
         return problem_response(409, "invalid_transition", str(exc), current_status=exc.current)
+
+    @app.exception_handler(ImagePurged)
+    async def _purged(_: Request, exc: ImagePurged) -> JSONResponse:
+        return problem_response(410, "image_purged", str(exc),
+                                purged_at=exc.purged_at.isoformat() if exc.purged_at else None)
+
+    @app.exception_handler(ReviewsError)
+    async def _review(_: Request, exc: ReviewsError) -> JSONResponse:
+        return problem_response(exc.status, exc.code, exc.detail, **exc.extra)
 
     @app.exception_handler(InvalidCursor)
     async def _cursor(_: Request, exc: InvalidCursor) -> JSONResponse:

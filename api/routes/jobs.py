@@ -9,13 +9,13 @@ from pydantic import AfterValidator
 
 from services.export.coco import to_coco
 from services.export.dicom_sr import NotFromDicom, build_sr, content_time, source_instance, sr_bytes
-from services.export.overlay import ReviewedAnnotations, result_overlay
-from services.jobs import ImagePurged, cancel, current_document, get_job, list_jobs, rejected_by_reviewer, stored_png
+from services.export.overlay import result_overlay
+from services.jobs import cancel, current_document, get_job, list_jobs, rejected_by_reviewer, stored_png
 from services.jobs.intake import JobOptions, Upload, accept_job
 from services.notify import InvalidTarget, plan_notifications
 from services.notify.log import deliveries_of
 from services.queue import publisher
-from services.reviews import ReviewsError, corrected_annotations
+from services.reviews import corrected_annotations
 from shared.db.models import URL_MAX_LENGTH, Job, JobMode, JobStatus, ReviewState, Role
 from shared.schemas.results import ResultDocument
 from shared.text import code_points, unprintable
@@ -197,22 +197,14 @@ NO_STORE = {"Cache-Control": "no-store"}
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}, 404: PROBLEM, 410: PROBLEM}
 
 
-def _png(ctx: AppContext, job_id: str) -> bytes:
-    with ctx.sm() as session:
-        try:
-            return stored_png(session, job_id)
-        except ImagePurged as exc:
-            raise Problem(410, "image_purged", str(exc),
-                          purged_at=exc.purged_at.isoformat() if exc.purged_at else None) from exc
-
-
 @router.get("/{job_id}/image", response_class=Response, responses=PNG_RESPONSE)
 def image(ctx: Ctx, caller: Reader, job_id: JobId) -> Response:
     """The image the model read: the analysed frame's pixels as stored after de-identification
     (a PNG without metadata, the original's size; a DICOM's burned-in text, if any, is in the
     pixels: see the job's ``burned_in_annotation``). 410 once the retention policy deleted it."""
     _visible(ctx, caller, job_id)
-    return Response(_png(ctx, job_id), media_type="image/png", headers=NO_STORE)
+    with ctx.sm() as session:
+        return Response(stored_png(session, job_id), media_type="image/png", headers=NO_STORE)
 
 
 @router.get("/{job_id}/overlay.png", response_class=Response, responses={**PNG_RESPONSE, 409: PROBLEM})
@@ -224,18 +216,10 @@ def overlay(ctx: Ctx, caller: Reader, job_id: JobId,
     naming the job, the model (in red when untrained) and whose annotations they are. 409 before
     a result, or when ``review`` corrects no annotations; 410 once the image was deleted."""
     _, document = _job_and_document(ctx, caller, job_id)
-    reviewed = None
-    if review is not None:
-        with ctx.sm() as session:
-            try:
-                record, annotations = corrected_annotations(session, job_id, review)
-            except ReviewsError as exc:
-                raise Problem(exc.status, exc.code, exc.detail, **exc.extra) from exc
-        reviewed = ReviewedAnnotations(review_id=record.review.id, reviewer=record.reviewer_name,
-                                       score=record.review.score, decision=record.review.decision.value,
-                                       annotations=annotations)
-    picture = result_overlay(_png(ctx, job_id), document, job_id=job_id, classes=ctx.profile.classes,
-                             reviewed=reviewed)
+    with ctx.sm() as session:
+        reviewed = corrected_annotations(session, job_id, review) if review is not None else None
+        png = stored_png(session, job_id)
+    picture = result_overlay(png, document, job_id=job_id, classes=ctx.profile.classes, reviewed=reviewed)
     return Response(picture, media_type="image/png", headers=NO_STORE)
 
 

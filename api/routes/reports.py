@@ -172,4 +172,3 @@ def scores_html(request: Request, ctx: Ctx, caller: QA, from_: From = None, to: 
     return HTMLResponse(render_html(report), headers={"Content-Security-Policy": "default-src 'none'; "
                                                       "style-src 'unsafe-inline'; img-src data:; form-action 'self'",
                                                       **_warning_header(report)})
-

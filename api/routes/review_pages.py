@@ -68,7 +68,7 @@ def _secret(request: Request) -> str:
     return secret
 
 
-def changed_fields(sent: dict[str, str], model: dict[str, str]) -> dict[str, str]:
+def _changed_fields(sent: dict[str, str], model: dict[str, str]) -> dict[str, str]:
     """The interpretation fields the reviewer changed. A browser sends a text box's line breaks
     as CRLF: compared, and kept, as the model writes them."""
     texts = {name: value.replace("\r\n", "\n") for name, value in sent.items()}
@@ -78,10 +78,7 @@ def changed_fields(sent: dict[str, str], model: dict[str, str]) -> dict[str, str
 def _page(request: Request, ctx: AppContext, caller: Caller, job_id: str, *, zone: ZoneInfo,
           review: str | None = None, error: str | None = None, status: int = 200) -> HTMLResponse:
     with ctx.sm() as session:
-        try:
-            view: JobView = job_view(session, job_id, classes=ctx.profile.classes, review_id=review)
-        except ReviewsError as exc:
-            raise Problem(exc.status, exc.code, exc.detail, **exc.extra) from exc
+        view: JobView = job_view(session, job_id, classes=ctx.profile.classes, review_id=review)
     forms = None
     if caller.role in (Role.reviewer, Role.admin):
         forms = ReviewForms(token=make_token(_secret(request), job_id), reviewer_key_id=caller.key_id,
@@ -143,16 +140,15 @@ def review_form(
         raise Problem(403, "invalid_form_token", why)
     if len(field) != len(text):
         raise Problem(422, "invalid_request", "each interpretation text needs the field it belongs to")
-    with ctx.sm() as session:
-        document = current_document(session, job_id)
-    changed = changed_fields(dict(zip(field, text, strict=True)),
-                             (document.interpretation if document else None) or {})
-    corrections = Corrections(label=label or None, interpretation=changed or None) if label or changed else None
     phases = [str(p) for p in next_phases] if choose_phases else None
-    data = ReviewInput(score=score, decision=decision, comment=comment, corrections=corrections,
-                       next_phases=phases, group=group)
     try:
         with ctx.sm.begin() as session:
+            document = current_document(session, job_id)
+            changed = _changed_fields(dict(zip(field, text, strict=True)),
+                                      (document.interpretation if document else None) or {})
+            corrections = Corrections(label=label or None, interpretation=changed or None) if label or changed else None
+            data = ReviewInput(score=score, decision=decision, comment=comment, corrections=corrections,
+                               next_phases=phases, group=group)
             saved = save_review(session, job_id=job_id, reviewer_key_id=caller.key_id, dimension=dimension,
                                 data=data, profile=ctx.profile)
             review = saved.review

@@ -6,8 +6,6 @@ is enqueued, after the commit) or finishes it; see ``services.reviews.hitl``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -21,7 +19,6 @@ from services.reviews import (
     QueueEntry,
     ReviewInput,
     ReviewRecord,
-    ReviewsError,
     Text,
     amend_review,
     get_own_review,
@@ -33,7 +30,7 @@ from shared.db.models import JobMode, Review, ReviewDecision, ReviewDimension, R
 
 from ..context import Caller
 from ..deps import Ctx, JobId, require, set_audit_job
-from ..problems import PROBLEM, Problem
+from ..problems import PROBLEM
 from ..schemas import JobOut
 
 router = APIRouter(tags=["reviews"])
@@ -163,14 +160,6 @@ class QueuePageOut(BaseModel):
 # --- routes ------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _as_problems() -> Iterator[None]:
-    try:
-        yield
-    except ReviewsError as exc:
-        raise Problem(exc.status, exc.code, exc.detail, **exc.extra) from exc
-
-
 def _audit(request: Request, review: ReviewOut, **extra: object) -> None:
     set_audit_job(request, review.job_id, review_id=review.id, dimension=review.dimension.value, score=review.score,
                   decision=review.decision.value, revision=review.revision, **extra)
@@ -182,7 +171,7 @@ def create(request: Request, response: Response, ctx: Ctx, caller: ReviewerOnly,
     """Score one dimension of a job (once per reviewer and dimension; ``PUT`` amends). On a HITL
     job awaiting review, the interpretation review chooses what follows: accept/correct with
     ``next_phases`` resumes it, ``[]`` or ``reject`` finishes it without later phases."""
-    with _as_problems(), ctx.sm.begin() as session:
+    with ctx.sm.begin() as session:
         submitted = submit_review(session, job_id=job_id, reviewer_key_id=caller.key_id, dimension=body.dimension,
                                   data=body.as_input(), profile=ctx.profile)
         out = ReviewOut.of(submitted.review, caller.name, with_history=False)
@@ -208,7 +197,7 @@ def list_(ctx: Ctx, caller: ReviewReader, job_id: JobId) -> ReviewList:
             responses={404: PROBLEM})
 def read_own(ctx: Ctx, caller: ReviewerOnly, job_id: JobId, dimension: ReviewDimension) -> ReviewOut:
     """The caller's own review of this dimension (where ``Location`` points)."""
-    with _as_problems(), ctx.sm() as session:
+    with ctx.sm() as session:
         return ReviewOut.of_record(get_own_review(session, job_id, caller.key_id, dimension))
 
 
@@ -217,7 +206,7 @@ def amend(request: Request, ctx: Ctx, caller: ReviewerOnly, job_id: JobId, dimen
           body: ReviewContent) -> ReviewOut:
     """Amend the caller's review of this dimension; the previous version is kept in its history.
     ``next_phases`` and ``group`` record what the job ran: repeat them or leave them out."""
-    with _as_problems(), ctx.sm.begin() as session:
+    with ctx.sm.begin() as session:
         review = amend_review(session, job_id=job_id, reviewer_key_id=caller.key_id, dimension=dimension,
                               data=body.as_input(), profile=ctx.profile)
         out = ReviewOut.of(review, caller.name)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from shared.schemas.results import ResultDocument
+
+if TYPE_CHECKING:
+    from services.reviews import CorrectedAnnotations
 
 # Okabe-Ito, the colour-blind-safe set, then Tableau's.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -171,19 +174,8 @@ def _wrap(pen: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | Im
     return lines
 
 
-@dataclass(frozen=True)
-class ReviewedAnnotations:
-    """A reviewer's annotations to draw in place of the model's."""
-
-    review_id: str
-    reviewer: str
-    score: int
-    decision: str
-    annotations: Sequence[dict[str, Any]]
-
-
 def result_overlay(png: bytes, document: ResultDocument, *, job_id: str, classes: Sequence[str],
-                   reviewed: ReviewedAnnotations | None = None) -> bytes:
+                   reviewed: CorrectedAnnotations | None = None) -> bytes:
     """The job's stored image with the model's annotations (or a reviewer's) as a PNG."""
     model = document.model
     if reviewed is None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from urllib.parse import quote
 
-from services.reviews import QueueEntry, QueuePage
+from services.reviews import LATER_PHASES, QueueEntry, QueuePage
+from shared.db.models import JobMode, JobStatus
 from shared.schemas.results import ResultDocument
 
 from .html_render import CSS, local_time
@@ -190,7 +191,6 @@ def _reviews(reviews: list[ReviewLine], shown: ReviewLine | None, zone: tzinfo) 
             "</section>")
 
 
-LATER_PHASES = ("detect", "segment", "keypoints")
 SCORE_CHOICES = ((1, "1 acceptable"), (2, "2 minor issues"), (3, "3 major errors"), (0, "0 not assessable"))
 DECISIONS = ("accept", "correct", "reject")
 
@@ -203,11 +203,11 @@ def _open_dimensions(view: JobView) -> list[str]:
     """What can be reviewed now: the interpretation once there is a result; the annotations
     once the job has run a later phase (a HITL job finished without one has none)."""
     job, document = view.job, view.document
-    if document is None or job.status.value not in ("awaiting_review", "succeeded"):
+    if document is None or job.status not in (JobStatus.awaiting_review, JobStatus.succeeded):
         return []
     open_ = ["interpretation"]
     ran_later = any(p in document.phases and document.phases[p].status != "skipped" for p in LATER_PHASES)
-    if job.status.value == "succeeded" and (job.mode.value == "autonomous" or ran_later):
+    if job.status is JobStatus.succeeded and (job.mode is JobMode.autonomous or ran_later):
         open_.append("annotation")
     return open_
 
@@ -226,7 +226,8 @@ def _forms(view: JobView, forms: ReviewForms) -> str:
 
 def _form(view: JobView, forms: ReviewForms, dimension: str, mine: ReviewLine | None) -> str:
     job = view.job
-    chooses = dimension == "interpretation" and job.status.value == "awaiting_review" and job.mode.value == "hitl"
+    chooses = (dimension == "interpretation" and job.status is JobStatus.awaiting_review
+               and job.mode is JobMode.hitl)
 
     def radios(name: str, choices: Sequence[tuple[object, str]], current: object) -> str:
         return "".join(

@@ -8,9 +8,9 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from services.export.overlay import ReviewedAnnotations, result_overlay
+from services.export.overlay import result_overlay
 from services.jobs import ImagePurged, JobNotFound, current_document, stored_png
-from services.reviews import corrected_annotations, list_reviews
+from services.reviews import CorrectedAnnotations, corrected_annotations, list_reviews
 from shared.db.models import Job, Review
 from shared.schemas.results import ResultDocument
 
@@ -54,12 +54,10 @@ def job_view(session: Session, job_id: str, *, classes: list[str], review_id: st
         raise JobNotFound(job_id)
     reviews = [_line(r.review, r.reviewer_name) for r in list_reviews(session, job_id)]
     shown: ReviewLine | None = None
-    reviewed: ReviewedAnnotations | None = None
+    reviewed: CorrectedAnnotations | None = None
     if review_id is not None:
-        record, annotations = corrected_annotations(session, job_id, review_id)
-        shown = next(line for line in reviews if line.id == record.review.id)
-        reviewed = ReviewedAnnotations(review_id=shown.id, reviewer=shown.reviewer, score=shown.score,
-                                       decision=shown.decision, annotations=annotations)
+        reviewed = corrected_annotations(session, job_id, review_id)
+        shown = next(line for line in reviews if line.id == reviewed.review_id)
     document = current_document(session, job_id)
     session.expunge(job)
     try:

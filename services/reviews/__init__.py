@@ -7,7 +7,7 @@ from .corrections import AnnotationCorrection, Corrections, Text, check_correcti
 from .errors import InvalidReview, ReviewConflict, ReviewExists, ReviewNotFound, ReviewsError, UnknownReview
 from .hitl import LATER_PHASES, NO_PHASES_DETAIL, Gate
 from .queue import QueueEntry, QueuePage, review_queue
-from .reading import ReviewRecord, corrected_annotations, get_own_review, list_reviews
+from .reading import CorrectedAnnotations, ReviewRecord, corrected_annotations, get_own_review, list_reviews
 from .state import refresh_review_state, required_dimensions
 from .submit import ReviewInput, Submitted, amend_review, save_review, submit_review
 
@@ -15,6 +15,7 @@ __all__ = [
     "LATER_PHASES",
     "NO_PHASES_DETAIL",
     "AnnotationCorrection",
+    "CorrectedAnnotations",
     "Corrections",
     "Gate",
     "InvalidReview",

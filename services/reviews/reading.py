@@ -52,7 +52,18 @@ def get_own_review(session: Session, job_id: str, reviewer_key_id: str, dimensio
     return ReviewRecord(review=row[0], reviewer_name=row[1])
 
 
-def corrected_annotations(session: Session, job_id: str, review_id: str) -> tuple[ReviewRecord, list[dict[str, Any]]]:
+@dataclass(frozen=True)
+class CorrectedAnnotations:
+    """A review's corrected annotations, with who gave them and how they scored the model's."""
+
+    review_id: str
+    reviewer: str
+    score: int
+    decision: str
+    annotations: list[dict[str, Any]]
+
+
+def corrected_annotations(session: Session, job_id: str, review_id: str) -> CorrectedAnnotations:
     """The annotations a reviewer drew in place of the model's: the review's current
     ``corrections.annotations``. A review that corrects no annotations (an acceptance, an
     interpretation review) is a 409, not an empty list: its annotations are the model's."""
@@ -70,4 +81,5 @@ def corrected_annotations(session: Session, job_id: str, review_id: str) -> tupl
         raise ReviewConflict(
             f"review {review_id} ({review.dimension.value}, {review.decision.value}) corrects no annotations: "
             "the annotations it judged are the model's", code="no_corrections")
-    return ReviewRecord(review=review, reviewer_name=name), list(annotations)
+    return CorrectedAnnotations(review_id=review.id, reviewer=name, score=review.score,
+                                decision=review.decision.value, annotations=list(annotations))

@@ -36,7 +36,7 @@ from shared.db.models import ReviewDecision, ReviewDimension, Role
 
 from ..context import AppContext, Caller
 from ..credentials import presented_key
-from ..deps import ID_MAX, TZ_SCHEMA, Ctx, JobId, require, set_audit_job
+from ..deps import ID_MAX, NO_NUL, TZ_SCHEMA, Ctx, JobId, require, set_audit_job
 from ..form_tokens import cross_site, make_token, token_problem
 from ..problems import PROBLEM, Problem
 
@@ -117,13 +117,14 @@ def review_form(
     score: Annotated[int, Form(ge=0, le=3)],
     decision: Annotated[ReviewDecision, Form()],
     next_phases: Annotated[list[Literal["detect", "segment", "keypoints"]], Form(default_factory=list)],
-    field: Annotated[list[str], Form(default_factory=list, max_length=50)],
-    text: Annotated[list[Annotated[str, StringConstraints(max_length=4000)]], Form(default_factory=list,
-                                                                                 max_length=50)],
-    comment: Annotated[str | None, Form(max_length=4000)] = None,
-    label: Annotated[str | None, Form(max_length=128)] = None,
+    field: Annotated[list[Annotated[str, StringConstraints(max_length=128, pattern=NO_NUL)]],
+                     Form(default_factory=list, max_length=50)],
+    text: Annotated[list[Annotated[str, StringConstraints(max_length=4000, pattern=NO_NUL)]],
+                    Form(default_factory=list, max_length=50)],
+    comment: Annotated[str | None, Form(max_length=4000, pattern=NO_NUL)] = None,
+    label: Annotated[str | None, Form(max_length=128, pattern=NO_NUL)] = None,
     choose_phases: Annotated[bool, Form()] = False,
-    group: Annotated[str | None, Form(max_length=128)] = None,
+    group: Annotated[str | None, Form(max_length=128, pattern=NO_NUL)] = None,
 ) -> Response:
     """The job page's review form: saves the caller's review of ``dimension`` (amends it when
     they have one), then 303 back to the page. ``field``/``text`` pairs hold the interpretation

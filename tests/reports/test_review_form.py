@@ -225,3 +225,17 @@ def test_the_interpretation_text_is_corrected_in_place(client: TestClient, keys:
     lopsided = _post(client, job_id, again, signed_in, score="1", decision="accept", field=["imaging_plane"],
                      text=["a", "b"])
     assert_problem(lopsided, 422, "invalid_request")
+
+
+def test_text_postgresql_cannot_store_is_refused_on_the_page(client: TestClient, keys: Keys,
+                                                              sm: sessionmaker[Session]) -> None:
+    job_id = _job(client, keys, sm)
+    signed_in = basic(keys.reviewer.secret)
+    form = _forms(client.get(f"/v1/reports/jobs/{job_id}.html", headers=signed_in).text)["interpretation"]
+    shown = _shown_texts(form)
+    # PostgreSQL text cannot hold U+0000: refused at the edge (422), as the JSON review route does
+    for values in ({"label": "FL\x00PLANE"}, {"comment": "a\x00b"}, {"group": "a\x00b"},
+                   {"field": list(shown), "text": ["a\x00b", *list(shown.values())[1:]]}):
+        answer = _post(client, job_id, form, signed_in, score="2", decision="correct", **values)
+        assert answer.status_code == 422, answer.text
+    assert count(sm, Review) == 0

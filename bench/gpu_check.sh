@@ -23,7 +23,7 @@ export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/card.txt" 2>&1 || true
 
 started=$(date +%s)
-timeout 120 "$python" -m pytest -q -p no:cacheprovider -rs \
+timeout 240 "$python" -m pytest -q -p no:cacheprovider -rs \
     tests/pipeline/test_batching.py::test_graph_loop_gives_the_static_answers tests/pipeline/test_warmup.py \
     2>&1 | tee "$out/cuda_test.txt"
 tests=${PIPESTATUS[0]}

@@ -39,6 +39,7 @@ import sys
 import time
 import traceback
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -234,16 +235,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak(device: torch.device) -> dict[str, int] | None:
+def _reset_peak(device: torch.device) -> int | None:
+    """Reset the peak counters; the bytes still allocated then (weights, buffers kept from an
+    earlier stage), which every peak measured after it includes."""
     if device.type != "cuda":
         return None
-    return {"allocated": torch.cuda.max_memory_allocated(device), "reserved": torch.cuda.max_memory_reserved(device)}
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.memory_allocated(device)
+
+
+def _peak(device: torch.device, held_at_start: int | None) -> dict[str, int | None] | None:
+    if device.type != "cuda":
+        return None
+    return {"allocated": torch.cuda.max_memory_allocated(device), "reserved": torch.cuda.max_memory_reserved(device),
+            "held_at_start": held_at_start}
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -310,7 +316,7 @@ def run_reference(bench: Bench, images: Sequence[Image.Image], lengths: dict[str
                   deadline: float, fallback_step_ms: float) -> dict[str, Any]:
     """The reference way over ``images``; a phase cut by the deadline is extrapolated from its
     own decode-step time (the warm-up's when it was cut before any decode step) and marked so."""
-    _reset_peak(bench.device)
+    held = _reset_peak(bench.device)
     mark = bench.timer.mark()
     tokens: dict[str, list[int]] = {phase: [] for phase in PHASES}
     per_image: list[float] = []
@@ -334,14 +340,14 @@ def run_reference(bench: Bench, images: Sequence[Image.Image], lengths: dict[str
     s_per_image = statistics.mean(per_image)
     return {"images": len(per_image), "s_per_image": round(s_per_image, 4),
             "images_per_s": round(1 / s_per_image, 4), "extrapolated": extrapolated, "tokens": tokens,
-            "timer": bench.timer.summary(mark), "peak_memory": _peak(bench.device)}
+            "timer": bench.timer.summary(mark), "peak_memory": _peak(bench.device, held)}
 
 
 def run_worker(bench: Bench, images: Sequence[Image.Image], lengths: dict[str, int], *, batch: int,
                round_images: int, deadline: float, log: Callable[[str], None]) -> dict[str, Any]:
     """Rounds of ``round_images`` images until all are done or the next round would pass the
     deadline (the first round always runs)."""
-    _reset_peak(bench.device)
+    held = _reset_peak(bench.device)
     mark = bench.timer.mark()
     tokens: dict[str, list[int]] = {phase: [] for phase in PHASES}
     round_s: list[float] = []
@@ -363,7 +369,7 @@ def run_worker(bench: Bench, images: Sequence[Image.Image], lengths: dict[str, i
     return {"images": done, "rounds": len(round_s), "round_s": [round(s, 4) for s in round_s],
             "s_per_image": round(s_per_image, 4), "images_per_s": round(1 / s_per_image, 4),
             "tokens": tokens, "stopped": stopped, "timer": bench.timer.summary(mark),
-            "peak_memory": _peak(bench.device)}
+            "peak_memory": _peak(bench.device, held)}
 
 
 def run_single(bench: Bench, image: Image.Image, lengths: dict[str, int], *, batch: int) -> dict[str, Any]:
@@ -419,7 +425,7 @@ def run_sweep(bench: Bench, sizes: Sequence[int], lengths: dict[str, int], *, wi
             continue
         images = [synthetic_image(width, height, 1000 + i) for i in range(size)]
         bench.engine.release_slots()  # each size measured with buffers of its own size
-        _reset_peak(bench.device)
+        held = _reset_peak(bench.device)
         started = time.perf_counter()
         if not _survives_oom(lambda: bench.worker_round(images, lengths, size,  # noqa: B023
                                                         reserve_tokens=reserve_tokens), bench.device):
@@ -427,7 +433,7 @@ def run_sweep(bench: Bench, sizes: Sequence[int], lengths: dict[str, int], *, wi
             log(f"  sweep batch {size}: out of memory")
             continue
         last_s = time.perf_counter() - started
-        rows.append({"batch": size, "seconds": round(last_s, 3), "peak_memory": _peak(bench.device)})
+        rows.append({"batch": size, "seconds": round(last_s, 3), "peak_memory": _peak(bench.device, held)})
         log(f"  sweep batch {size}: {last_s:.2f} s, peak {_fmt_bytes(rows[-1]['peak_memory'])}")
         _free(bench.device)
     return sorted(rows, key=lambda row: int(row["batch"]))
@@ -451,8 +457,11 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _fmt_bytes(peak: dict[str, int] | None) -> str:
-    return "n/a (cpu)" if not peak else f"{peak['allocated'] / GIB:.2f} GiB (reserved {peak['reserved'] / GIB:.2f})"
+def _fmt_bytes(peak: dict[str, Any] | None) -> str:
+    if not peak:
+        return "n/a (cpu)"
+    held = f", held at start {peak['held_at_start'] / GIB:.2f}" if peak.get("held_at_start") is not None else ""
+    return f"{peak['allocated'] / GIB:.2f} GiB (reserved {peak['reserved'] / GIB:.2f}{held})"
 
 
 def _size(nbytes: int) -> str:
@@ -625,7 +634,9 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
     reference_budget = min(args.reference_max_s,
                            args.reference_images * sum(lengths.values()) * ref_step_ms / 1000 * 1.2 + 5)
     log(f"worker path: {n_images} images, batch {batch}, rounds of {round_images}")
-    warm_slots = engine.slots
+    # A weak reference: a strong one would keep the warm-up's buffers (and graph pool) alive
+    # through the later stages, in every peak they measure (the memory sweep's, on 2026-12-04).
+    warm_slots = weakref.ref(engine.slots) if engine.slots is not None else None
     worker: dict[str, Any] = {"oom": True}
     if _survives_oom(lambda: worker.update(run_worker(
             bench, images[:n_images], lengths, batch=batch, round_images=round_images,
@@ -635,7 +646,8 @@ def _stages(args: argparse.Namespace, results: dict[str, Any], *, device: torch.
         results["notes"].append(f"worker path ran out of memory at batch {batch}: try a smaller --batch-size")
     results["worker"] = worker
     if engine.slots is not None:
-        worker["slots_rebuilt"] = engine.slots is not warm_slots  # grown inside a measured round
+        # grown inside a measured round
+        worker["slots_rebuilt"] = warm_slots is None or engine.slots is not warm_slots()
         results["graphs"] = engine.slots.graphs
         if engine.slots.capture_error:
             results["notes"].append(f"CUDA graph capture failed, eager static steps: {engine.slots.capture_error}")

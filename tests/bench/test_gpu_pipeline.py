@@ -7,6 +7,7 @@ none.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import sys
@@ -118,6 +119,29 @@ def test_warm_up_sizes_the_buffers_for_the_measured_rounds(bench: ModuleType) ->
                           "--lengths", _lengths_arg(lengths), "--compare-loop", "none"])
     assert results["worker"]["rounds"] == 2 and results["worker"]["slots_rebuilt"] is False
     assert "loop_probe" not in results
+
+
+def test_each_sweep_size_starts_without_earlier_buffers(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every peak counts what is still allocated when it starts: a sweep size must not count the
+    warm-up's fixed buffers as well (on the H200 run of 2026-12-04 a reference the bench kept to
+    them added ~7 GiB to every size of the sweep)."""
+    from services.pipeline.slots import SlotStore
+
+    alive: list[int] = []
+    original = bench._reset_peak
+
+    def counting(device: Any) -> Any:
+        gc.collect()
+        alive.append(sum(isinstance(o, SlotStore) for o in gc.get_objects()))
+        return original(device)
+
+    monkeypatch.setattr(bench, "_reset_peak", counting)
+    results = bench.main(["--tiny", "--decode", "static", "--batch-size", "2", "--images", "2", "--size", "64x64",
+                          "--lengths", "interpret=3,classify=2,detect=2,segment=3", "--compare-loop", "none",
+                          "--memory-sweep", "2,1", "--sweep-lengths", "interpret=1,classify=1,detect=1,segment=2"])
+    assert [row["batch"] for row in results["memory_sweep"]["rows"]] == [1, 2]
+    assert alive[0] == 1  # the worker path runs on the buffers its warm-up made, as a worker does
+    assert alive[-2:] == [0, 0]  # each sweep size: the earlier buffers are gone
 
 
 def test_time_budget_cuts_stages_short_and_extrapolates(bench: ModuleType) -> None:

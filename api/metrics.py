@@ -28,7 +28,8 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 def observe_request(scope: Scope, status: int, seconds: float) -> None:
-    route = getattr(scope.get("route"), "path", None) or "unmatched"  # templates, never raw ids
+    # Templates, never raw ids; a request refused before routing has its template in the state.
+    route = getattr(scope.get("route"), "path", None) or scope.get("state", {}).get("route_template") or "unmatched"
     method = scope["method"] if scope["method"] in METHODS else "other"
     REQUESTS.labels(method, route, str(status)).inc()
     LATENCY.labels(method, route).observe(seconds)

@@ -76,6 +76,19 @@ def test_unauthenticated_request_is_audited_as_denied_without_a_key(client: Test
     assert (event.api_key_id, event.outcome, event.action) == (None, "denied", "POST /v1/jobs")
 
 
+def test_refused_request_is_audited_under_its_route_with_the_path_tried(client: TestClient, keys: Keys,
+                                                                        sm: sessionmaker[Session]) -> None:
+    """The action names the route's template, as for an answered request; the raw path says
+    which job someone tried without a valid key."""
+    job = client.post("/v1/jobs", files=file_part(png()), headers=keys.submitter.headers).json()["id"]
+    r = client.get(f"/v1/jobs/{job}/result", headers={"Authorization": "Bearer fada_guessing-0123456789"})
+    assert r.status_code == 401
+    event = _only_event(sm, r)
+    assert (event.api_key_id, event.outcome, event.action) == (None, "denied", "GET /v1/jobs/{job_id}/result")
+    assert event.detail is not None
+    assert (event.detail["route"], event.detail["path"]) == ("/v1/jobs/{job_id}/result", f"/v1/jobs/{job}/result")
+
+
 def test_wrong_role_is_audited_as_denied_with_the_key(client: TestClient, keys: Keys,
                                                       sm: sessionmaker[Session]) -> None:
     r = client.post("/v1/jobs", files=file_part(png()), headers=keys.reviewer.headers)

@@ -151,6 +151,29 @@ def test_metrics(client: TestClient, keys: Keys, sm: sessionmaker[Session]) -> N
     assert "other" in methods and not methods & {"BREW", "X-SCAN-1", "X-SCAN-2"}
 
 
+def test_refused_requests_are_counted_under_their_route(client: TestClient, keys: Keys) -> None:
+    """A 401 or 403 is answered before routing; it is still counted under the route's template
+    (a 401 storm on one route shows as that route), never a raw id, and a path no route has
+    stays "unmatched"."""
+    job = client.post("/v1/jobs", files=file_part(png(7)), headers=keys.submitter.headers).json()["id"]
+    before = _samples(client.get("/metrics").text)
+    assert client.get(f"/v1/jobs/{job}").status_code == 401
+    assert client.get(f"/v1/jobs/{job}/result", headers={"Authorization": "Bearer fada_wrong"}).status_code == 401
+    assert client.delete("/v1/jobs", headers={"Authorization": "Bearer fada_wrong"}).status_code == 401
+    assert client.get("/v1/no-such-route").status_code == 401
+    after = _samples(client.get("/metrics").text)
+
+    def grew(method: str, route: str) -> float:
+        key = ("fada_http_requests_total", (("method", method), ("route", route), ("status", "401")))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("GET", "/v1/jobs/{job_id}") == 1
+    assert grew("GET", "/v1/jobs/{job_id}/result") == 1
+    assert grew("DELETE", "/v1/jobs") == 1  # the path's route, though no DELETE is routed there
+    assert grew("GET", "/v1/no-such-route") == 0 and grew("GET", "unmatched") == 1
+    assert not any(job in str(labels) for _, labels in after)
+
+
 def test_metrics_say_how_long_the_oldest_work_has_waited(client: TestClient, keys: Keys,
                                                          sm: sessionmaker[Session]) -> None:
     """The figures an operator alerts on: how long the oldest queued job has waited for a

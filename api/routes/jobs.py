@@ -126,7 +126,7 @@ def list_(
     # still be found by theirs
     external_id: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
     review_state: ReviewState | None = None,
-    batch_id: Annotated[str | None, Query(max_length=ID_MAX)] = None,
+    batch_id: Annotated[str | None, Query(max_length=ID_MAX, pattern=NO_NUL)] = None,  # as BatchId
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> JobPage:

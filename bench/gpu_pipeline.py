@@ -384,7 +384,11 @@ def run_loop_probe(bench: Bench, other: Engine, images: Sequence[Image.Image], *
                    tokens: int) -> dict[str, Any]:
     """The same ``batch`` rows (interpret, forced to ``tokens`` tokens) through the worker's
     decode loop and ``other``'s: the decode-step time of each at that batch, and how many rows
-    got the same greedy tokens (bf16 may flip near-ties of the random model; fp32 should not)."""
+    got the same greedy tokens (bf16 may flip near-ties of the random model; fp32 should not).
+    To tell rounding from a fault when rows differ: where each row's tokens first differ (a
+    rounding flip lands anywhere; a wrong step from the first decode step on: the first token
+    comes from the prefill, which both loops share) and whether each loop repeats its own
+    tokens between its two runs (a graph replays the same kernels: it should)."""
     prefixes = [bench.engine.encode_image(image) for image in images[:batch]]
     requests = [GenRequest(prefix=prefixes[i % len(prefixes)], prompt=bench.prompts["interpret"], grammar=None,
                            max_new_tokens=tokens, decoding=bench.decoding, seed=0, min_new_tokens=tokens)
@@ -392,7 +396,7 @@ def run_loop_probe(bench: Bench, other: Engine, images: Sequence[Image.Image], *
     loops: dict[str, Any] = {}
     answers: list[list[list[int]]] = []
     for engine in (bench.engine, other):
-        engine.generate_many(requests, max_batch=batch)  # warm: buffers, graphs, allocator
+        warm = [g.token_ids for g in engine.generate_many(requests, max_batch=batch)]  # buffers, graphs, allocator
         _sync(bench.device)
         mark = bench.timer.mark()
         started = time.perf_counter()
@@ -403,10 +407,20 @@ def run_loop_probe(bench: Bench, other: Engine, images: Sequence[Image.Image], *
             "seconds": round(time.perf_counter() - started, 4), "decode_steps": summary["decode_steps"],
             "decode_step_ms": summary["decode_step_ms_by_batch"].get(str(batch), summary["decode_step_ms"])}
         answers.append([g.token_ids for g in generations])
+        loops[engine.decode_loop]["rows_repeated"] = sum(a == b for a, b in zip(warm, answers[-1], strict=True))
     mine, theirs = (loops[e.decode_loop]["decode_step_ms"] for e in (bench.engine, other))
     same = sum(a == b for a, b in zip(*answers, strict=True))
     return {"batch": batch, "tokens": tokens, "loops": loops, "rows_equal": same, "rows": batch,
+            "first_difference": [first_difference(a, b) for a, b in zip(*answers, strict=True)],
             "step_ratio": round(theirs / mine, 3) if mine and theirs else None}
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """The index of the first token where two answers differ; None when they are equal."""
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def run_sweep(bench: Bench, sizes: Sequence[int], lengths: dict[str, int], *, width: int, height: int,
@@ -781,11 +795,16 @@ def print_report(console: Console, results: dict[str, Any]) -> None:
     if probe and "loops" in probe:
         loops = Table(title=f"decode loops, same {probe['rows']} rows x {probe['tokens']} tokens "
                             f"(greedy tokens equal in {probe['rows_equal']} of {probe['rows']} rows)")
-        for column in ("loop", "decode step ms", "decode steps", "s"):
+        for column in ("loop", "decode step ms", "decode steps", "s", "rows equal to its own first run"):
             loops.add_column(column, justify="left" if column == "loop" else "right")
         for name, row in probe["loops"].items():
-            loops.add_row(name, str(row["decode_step_ms"]), str(row["decode_steps"]), f"{row['seconds']:.3f}")
+            loops.add_row(name, str(row["decode_step_ms"]), str(row["decode_steps"]), f"{row['seconds']:.3f}",
+                          f"{row['rows_repeated']} of {probe['rows']}")
         console.print(loops)
+        differing = sorted(i for i in probe["first_difference"] if i is not None)
+        if differing:
+            console.print(f"rows that differ first differ at token {differing[0]} (earliest), "
+                          f"{differing[len(differing) // 2]} (median)", highlight=False)
         if probe["step_ratio"]:
             console.print(f"decode step, {' / '.join(reversed(list(probe['loops'])))}: {probe['step_ratio']:.2f}x",
                           highlight=False)

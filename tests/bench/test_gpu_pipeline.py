@@ -107,6 +107,8 @@ def test_static_loop_run_probes_the_dynamic_loop(bench: ModuleType) -> None:
     for loop in probe["loops"].values():
         assert loop["decode_steps"] == 5 and loop["decode_step_ms"] > 0  # 6 tokens: 5 one-token steps
     assert probe["rows_equal"] == probe["rows"] == 3  # float32 on the CPU: the loops agree exactly
+    assert probe["first_difference"] == [None] * 3
+    assert all(loop["rows_repeated"] == 3 for loop in probe["loops"].values())  # and each repeats itself
     assert probe["step_ratio"] == pytest.approx(
         probe["loops"]["dynamic"]["decode_step_ms"] / probe["loops"]["static"]["decode_step_ms"], rel=1e-2)
 
@@ -207,6 +209,12 @@ def test_targets_judge_the_figures(bench: ModuleType) -> None:
     assert bench.targets({"batch_size": 8})["s_per_image"]["met"] is None  # nothing measured: no verdict
     toy = bench.targets({**results, "shape": "tiny", "device": "cpu"})  # the targets are the 4B's on a GPU
     assert toy["s_per_image"]["met"] is None and toy["single_image_s"]["met"] is None
+
+
+def test_first_difference(bench: ModuleType) -> None:
+    assert bench.first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert bench.first_difference([1, 2, 3], [1, 5, 3]) == 1
+    assert bench.first_difference([1, 2], [1, 2, 3]) == 2  # one stopped early
 
 
 def test_parse_lengths(bench: ModuleType) -> None:

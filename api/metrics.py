@@ -17,6 +17,8 @@ from starlette.types import Scope
 
 from services.monitoring import Figures
 
+from .route_templates import route_of
+
 REQUESTS = Counter("fada_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
 LATENCY = Histogram("fada_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
@@ -28,8 +30,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 def observe_request(scope: Scope, status: int, seconds: float) -> None:
-    # Templates, never raw ids; a request refused before routing has its template in the state.
-    route = getattr(scope.get("route"), "path", None) or scope.get("state", {}).get("route_template") or "unmatched"
+    route = route_of(scope) or "unmatched"  # templates, never raw ids
     method = scope["method"] if scope["method"] in METHODS else "other"
     REQUESTS.labels(method, route, str(status)).inc()
     LATENCY.labels(method, route).observe(seconds)

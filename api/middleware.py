@@ -27,7 +27,7 @@ from .context import AppContext, Caller
 from .credentials import challenges, missing_key_detail, presented_key, takes_basic
 from .metrics import observe_request
 from .problems import problem_response
-from .route_templates import template_for
+from .route_templates import name_refused_route, route_of
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,12 @@ class GatewayMiddleware:
                 try:
                     caller = await self._authenticate(scope, presented) if presented else None
                 except AddressNotAllowed as exc:  # a live key, from outside its networks
-                    _name_the_refused_route(scope)
+                    name_refused_route(scope)
                     state["audit_key_id"] = exc.key_id
                     await problem_response(403, "address_not_allowed", str(exc))(scope, receive, send_wrapper)
                     return
                 if caller is None:
-                    _name_the_refused_route(scope)
+                    name_refused_route(scope)
                     detail = (missing_key_detail(_header(scope, b"authorization"), basic=basic) if presented is None
                               else "unknown, revoked or expired API key")
                     response = problem_response(401, "unauthorized", detail)
@@ -150,12 +150,12 @@ class GatewayMiddleware:
     async def _audit(self, scope: Scope, status: int) -> None:
         state: dict[str, Any] = scope.get("state", {})
         caller: Caller | None = state.get("caller")
-        template = getattr(scope.get("route"), "path", None) or state.get("route_template") or scope["path"]
+        template = route_of(scope) or scope["path"]
         path_params = scope.get("path_params") or {}
         job_id = state.get("audit_job_id") or path_params.get("job_id")
         detail = {"method": scope["method"], "route": template, "status": status, **(state.get("audit_detail") or {})}
-        if state.get("refused_path"):  # which job someone tried without a valid key
-            detail["path"] = state["refused_path"]
+        if "route_template" in state:  # refused before routing: which job someone tried without a valid key
+            detail["path"] = scope["path"][:200]
         if state.get("presented_prefix"):
             detail["presented_prefix"] = state["presented_prefix"]
         # Where the request came from, for "which workstation opened this result?": the peer's
@@ -183,17 +183,6 @@ class GatewayMiddleware:
                           scope["method"], scope["path"], status, short_reason(exc))
             else:
                 log.exception("could not write the audit event for %s %s", scope["method"], scope["path"])
-
-
-def _name_the_refused_route(scope: Scope) -> None:
-    """A request refused here never reaches the router, which names a request's route: metrics
-    and the audit label it with the template it would have reached (``api.route_templates``);
-    the audit keeps the raw path too (which job someone tried without a valid key)."""
-    state = scope.setdefault("state", {})
-    state["refused_path"] = scope["path"][:200]
-    app = scope.get("app")
-    if app is not None:
-        state["route_template"] = template_for(app, scope["path"], scope["method"])
 
 
 class HeadMiddleware:

@@ -12,6 +12,18 @@ import re
 from typing import Any
 
 from starlette.routing import compile_path
+from starlette.types import Scope
+
+
+def name_refused_route(scope: Scope) -> None:
+    """Record the template a request refused before routing would have reached (None: no route
+    has its path); its presence also marks the request as refused there."""
+    scope.setdefault("state", {})["route_template"] = template_for(scope["app"], scope["path"], scope["method"])
+
+
+def route_of(scope: Scope) -> str | None:
+    """The request's route template: the router's, or the one recorded for a refused request."""
+    return getattr(scope.get("route"), "path", None) or scope.get("state", {}).get("route_template")
 
 
 def template_for(app: Any, path: str, method: str) -> str | None:
